@@ -1,0 +1,29 @@
+# make demo: set-up, then the whole story on the sample data.
+# make test: set-up, then the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+clean-outputs:
+	rm -rf ingesteddata models quarantine logs
+	find production_deployment -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+
+demo: setup clean-outputs
+	$(PY) ingestion.py --input-folder practicedata
+	$(PY) training.py
+	$(PY) scoring.py
+	$(PY) deployment.py
+	$(PY) deployment.py --list
+
+test: setup
+	$(PY) -m pytest -q

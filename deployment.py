@@ -1,0 +1,262 @@
+"""Deployment: publish the trained model, its score and its ingested-file list as a numbered version.
+
+Layout of prod_deployment_path:
+
+    versions/v0003/            one immutable folder per version:
+        trainedmodel.pkl         trainedmodel.json  latestscore.txt  ingestedfiles.txt  manifest.json
+    current -> versions/v0003  a symlink, swapped atomically (rename over it)
+    trainedmodel.pkl, latestscore.txt, ingestedfiles.txt, manifest.json -> current/...
+
+A version folder is complete before it gets its name, and `current` moves in one rename, so a
+reader that resolves `current` once sees one whole version, old or new, never a mix.
+"""
+import argparse
+import hashlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import sys
+import time
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+
+import atomicfiles
+import history
+from settings import ConfigError, load_config, setup_logging
+
+logger = logging.getLogger(__name__)
+
+DEPLOYED_FILES = ("trainedmodel.pkl", "latestscore.txt", "ingestedfiles.txt")
+ROOT_LINKS = DEPLOYED_FILES + ("trainedmodel.json", "manifest.json")
+
+
+class DeploymentError(Exception):
+    """Nothing is deployed, a file is missing, or a deployed file does not match its manifest."""
+
+
+def version_name(number: int) -> str:
+    return f"v{number:04d}"
+
+
+def versions(prod) -> list:
+    """Numbers of the complete versions present, ascending."""
+    vdir = Path(prod) / "versions"
+    out = []
+    if vdir.is_dir():
+        for entry in vdir.iterdir():
+            if entry.name.startswith("v") and entry.name[1:].isdigit() and (entry / "manifest.json").exists():
+                out.append(int(entry.name[1:]))
+    return sorted(out)
+
+
+def current_dir(prod):
+    """The folder of the serving version (resolved once), or None when nothing is deployed."""
+    try:
+        target = os.readlink(Path(prod) / "current")
+    except (FileNotFoundError, OSError):
+        return None
+    return (Path(prod) / target).resolve()
+
+
+def read_manifest(version_dir) -> dict:
+    try:
+        return json.loads((Path(version_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DeploymentError(f"no manifest in {version_dir}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DeploymentError(f"unreadable manifest in {version_dir}: {exc}") from None
+
+
+def current_manifest(prod):
+    """The serving version's manifest, or None when nothing is deployed."""
+    vdir = current_dir(prod)
+    return None if vdir is None else read_manifest(vdir)
+
+
+def load_version(version_dir):
+    """Unpickle a version's model after checking its SHA-256 against the manifest; return (model, manifest)."""
+    manifest = read_manifest(version_dir)
+    path = Path(version_dir) / "trainedmodel.pkl"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DeploymentError(f"{path} is missing") from None
+    digest = hashlib.sha256(data).hexdigest()
+    expected = manifest["files"]["trainedmodel.pkl"]["sha256"]
+    if digest != expected:
+        raise DeploymentError(f"{path} does not match its manifest (sha256 {digest[:12]}, expected {expected[:12]})")
+    try:
+        model = pickle.loads(data)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        raise DeploymentError(f"{path} cannot be unpickled: {exc}") from None
+    return model, manifest
+
+
+def load_deployed(prod):
+    """The serving model and its manifest. Raises DeploymentError."""
+    vdir = current_dir(prod)
+    if vdir is None:
+        raise DeploymentError(f"no model is deployed in {prod}")
+    return load_version(vdir)
+
+
+def _swap_current(prod: Path, number: int):
+    tmp = prod / f".current.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(Path("versions") / version_name(number), tmp)
+    os.replace(tmp, prod / "current")
+    for name in ROOT_LINKS:
+        link = prod / name
+        if not (link.is_symlink() and os.readlink(link) == str(Path("current") / name)):
+            tmp = prod / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            os.symlink(Path("current") / name, tmp)
+            os.replace(tmp, link)
+    atomicfiles._fsync_dir(prod)
+
+
+def _clean_leftovers(vdir: Path):
+    # Folders from a deployment that was killed before it got its name.
+    for entry in vdir.glob(".building-*"):
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def prune(prod, keep: int):
+    """Delete all but the newest `keep` versions, never the serving one."""
+    prod = Path(prod)
+    current = current_dir(prod)
+    for number in versions(prod)[:-keep]:
+        path = prod / "versions" / version_name(number)
+        if current is not None and path.resolve() == current:
+            continue
+        shutil.rmtree(path)
+        logger.info("pruned %s", path.name)
+
+
+def deploy(prod, model_path, score_path, ingested_path, metrics=None, keep=5, conn=None, extra=None) -> dict:
+    """Publish the three files as a new version and make it the serving one; return its manifest.
+
+    `conn`, when given, is the history database the deployment is recorded in.
+    """
+    prod = Path(prod)
+    vroot = prod / "versions"
+    vroot.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(vroot)
+    sources = {"trainedmodel.pkl": Path(model_path), "latestscore.txt": Path(score_path),
+               "ingestedfiles.txt": Path(ingested_path)}
+    meta_path = Path(model_path).with_suffix(".json")
+    if meta_path.exists():
+        sources["trainedmodel.json"] = meta_path
+    for name, src in sources.items():
+        if not src.exists():
+            raise DeploymentError(f"cannot deploy: {src} does not exist")
+    number = (versions(prod) or [0])[-1] + 1
+    building = vroot / f".building-{os.getpid()}"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir()
+    files = {}
+    for name, src in sources.items():
+        data = src.read_bytes()
+        atomicfiles.write_bytes(building / name, data)
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    training = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    manifest = {
+        "version": number,
+        "deployed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": files,
+        "metrics": metrics or {"f1": float(Path(score_path).read_text().strip())},
+        "training": training,
+        **(extra or {}),
+    }
+    atomicfiles.write_text(building / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.rename(building, vroot / version_name(number))
+    atomicfiles._fsync_dir(vroot)
+    _swap_current(prod, number)
+    if conn is not None:
+        history.record_json(conn, "deployments", at=time.time(), version=number, action="deploy",
+                            model_sha256=files["trainedmodel.pkl"]["sha256"], f1=manifest["metrics"].get("f1"))
+    prune(prod, keep)
+    logger.info("deployed version %d to %s", number, prod)
+    return manifest
+
+
+def rollback(prod, conn=None) -> dict:
+    """Make the version before the serving one the serving one; return its manifest."""
+    prod = Path(prod)
+    current = current_dir(prod)
+    if current is None:
+        raise DeploymentError(f"nothing is deployed in {prod}: nothing to roll back")
+    now = int(current.name[1:])
+    older = [n for n in versions(prod) if n < now]
+    if not older:
+        raise DeploymentError(f"version {now} is the oldest kept: nothing to roll back to")
+    target = older[-1]
+    _, manifest = load_version(prod / "versions" / version_name(target))  # refuse a broken target
+    _swap_current(prod, target)
+    if conn is not None:
+        history.record_json(conn, "deployments", at=time.time(), version=target, action="rollback",
+                            model_sha256=manifest["files"]["trainedmodel.pkl"]["sha256"],
+                            f1=manifest["metrics"].get("f1"))
+    logger.info("rolled back from version %d to %d", now, target)
+    return manifest
+
+
+def deploy_from_config(cfg, conn=None, extra=None) -> dict:
+    """Deploy the config's trained model, score and ingested list, with the recorded test metrics."""
+    digest = atomicfiles.sha256_file(cfg.model_file) if cfg.model_file.exists() else None
+    metrics = None
+    own = conn is None
+    conn = conn or history.connect(cfg.history_db)
+    try:
+        row = conn.execute("SELECT f1, precision, recall, roc_auc, rows FROM scores WHERE dataset = 'test'"
+                           " AND model_sha256 = ? ORDER BY id DESC LIMIT 1", (digest,)).fetchone()
+        if row is not None:
+            metrics = dict(row)
+        return deploy(cfg.prod_deployment_path, cfg.model_file, cfg.score_file, cfg.ingested_list,
+                      metrics=metrics, keep=cfg.keep_versions, conn=conn, extra=extra)
+    finally:
+        if own:
+            conn.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Deploy the trained model to production, list or roll back versions.")
+    parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--rollback", action="store_true", help="serve the previous version again")
+    group.add_argument("--list", action="store_true", help="list the kept versions")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load_config(args.config)
+        prod = cfg.prod_deployment_path
+        if args.list:
+            current = current_dir(prod)
+            numbers = versions(prod)
+            if not numbers:
+                print(f"no versions in {prod}")
+            for n in numbers:
+                m = read_manifest(prod / "versions" / version_name(n))
+                mark = "*" if current is not None and current.name == version_name(n) else " "
+                f1 = m["metrics"].get("f1")
+                print(f"{mark} {version_name(n)}  {m['deployed_at']}  F1 {f1!r}  "
+                      f"sha256 {m['files']['trainedmodel.pkl']['sha256'][:12]}")
+            return 0
+        with closing(history.connect(cfg.history_db)) as conn:
+            if args.rollback:
+                m = rollback(prod, conn)
+                print(f"rolled back: now serving {version_name(m['version'])} (F1 {m['metrics'].get('f1')!r})")
+            else:
+                m = deploy_from_config(cfg, conn)
+                print(f"deployed {version_name(m['version'])} to {prod} (F1 {m['metrics'].get('f1')!r})")
+    except (ConfigError, DeploymentError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

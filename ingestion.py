@@ -1,0 +1,307 @@
+"""Ingestion: find new delivery files, check each one, merge the good ones into finaldata.csv.
+
+Rules (README, "Ingestion rules"):
+- a delivery file is a `*.csv` in the input folder; dotfiles, `*.tmp`/`*.part` and files modified
+  in the last `ingest_settle_seconds` are still being written and are left for the next run;
+- a file is known by the SHA-256 of its bytes: the same content is never ingested twice, whatever
+  its name, and a changed file under an old name is a new delivery;
+- a bad file is moved to the quarantine folder with a `.reason.txt` beside it, never deleted;
+- a missing value (empty cell, NA, NaN, null) keeps its row in finaldata.csv, so the
+  missing-data diagnostic sees it; training drops such rows.
+
+pandas is imported inside the functions that parse, so that looking for new files (the monitoring
+cycle's frequent "nothing to do" path) stays fast.
+"""
+import argparse
+import csv
+import hashlib
+import io
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import atomicfiles
+import history
+from settings import COLUMNS, FEATURES, TARGET, ConfigError, load_config, setup_logging
+
+logger = logging.getLogger(__name__)
+
+NUMERIC = FEATURES + (TARGET,)
+NA_STRINGS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
+# Integers above 2**53 cannot round-trip through a float; no real count is that large.
+MAX_VALUE = 2**53 - 1
+IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".swp")
+
+
+class BadFile(Exception):
+    """A delivery file that breaks the schema; the message is its quarantine reason."""
+
+
+@dataclass
+class Candidate:
+    path: Path
+    sha256: str
+
+
+@dataclass
+class IngestResult:
+    ingested: list = field(default_factory=list)      # dicts: name, sha256, rows
+    quarantined: list = field(default_factory=list)   # dicts: name, reason, moved_to
+    skipped: list = field(default_factory=list)       # names already ingested (same content)
+    total_rows: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self):
+        return {"ingested": self.ingested, "quarantined": self.quarantined, "skipped": self.skipped,
+                "total_rows": self.total_rows, "seconds": self.seconds}
+
+
+def delivery_files(folder, settle_seconds=0.0, now=None) -> list:
+    """The finished `*.csv` files in `folder`, sorted by name."""
+    folder = Path(folder)
+    now = time.time() if now is None else now
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or name.lower().endswith(IGNORED_SUFFIXES) or not name.lower().endswith(".csv"):
+            continue
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        if settle_seconds > 0 and now - entry.stat().st_mtime < settle_seconds:
+            logger.info("%s was modified less than %ss ago; leaving it for the next run", name, settle_seconds)
+            continue
+        found.append(Path(entry.path))
+    return sorted(found, key=lambda p: p.name)
+
+
+def file_sha256(conn, path: Path) -> str:
+    """SHA-256 of a file's bytes, cached in the history database by path, size and mtime."""
+    st = path.stat()
+    row = conn.execute("SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path = ?", (str(path),)).fetchone()
+    if row is not None and row["size"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns:
+        return row["sha256"]
+    digest = atomicfiles.sha256_file(path)
+    conn.execute("INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
+                 (str(path), st.st_size, st.st_mtime_ns, digest))
+    return digest
+
+
+def new_files(conn, folder, settle_seconds=0.0) -> list:
+    """Delivery files in `folder` whose content has not been ingested yet (first of each content)."""
+    known = history.ingested_hashes(conn)
+    out = []
+    for path in delivery_files(folder, settle_seconds):
+        digest = file_sha256(conn, path)
+        if digest not in known:
+            known.add(digest)
+            out.append(Candidate(path, digest))
+    return out
+
+
+def parse_delivery(data: bytes):
+    """Check one delivery file's bytes against the schema; return its rows as a DataFrame.
+
+    Raises BadFile with a one-line reason.
+    """
+    import pandas as pd
+
+    if not data.strip():
+        raise BadFile("empty file")
+    if data[:2] == b"\x1f\x8b":
+        raise BadFile("gzip-compressed data, not a plain CSV text file")
+    if b"\x00" in data[:65536]:
+        raise BadFile("binary content (NUL bytes), not a CSV text file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from None
+    first_line = text.split("\n", 1)[0].rstrip("\r")
+    header = [h.strip() for h in next(csv.reader([first_line]))]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise BadFile(f"duplicated column {dupes[0]!r}")
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        hint = " (the separator must be a comma)" if len(header) == 1 and ";" in header[0] else ""
+        raise BadFile(f"missing column {missing[0]!r}{hint}")
+    extra = [h for h in header if h not in COLUMNS]
+    if extra:
+        raise BadFile(f"unexpected column {extra[0]!r}")
+    try:
+        df = pd.read_csv(
+            io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
+            na_values={c: NA_STRINGS for c in NUMERIC} | {"corporation": [""]},
+        )
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise BadFile(f"malformed CSV: {str(exc).strip().splitlines()[-1]}") from None
+    df.columns = [c.strip() for c in df.columns]
+    if df.empty:
+        raise BadFile("header only, no rows")
+    out = {"corporation": df["corporation"].astype("str").where(df["corporation"].notna(), None)}
+    for col in NUMERIC:
+        raw = df[col].str.strip()
+        values = pd.to_numeric(raw, errors="coerce")
+        present = raw.notna()
+        for test, what in (
+            (present & values.isna(), "is not a number"),
+            (present & ~values.isna() & ~values.abs().lt(float("inf")), "is not a finite number"),
+            (present & (values < 0), "is negative"),
+            (present & (values > MAX_VALUE), f"is out of range (at most {MAX_VALUE})"),
+            (present & values.notna() & (values % 1 != 0), "is not a whole number"),
+        ):
+            if test.any():
+                i = int(test.to_numpy().nonzero()[0][0])
+                raise BadFile(f"column {col!r}, row {i + 1} (line {i + 2}): value {raw.iloc[i]!r} {what}")
+        if col == TARGET and (present & ~values.isin([0, 1])).any():
+            i = int((present & ~values.isin([0, 1])).to_numpy().nonzero()[0][0])
+            raise BadFile(f"column {col!r}, row {i + 1} (line {i + 2}): value {raw.iloc[i]!r} is not 0 or 1")
+        out[col] = values.astype("Int64")
+    return pd.DataFrame(out, columns=list(COLUMNS))
+
+
+def read_finaldata(path):
+    """Read finaldata.csv with the schema's dtypes (nullable integers keep missing values)."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"corporation": "str", **{c: "Int64" for c in NUMERIC}},
+                       keep_default_na=False, na_values={c: [""] for c in COLUMNS})
+
+
+def summarize(df) -> tuple:
+    """Per-feature statistics and per-column missing percentages of the ingested data."""
+    stats = {}
+    for col in FEATURES:
+        s = df[col].dropna().astype("float64")
+        stats[col] = {
+            "mean": float(s.mean()) if len(s) else None,
+            "median": float(s.median()) if len(s) else None,
+            "std": float(s.std()) if len(s) > 1 else None,
+            "min": float(s.min()) if len(s) else None,
+            "max": float(s.max()) if len(s) else None,
+            "count": int(len(s)),
+        }
+    rows = len(df)
+    missing = {col: (float(df[col].isna().sum()) * 100.0 / rows if rows else 0.0) for col in COLUMNS}
+    return stats, missing
+
+
+def quarantine(path: Path, reason: str, digest: str, qdir: Path) -> Path:
+    """Move `path` into `qdir` with its reason beside it. Never deletes anything."""
+    qdir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = qdir / f"{stamp}-{digest[:8]}-{path.name}"
+    atomicfiles.write_text(target.with_name(target.name + ".reason.txt"), f"{path.name}: {reason}\n")
+    try:
+        os.replace(path, target)
+    except OSError:  # another filesystem: copy then remove the original
+        import shutil
+
+        shutil.move(str(path), str(target))
+    return target
+
+
+def write_ingested_list(conn, path):
+    names = list(dict.fromkeys(f["name"] for f in history.ingested_files(conn)))
+    atomicfiles.write_text(path, "".join(n + "\n" for n in names))
+
+
+def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
+    """Ingest the new files of `folder` (default: the config's input folder) into finaldata.csv.
+
+    Good files are merged with what was ingested before and deduplicated; bad files are
+    quarantined. Returns what happened to each file.
+    """
+    import pandas as pd
+
+    started = time.perf_counter()
+    folder = Path(folder) if folder is not None else cfg.input_folder_path
+    own_conn = conn is None
+    conn = conn or history.connect(cfg.history_db)
+    result = IngestResult()
+    try:
+        if candidates is None:
+            known = history.ingested_hashes(conn)
+            candidates = []
+            for path in delivery_files(folder, cfg.ingest_settle_seconds):
+                digest = file_sha256(conn, path)
+                if digest in known:
+                    result.skipped.append(path.name)
+                else:
+                    known.add(digest)
+                    candidates.append(Candidate(path, digest))
+        good = []
+        for cand in candidates:
+            data = cand.path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()  # the bytes we parse are the bytes we record
+            try:
+                df = parse_delivery(data)
+            except BadFile as exc:
+                moved = quarantine(cand.path, str(exc), digest, cfg.quarantine_folder_path)
+                logger.warning("quarantined %s: %s (moved to %s)", cand.path.name, exc, moved)
+                with history.transaction(conn):
+                    history.record_json(conn, "quarantined_files", name=cand.path.name, sha256=digest,
+                                        reason=str(exc), moved_to=str(moved), at=time.time())
+                result.quarantined.append({"name": cand.path.name, "reason": str(exc), "moved_to": str(moved)})
+                continue
+            good.append((cand.path, digest, df))
+        if good:
+            frames = [read_finaldata(cfg.finaldata)] if cfg.finaldata.exists() else []
+            frames += [df for _, _, df in good]
+            merged = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+            # finaldata.csv first, the history second: a crash in between leaves the files
+            # un-recorded, so the next run ingests them again, and deduplication makes that a no-op.
+            atomicfiles.write_with(cfg.finaldata, lambda tmp: merged.to_csv(tmp, index=False))
+            stats, missing = summarize(merged)
+            now = time.time()
+            with history.transaction(conn):
+                for path, digest, df in good:
+                    history.record_json(conn, "ingested_files", name=path.name, sha256=digest,
+                                        rows=len(df), folder=str(path.parent), at=now)
+                    result.ingested.append({"name": path.name, "sha256": digest, "rows": len(df)})
+                history.record_json(conn, "summaries", at=now, rows=len(merged), stats=stats, missing=missing)
+                history.record_timing(conn, "ingestion", time.perf_counter() - started, now)
+            write_ingested_list(conn, cfg.ingested_list)
+            result.total_rows = len(merged)
+            logger.info("ingested %d file(s) from %s; finaldata.csv now has %d distinct rows",
+                        len(good), folder, len(merged))
+        else:
+            summary = history.latest_summary(conn)
+            result.total_rows = summary["rows"] if summary else 0
+    finally:
+        if own_conn:
+            conn.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Ingest new delivery files into finaldata.csv.")
+    parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
+    parser.add_argument("--input-folder", help="ingest from this folder instead of input_folder_path")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = ingest(cfg, args.input_folder)
+    for f in result.ingested:
+        print(f"ingested    {f['name']} ({f['rows']} rows)")
+    for name in result.skipped:
+        print(f"already in  {name}")
+    for f in result.quarantined:
+        print(f"quarantined {f['name']}: {f['reason']}")
+    print(f"{cfg.finaldata}: {result.total_rows} distinct rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

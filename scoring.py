@@ -1,0 +1,110 @@
+"""Scoring: F1 (and precision, recall, ROC AUC) of a model on the test data.
+
+latestscore.txt holds the F1 as a bare number at full precision: a rounded score would turn
+ties into differences in the drift check.
+"""
+import argparse
+import logging
+import pickle
+import sys
+import time
+
+import atomicfiles
+import history
+from settings import ConfigError, load_config, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+class ScoringError(Exception):
+    """The model or the test data cannot be used."""
+
+
+def read_labelled(path):
+    """Read a labelled CSV with the delivery rules; return (features, target) of its complete rows."""
+    from ingestion import BadFile, parse_delivery
+    from training import training_frame
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ScoringError(f"cannot read test data {path}: {exc.strerror}") from None
+    try:
+        df = parse_delivery(data)
+    except BadFile as exc:
+        raise ScoringError(f"test data {path} is not usable: {exc}") from None
+    return training_frame(df)
+
+
+def metrics(y_true, y_pred, y_prob=None) -> dict:
+    """F1, precision, recall (0 where undefined) and ROC AUC (None with a single class)."""
+    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+    out = {
+        "f1": float(f1_score(y_true, y_pred, zero_division=0)),
+        "precision": float(precision_score(y_true, y_pred, zero_division=0)),
+        "recall": float(recall_score(y_true, y_pred, zero_division=0)),
+        "roc_auc": None,
+        "rows": int(len(y_true)),
+    }
+    if y_prob is not None and len(set(y_true)) == 2:
+        out["roc_auc"] = float(roc_auc_score(y_true, y_prob))
+    return out
+
+
+def score_model(model, X, y) -> dict:
+    """The model's metrics on features X and labels y."""
+    if len(X) == 0:
+        raise ScoringError("no complete labelled rows to score on")
+    return metrics(y.to_numpy(), model.predict(X), model.predict_proba(X)[:, 1])
+
+
+def load_pickle(path):
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except FileNotFoundError:
+        raise ScoringError(f"{path} does not exist: run training first") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        raise ScoringError(f"{path} is not a readable model: {exc}") from None
+
+
+def run(cfg, conn=None) -> dict:
+    """Score output_model_path/trainedmodel.pkl on the test data; write latestscore.txt; return the metrics."""
+    started = time.perf_counter()
+    model = load_pickle(cfg.model_file)
+    X, y = read_labelled(cfg.test_data_file)
+    result = score_model(model, X, y)
+    atomicfiles.write_text(cfg.score_file, f"{result['f1']!r}\n")
+    digest = atomicfiles.sha256_file(cfg.model_file)
+    own = conn is None
+    conn = conn or history.connect(cfg.history_db)
+    try:
+        with history.transaction(conn):
+            history.record_score(conn, "test", result["rows"], digest, result)
+            history.record_timing(conn, "scoring", time.perf_counter() - started)
+    finally:
+        if own:
+            conn.close()
+    logger.info("F1 %.4f on %d test rows", result["f1"], result["rows"])
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Score the trained model on the test data.")
+    parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load_config(args.config)
+        result = run(cfg)
+    except (ConfigError, ScoringError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{cfg.score_file}: F1 {result['f1']!r} (precision {result['precision']:.4f}, "
+          f"recall {result['recall']:.4f}, {result['rows']} test rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Loading and checking config.json, and the logging set-up shared by the entry points.
+
+Nothing here runs at import: `load_config(path)` is called by each script's `main()`
+and by the app factory.
+"""
+import json
+import logging.config
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.json"
+
+FEATURES = ("lastmonth_activity", "lastyear_activity", "number_of_employees")
+TARGET = "exited"
+COLUMNS = ("corporation",) + FEATURES + (TARGET,)
+
+# key -> (type, default); a default of REQUIRED means the key must be present.
+REQUIRED = object()
+PATH_KEYS = (
+    "input_folder_path",
+    "output_folder_path",
+    "test_data_path",
+    "output_model_path",
+    "prod_deployment_path",
+)
+SCHEMA = {
+    **{key: (str, REQUIRED) for key in PATH_KEYS},
+    "quarantine_folder_path": (str, "quarantine"),
+    "log_folder_path": (str, "logs"),
+    "ingest_settle_seconds": (float, 2.0),
+    "model": (dict, {}),
+    "keep_versions": (int, 5),
+    "drift_test": (str, "raw"),
+    "drift_significance_level": (float, 0.05),
+    "drift_bootstrap_rounds": (int, 2000),
+    "drift_min_history": (int, 3),
+    "feature_drift_triggers_retrain": (bool, False),
+    "feature_drift_psi_threshold": (float, 0.2),
+    "promotion_gate": (bool, False),
+    "api_url": (str, "http://127.0.0.1:8000"),
+    "max_request_bytes": (int, 16 * 1024 * 1024),
+}
+MODEL_SCHEMA = {
+    "C": (float, 1.0),
+    "max_iter": (int, 1000),
+    "class_weight": ((str, type(None)), None),
+    "random_state": (int, 0),
+}
+DRIFT_TESTS = ("raw", "parametric", "nonparametric", "significance")
+
+
+class ConfigError(Exception):
+    """config.json is missing, unreadable, or has a missing, unknown or mistyped key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The checked configuration, with every path made absolute against the config's folder."""
+
+    path: Path
+    input_folder_path: Path
+    output_folder_path: Path
+    test_data_path: Path
+    output_model_path: Path
+    prod_deployment_path: Path
+    quarantine_folder_path: Path
+    log_folder_path: Path
+    ingest_settle_seconds: float
+    model: dict
+    keep_versions: int
+    drift_test: str
+    drift_significance_level: float
+    drift_bootstrap_rounds: int
+    drift_min_history: int
+    feature_drift_triggers_retrain: bool
+    feature_drift_psi_threshold: float
+    promotion_gate: bool
+    api_url: str
+    max_request_bytes: int
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def base(self) -> Path:
+        return self.path.parent
+
+    @property
+    def test_data_file(self) -> Path:
+        """test_data_path may name the folder holding testdata.csv, or the file itself."""
+        if self.test_data_path.suffix.lower() == ".csv":
+            return self.test_data_path
+        return self.test_data_path / "testdata.csv"
+
+    @property
+    def history_db(self) -> Path:
+        return self.output_folder_path / "history.sqlite"
+
+    @property
+    def finaldata(self) -> Path:
+        return self.output_folder_path / "finaldata.csv"
+
+    @property
+    def ingested_list(self) -> Path:
+        return self.output_folder_path / "ingestedfiles.txt"
+
+    @property
+    def model_file(self) -> Path:
+        return self.output_model_path / "trainedmodel.pkl"
+
+    @property
+    def score_file(self) -> Path:
+        return self.output_model_path / "latestscore.txt"
+
+
+def _check_type(key, value, expected):
+    types = expected if isinstance(expected, tuple) else (expected,)
+    # bool is an int in Python; a config saying "keep_versions": true is still a mistake.
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    elif float in types and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise ConfigError(f"config key {key!r} must be {names}, not {json.dumps(value)}")
+
+
+def _checked(section, data, schema):
+    unknown = sorted(set(data) - set(schema))
+    if unknown:
+        raise ConfigError(f"unknown {section} key {unknown[0]!r} (known keys: {', '.join(sorted(schema))})")
+    out = {}
+    for key, (expected, default) in schema.items():
+        if key not in data:
+            if default is REQUIRED:
+                raise ConfigError(f"missing {section} key {key!r}")
+            out[key] = default
+            continue
+        _check_type(key, data[key], expected)
+        out[key] = float(data[key]) if expected is float else data[key]
+    return out
+
+
+def load_config(path=None) -> Config:
+    """Read and check config.json; raise ConfigError with a one-line reason."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = path.expanduser().resolve()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    values = _checked("config", data, SCHEMA)
+    values["model"] = _checked("model", values["model"], MODEL_SCHEMA)
+    if values["drift_test"] not in DRIFT_TESTS:
+        raise ConfigError(f"config key 'drift_test' must be one of {', '.join(DRIFT_TESTS)}, not {values['drift_test']!r}")
+    if values["keep_versions"] < 2:
+        raise ConfigError("config key 'keep_versions' must be at least 2, so a rollback has somewhere to go")
+    if not 0 < values["drift_significance_level"] < 1:
+        raise ConfigError("config key 'drift_significance_level' must be between 0 and 1")
+    for key in PATH_KEYS + ("quarantine_folder_path", "log_folder_path"):
+        p = Path(values[key]).expanduser()
+        values[key] = p if p.is_absolute() else (path.parent / p).resolve()
+    return Config(path=path, raw=data, **values)
+
+
+def setup_logging(level="INFO"):
+    """Configure logging once, from an entry point: one line per record on stderr."""
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+        "root": {"level": level, "handlers": ["stderr"]},
+    })

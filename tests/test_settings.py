@@ -1,0 +1,63 @@
+import json
+
+import pytest
+from conftest import REPO, make_config, run_script
+
+from settings import ConfigError, load_config
+
+
+def test_repo_config_loads_with_paths_beside_it():
+    cfg = load_config(REPO / "config.json")
+    assert cfg.input_folder_path == REPO / "sourcedata"
+    assert cfg.prod_deployment_path == REPO / "production_deployment"
+    assert cfg.test_data_file == REPO / "testdata" / "testdata.csv"
+    assert cfg.drift_test == "raw"
+
+
+def test_default_config_is_the_one_beside_the_scripts():
+    assert load_config().path == REPO / "config.json"
+
+
+def test_relative_paths_resolve_against_the_config_not_the_cwd(tmp_path, monkeypatch):
+    path = make_config(tmp_path, output_folder_path="../elsewhere/out")
+    monkeypatch.chdir("/")
+    cfg = load_config(path)
+    assert cfg.output_folder_path == tmp_path.parent / "elsewhere" / "out"
+    assert cfg.history_db == tmp_path.parent / "elsewhere" / "out" / "history.sqlite"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"input_folder_path": None}, "config key 'input_folder_path' must be str, not null"),
+    ({"keep_versions": "5"}, "config key 'keep_versions' must be int, not \"5\""),
+    ({"keep_versions": True}, "config key 'keep_versions' must be int, not true"),
+    ({"keep_versions": 1}, "config key 'keep_versions' must be at least 2, so a rollback has somewhere to go"),
+    ({"drift_test": "vibes"}, "config key 'drift_test' must be one of raw, parametric, nonparametric, significance, not 'vibes'"),
+    ({"model": {"C": 1, "depth": 3}}, "unknown model key 'depth' (known keys: C, class_weight, max_iter, random_state)"),
+])
+def test_bad_values_are_one_line_errors(tmp_path, change, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(make_config(tmp_path, **change))
+    assert str(err.value) == message
+
+
+def test_missing_and_unknown_keys(tmp_path):
+    path = make_config(tmp_path)
+    data = json.loads(path.read_text())
+    del data["test_data_path"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="^missing config key 'test_data_path'$"):
+        load_config(path)
+    data["test_data_path"] = "testdata"
+    data["output_fodler_path"] = "x"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="^unknown config key 'output_fodler_path'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("script", ["ingestion.py", "training.py", "scoring.py", "deployment.py"])
+def test_scripts_say_one_line_not_a_traceback(tmp_path, script):
+    (tmp_path / "config.json").write_text("{not json")
+    proc = run_script(script, "--config", tmp_path / "config.json")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: config file {tmp_path / 'config.json'} is not valid JSON: ")
+    assert len(proc.stderr.splitlines()) == 1

@@ -1,0 +1,127 @@
+"""Training: fit the attrition model (scaling, then logistic regression) on the ingested data.
+
+trainedmodel.pkl unpickles to the fitted scikit-learn Pipeline itself; trainedmodel.json beside it
+holds the metadata (features, rows, data hash, parameters, library versions, time).
+"""
+import argparse
+import json
+import logging
+import pickle
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+
+import atomicfiles
+import history
+from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(Exception):
+    """There is nothing usable to train on."""
+
+
+def build_model(params):
+    """An unfitted Pipeline: StandardScaler, then LogisticRegression with `params` (config's "model")."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return Pipeline([
+        ("scale", StandardScaler()),
+        ("classify", LogisticRegression(C=params["C"], max_iter=params["max_iter"],
+                                        class_weight=params["class_weight"],
+                                        random_state=params["random_state"])),
+    ])
+
+
+def training_frame(df):
+    """Features and target of the rows with no missing value, as float64 and int64."""
+    complete = df.dropna(subset=list(FEATURES) + [TARGET])
+    return complete[list(FEATURES)].astype("float64"), complete[TARGET].astype("int64")
+
+
+def train(df, params):
+    """Fit and return the model on `df` (finaldata's columns). Raises TrainingError."""
+    X, y = training_frame(df)
+    if len(X) == 0:
+        raise TrainingError("no complete rows to train on")
+    if y.nunique() < 2:
+        raise TrainingError(f"the training data has only one class (exited={int(y.iloc[0])})")
+    return build_model(params).fit(X, y)
+
+
+def library_versions():
+    import numpy
+    import pandas
+    import sklearn
+
+    return {"python": platform.python_version(), "numpy": numpy.__version__,
+            "pandas": pandas.__version__, "scikit-learn": sklearn.__version__}
+
+
+def save_model(model, path, metadata):
+    """Write the pickled model and its metadata (`trainedmodel.json`) atomically; return the pickle's SHA-256."""
+    data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    atomicfiles.write_bytes(path, data)
+    digest = atomicfiles.sha256_file(path)
+    meta = {**metadata, "model_sha256": digest}
+    atomicfiles.write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return digest
+
+
+def run(cfg, conn=None):
+    """Train on finaldata.csv and save trainedmodel.pkl; return the metadata written."""
+    from ingestion import read_finaldata
+
+    started = time.perf_counter()
+    if not cfg.finaldata.exists():
+        raise TrainingError(f"{cfg.finaldata} does not exist: run ingestion first")
+    data_sha = atomicfiles.sha256_file(cfg.finaldata)
+    df = read_finaldata(cfg.finaldata)
+    model = train(df, cfg.model)
+    X, _ = training_frame(df)
+    metadata = {
+        "features": list(FEATURES),
+        "target": TARGET,
+        "training_rows": int(len(X)),
+        "data_sha256": data_sha,
+        "params": cfg.model,
+        "libraries": library_versions(),
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    digest = save_model(model, cfg.model_file, metadata)
+    seconds = time.perf_counter() - started
+    own = conn is None
+    conn = conn or history.connect(cfg.history_db)
+    try:
+        with history.transaction(conn):
+            history.record_json(conn, "training_runs", at=time.time(), rows=len(X), data_sha256=data_sha,
+                                params=cfg.model, metrics={}, model_path=str(cfg.model_file), model_sha256=digest)
+            history.record_timing(conn, "training", seconds)
+    finally:
+        if own:
+            conn.close()
+    logger.info("trained on %d rows in %.2fs: %s", len(X), seconds, cfg.model_file)
+    return {**metadata, "model_sha256": digest}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Train the attrition model on finaldata.csv.")
+    parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load_config(args.config)
+        meta = run(cfg)
+    except (ConfigError, TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{cfg.model_file}: trained on {meta['training_rows']} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
