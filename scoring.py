@@ -9,6 +9,8 @@ import pickle
 import sys
 import time
 
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
 import atomicfiles
 import history
 from settings import ConfigError, load_config, setup_logging
@@ -38,8 +40,6 @@ def read_labelled(path):
 
 def metrics(y_true, y_pred, y_prob=None) -> dict:
     """F1, precision, recall (0 where undefined) and ROC AUC (None with a single class)."""
-    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
-
     out = {
         "f1": float(f1_score(y_true, y_pred, zero_division=0)),
         "precision": float(precision_score(y_true, y_pred, zero_division=0)),

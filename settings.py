@@ -38,6 +38,7 @@ SCHEMA = {
     "feature_drift_psi_threshold": (float, 0.2),
     "promotion_gate": (bool, False),
     "api_url": (str, "http://127.0.0.1:8000"),
+    "package_index_url": (str, "https://pypi.org/simple"),
     "max_request_bytes": (int, 16 * 1024 * 1024),
 }
 MODEL_SCHEMA = {
@@ -76,6 +77,7 @@ class Config:
     feature_drift_psi_threshold: float
     promotion_gate: bool
     api_url: str
+    package_index_url: str
     max_request_bytes: int
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 

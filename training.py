@@ -12,6 +12,10 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
 import atomicfiles
 import history
 from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
@@ -25,10 +29,6 @@ class TrainingError(Exception):
 
 def build_model(params):
     """An unfitted Pipeline: StandardScaler, then LogisticRegression with `params` (config's "model")."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
     return Pipeline([
         ("scale", StandardScaler()),
         ("classify", LogisticRegression(C=params["C"], max_iter=params["max_iter"],

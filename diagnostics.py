@@ -1,0 +1,238 @@
+"""Diagnostics: the deployed model's predictions, the data's summary and gaps, step timings, dependencies.
+
+Every function returns plain data (the API serves it as JSON, the report renders it);
+`python diagnostics.py` prints them all as JSON and records them in the history database.
+"""
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import closing
+from pathlib import Path
+
+import history
+from settings import COLUMNS, FEATURES, ConfigError, load_config, setup_logging
+
+logger = logging.getLogger(__name__)
+
+REQUIREMENTS = Path(__file__).resolve().parent / "requirements.txt"
+CACHE_SECONDS = 24 * 3600
+
+
+def model_predictions(data, model=None, cfg=None) -> list:
+    """The model's 0/1 predictions for `data` (a DataFrame or a CSV path), one per row, in order.
+
+    `model` defaults to the deployed one (hash-checked) of `cfg`.
+    """
+    import pandas as pd
+
+    if model is None:
+        import deployment
+
+        model, _ = deployment.load_deployed(cfg.prod_deployment_path)
+    if not isinstance(data, pd.DataFrame):
+        data = pd.read_csv(data)
+    X = data[list(FEATURES)].astype("float64")
+    return [int(p) for p in model.predict(X)]
+
+
+def _latest_summary(cfg):
+    with closing(history.connect(cfg.history_db)) as conn:
+        return history.latest_summary(conn)
+
+
+def dataframe_summary(cfg) -> dict:
+    """Mean, median, std, min, max and count of each numeric feature of the ingested data.
+
+    Computed at ingestion and stored, so this never re-reads finaldata.csv. Empty before any ingestion.
+    """
+    summary = _latest_summary(cfg)
+    return summary["stats"] if summary else {}
+
+
+def missing_data(cfg) -> dict:
+    """Percentage of rows with a missing value, per column of the ingested data."""
+    summary = _latest_summary(cfg)
+    return summary["missing"] if summary else {c: None for c in COLUMNS}
+
+
+def recorded_timings(cfg) -> dict:
+    """The latest recorded seconds of each pipeline step, from real runs."""
+    with closing(history.connect(cfg.history_db)) as conn:
+        rows = conn.execute("SELECT step, seconds FROM step_timings WHERE id IN "
+                            "(SELECT max(id) FROM step_timings GROUP BY step) ORDER BY step").fetchall()
+    return {r["step"]: r["seconds"] for r in rows}
+
+
+def execution_time(cfg) -> dict:
+    """Seconds taken by ingestion and by training, measured on a scratch copy of the ingested data.
+
+    The live finaldata.csv, model and production folder are never touched.
+    """
+    import ingestion
+    import training
+    from settings import load_config as _load
+
+    with tempfile.TemporaryDirectory(prefix="dras-timing-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "in").mkdir()
+        if cfg.finaldata.exists():
+            shutil.copyfile(cfg.finaldata, tmp / "in" / "finaldata.csv")
+        scratch = {**cfg.raw, "input_folder_path": "in", "output_folder_path": "out",
+                   "output_model_path": "model", "prod_deployment_path": "prod",
+                   "quarantine_folder_path": "quarantine", "log_folder_path": "logs",
+                   "test_data_path": str(cfg.test_data_path), "ingest_settle_seconds": 0}
+        (tmp / "config.json").write_text(json.dumps(scratch))
+        scratch_cfg = _load(tmp / "config.json")
+        started = time.perf_counter()
+        ingestion.ingest(scratch_cfg)
+        ingest_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        try:
+            training.run(scratch_cfg)
+        except training.TrainingError as exc:
+            logger.info("execution_time: training skipped: %s", exc)
+            return {"ingestion": ingest_seconds, "training": None}
+        return {"ingestion": ingest_seconds, "training": time.perf_counter() - started}
+
+
+def read_requirements(path=REQUIREMENTS) -> dict:
+    """Package -> pinned version, from a requirements file of `name==version` lines."""
+    pins = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+def _installed(name):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _latest_from_index(session, index_url, name, timeout):
+    """Newest final release of `name` on a PEP 691 JSON simple index."""
+    from packaging.version import InvalidVersion, Version
+
+    resp = session.get(f"{index_url.rstrip('/')}/{name.lower()}/", timeout=timeout,
+                       headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    resp.raise_for_status()
+    versions = []
+    for v in resp.json().get("versions", []):
+        try:
+            parsed = Version(v)
+        except InvalidVersion:
+            continue
+        if not parsed.is_prerelease and not parsed.is_devrelease:
+            versions.append(parsed)
+    if not versions:
+        raise ValueError("the index lists no release")
+    return str(max(versions))
+
+
+def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, timeout=1.5) -> dict:
+    """For each pinned package: pinned, installed and latest version.
+
+    The latest versions come from the package index, all asked at once with a deadline of
+    `timeout` seconds, and are cached for a day; when the index can't be reached the answer still
+    comes back in time, with "latest" None and the reason given.
+    """
+    import requests
+
+    index_url = index_url or (cfg.package_index_url if cfg is not None else "https://pypi.org/simple")
+    pins = read_requirements(requirements)
+    cache_path = cfg.output_folder_path / "package_index_cache.json" if cfg is not None else None
+    cache = {}
+    if cache_path is not None and cache_path.exists():
+        try:
+            cache = json.loads(cache_path.read_text())
+        except (json.JSONDecodeError, OSError):
+            cache = {}
+    now = time.time()
+    fresh = {n: e for n, e in cache.get(index_url, {}).items() if now - e["at"] < CACHE_SECONDS}
+    latest, errors = {n: e["latest"] for n, e in fresh.items()}, {}
+    wanted = [n for n in pins if n not in latest]
+    if wanted:
+        session = requests.Session()
+        pool = ThreadPoolExecutor(max_workers=min(16, len(wanted)))
+        futures = {pool.submit(_latest_from_index, session, index_url, n, timeout): n for n in wanted}
+        done, not_done = wait(futures, timeout=timeout + 0.2)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for fut in done:
+            name = futures[fut]
+            try:
+                latest[name] = fut.result()
+                fresh[name] = {"latest": latest[name], "at": now}
+            except (requests.RequestException, ValueError) as exc:
+                errors[name] = f"package index unreachable or unusable: {type(exc).__name__}: {str(exc)[:160]}"
+        for fut in not_done:
+            errors[futures[fut]] = f"package index did not answer within {timeout}s"
+        if cache_path is not None and fresh:
+            import atomicfiles
+
+            cache[index_url] = fresh
+            atomicfiles.write_text(cache_path, json.dumps(cache, sort_keys=True))
+    packages = []
+    for name, pinned in pins.items():
+        installed = _installed(name)
+        entry = {"package": name, "pinned": pinned, "installed": installed, "latest": latest.get(name)}
+        if name in errors:
+            entry["status"] = "unknown"
+            entry["reason"] = errors[name]
+        elif installed != pinned:
+            entry["status"] = "not as pinned"
+        elif entry["latest"] is not None and entry["latest"] != pinned:
+            entry["status"] = "outdated"
+        else:
+            entry["status"] = "up to date"
+        packages.append(entry)
+    return {"index": index_url, "packages": packages}
+
+
+def collect(cfg, measure=True) -> dict:
+    """All diagnostics at once, recorded in the history database."""
+    result = {
+        "summary": dataframe_summary(cfg),
+        "missing_data": missing_data(cfg),
+        "execution_time": execution_time(cfg) if measure else recorded_timings(cfg),
+        "recorded_timings": recorded_timings(cfg),
+        "dependencies": outdated_packages_list(cfg),
+    }
+    with closing(history.connect(cfg.history_db)) as conn:
+        history.record_json(conn, "diagnostics", at=time.time(), kind="all", value=result)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Print the system's diagnostics as JSON.")
+    parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
+    args = parser.parse_args(argv)
+    setup_logging("WARNING")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = collect(cfg)
+    import deployment
+
+    try:
+        result["predictions_on_test_data"] = model_predictions(cfg.test_data_file, cfg=cfg)
+    except deployment.DeploymentError as exc:
+        result["predictions_on_test_data"] = f"unavailable: {exc}"
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Drift decisions: has the deployed model's score dropped, and have the features moved?
+
+Score drift compares the deployed model's F1 on newly arrived labelled rows with its reference by
+the test named in config.json's `drift_test`:
+- `raw`: drift when the new F1 is lower than the deployed score (ties are not drift);
+- `parametric`: lower than the mean minus two standard deviations of the score history;
+- `nonparametric`: lower than Q1 minus 1.5 IQR of the score history;
+- `significance`: a drop that is statistically significant (see `significance_decision`).
+With too little history the statistical tests fall back to `raw` and say so.
+
+Feature drift: per feature, a two-sample Kolmogorov-Smirnov test and the population stability
+index between the training data and the new rows, with the KS p-values corrected for testing
+several features at once (Benjamini-Hochberg).
+"""
+import numpy as np
+
+from settings import FEATURES
+
+SCORE_TESTS = ("raw", "parametric", "nonparametric", "significance")
+
+
+def _raw(new_f1, deployed_f1):
+    drift = new_f1 < deployed_f1
+    words = "lower than" if drift else ("equal to" if new_f1 == deployed_f1 else "higher than")
+    return {"drift": drift, "threshold": deployed_f1,
+            "reason": f"new F1 {new_f1:.4f} is {words} the deployed score {deployed_f1:.4f}"}
+
+
+def decide(test, *, new_f1, deployed_f1, history=(), min_history=3, significance=None) -> dict:
+    """The score-drift decision of `test` as a dict.
+
+    Keys: test (asked), used (after any fallback), drift (True, False, or None for "not enough
+    evidence"), new_f1, deployed_f1, threshold, reason (in words), fallback (why, or None), and
+    for `significance` its statistic, p_value and interval. `history` is the deployed scores so
+    far, oldest first. `significance` is a callable returning `significance_decision`'s dict.
+    """
+    if test not in SCORE_TESTS:
+        raise ValueError(f"unknown drift test {test!r}")
+    history = [float(h) for h in history]
+    out = {"test": test, "used": test, "new_f1": float(new_f1), "deployed_f1": float(deployed_f1),
+           "fallback": None, "history_size": len(history)}
+    if test in ("parametric", "nonparametric") and len(history) < max(min_history, 2):
+        out["used"] = "raw"
+        out["fallback"] = (f"{len(history)} score(s) of history, {max(min_history, 2)} needed for the "
+                           f"{test} test: used the raw comparison")
+    if out["used"] == "raw":
+        out.update(_raw(new_f1, deployed_f1))
+    elif test == "parametric":
+        mean, std = float(np.mean(history)), float(np.std(history, ddof=1))
+        threshold = mean - 2 * std
+        out.update(drift=new_f1 < threshold, threshold=threshold, reason=(
+            f"new F1 {new_f1:.4f} is {'below' if new_f1 < threshold else 'not below'} mean - 2 sd of "
+            f"{len(history)} scores ({mean:.4f} - 2 x {std:.4f} = {threshold:.4f})"))
+    elif test == "nonparametric":
+        q1, q3 = (float(q) for q in np.percentile(history, [25, 75]))
+        threshold = q1 - 1.5 * (q3 - q1)
+        out.update(drift=new_f1 < threshold, threshold=threshold, reason=(
+            f"new F1 {new_f1:.4f} is {'below' if new_f1 < threshold else 'not below'} Q1 - 1.5 IQR of "
+            f"{len(history)} scores ({q1:.4f} - 1.5 x {q3 - q1:.4f} = {threshold:.4f})"))
+    else:
+        if significance is None:
+            raise ValueError("the significance test needs the row-level outcomes")
+        out.update(significance())
+        out.setdefault("threshold", None)
+    return out
+
+
+def psi(expected, actual, edges) -> float:
+    """Population stability index of `actual` against `expected` over bins with inner `edges`."""
+    e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1) / max(len(expected), 1)
+    a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1) / max(len(actual), 1)
+    # An empty bin would make the index infinite; a small floor is the usual remedy.
+    e, a = np.clip(e, 1e-4, None), np.clip(a, 1e-4, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def quantile_edges(values, bins=10):
+    """Inner bin edges at the deciles (or other quantiles) of `values`, without repeats."""
+    qs = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.unique(qs)
+
+
+def ks_2samp(x, y):
+    """Two-sample Kolmogorov-Smirnov statistic and p-value (scipy's)."""
+    from scipy.stats import ks_2samp as scipy_ks
+
+    result = scipy_ks(x, y)
+    return float(result.statistic), float(result.pvalue)
+
+
+def benjamini_hochberg(pvalues):
+    """Benjamini-Hochberg adjusted p-values, in the given order."""
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p)
+    order = np.argsort(p)
+    ranked = p[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out.tolist()
+
+
+def feature_drift(reference, new, features=FEATURES, psi_threshold=0.2, level=0.05) -> dict:
+    """Per-feature KS test and PSI of `new` rows against `reference` (the training data).
+
+    A feature has drifted when its corrected KS p-value is below `level` and its PSI reaches
+    `psi_threshold`: with a million rows KS alone calls the tiniest shift significant.
+    """
+    per = {}
+    for col in features:
+        ref = reference[col].dropna().to_numpy(dtype="float64")
+        cur = new[col].dropna().to_numpy(dtype="float64")
+        if len(ref) == 0 or len(cur) == 0:
+            per[col] = {"ks_statistic": None, "p_value": None, "psi": None, "rows": int(len(cur))}
+            continue
+        d, p = ks_2samp(ref, cur)
+        per[col] = {"ks_statistic": d, "p_value": p, "psi": psi(ref, cur, quantile_edges(ref)), "rows": int(len(cur))}
+    tested = [c for c in features if per[c]["p_value"] is not None]
+    for col, adj in zip(tested, benjamini_hochberg([per[c]["p_value"] for c in tested])):
+        per[col]["p_adjusted"] = adj
+        per[col]["drifted"] = bool(adj < level and per[col]["psi"] >= psi_threshold)
+    for col in features:
+        per[col].setdefault("p_adjusted", None)
+        per[col].setdefault("drifted", False)
+    drifted = [c for c in features if per[c]["drifted"]]
+    return {"features": per, "drifted": drifted, "any": bool(drifted), "level": level,
+            "psi_threshold": psi_threshold, "correction": "benjamini-hochberg"}
