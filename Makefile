@@ -27,3 +27,6 @@ demo: setup clean-outputs
 
 test: setup
 	$(PY) -m pytest -q
+
+bench: setup
+	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

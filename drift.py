@@ -125,3 +125,38 @@ def feature_drift(reference, new, features=FEATURES, psi_threshold=0.2, level=0.
     drifted = [c for c in features if per[c]["drifted"]]
     return {"features": per, "drifted": drifted, "any": bool(drifted), "level": level,
             "psi_threshold": psi_threshold, "correction": "benjamini-hochberg"}
+
+
+def significance_decision(reference_true, reference_pred, new_true, new_pred, level=0.05, rounds=2000, seed=0) -> dict:
+    """Whether the drop in F1 from the reference rows to the new rows is statistically significant.
+
+    Returns drift (True, False, or None for "not enough evidence"), statistic, p_value,
+    interval and reason.
+    """
+    raise NotImplementedError("the significance test is being built (issue 7)")
+
+
+def score_drift(test, model, new_rows, reference_rows, *, deployed_f1, history=(), level=0.05, rounds=2000,
+                min_history=3, seed=0) -> dict:
+    """The cycle's score-drift decision for the deployed `model` on the labelled `new_rows`.
+
+    `reference_rows` are the labelled rows the deployed score stands for (the test data); the
+    `significance` test compares the model's outcomes on them with its outcomes on the new rows.
+    Both are DataFrames with the features and `exited`, complete rows only.
+    """
+    from sklearn.metrics import f1_score
+
+    from settings import TARGET
+
+    new_pred = model.predict(new_rows[list(FEATURES)].astype("float64"))
+    new_f1 = float(f1_score(new_rows[TARGET].astype("int64"), new_pred, zero_division=0))
+
+    def significance():
+        ref_pred = model.predict(reference_rows[list(FEATURES)].astype("float64"))
+        return significance_decision(reference_rows[TARGET].to_numpy(), ref_pred, new_rows[TARGET].to_numpy(),
+                                     new_pred, level=level, rounds=rounds, seed=seed)
+
+    out = decide(test, new_f1=new_f1, deployed_f1=deployed_f1, history=history, min_history=min_history,
+                 significance=significance)
+    out["new_rows"] = int(len(new_rows))
+    return out
