@@ -163,7 +163,7 @@ def confusion_png(matrix, title) -> bytes:
 
     fig = Figure(figsize=CONFUSION_SIZE, dpi=CONFUSION_DPI, layout="constrained")
     ax = fig.add_subplot()
-    im = ax.imshow(matrix, cmap="Blues", vmin=0)
+    ax.imshow(matrix, cmap="Blues", vmin=0)
     peak = max(max(row) for row in matrix) or 1
     for i in range(2):
         for j in range(2):
@@ -175,7 +175,6 @@ def confusion_png(matrix, title) -> bytes:
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return _png(fig)
 
 
