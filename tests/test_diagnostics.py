@@ -204,6 +204,7 @@ class FakeIndex:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket.listen(64)
         self.url = "http://127.0.0.1:%d/simple" % self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
