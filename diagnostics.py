@@ -222,7 +222,7 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
         session.mount("https://", HTTPAdapter(pool_maxsize=workers))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="package-index")
         futures = {pool.submit(_latest_from_index, session, index_url, n, timeout): n for n in wanted}
-        done, not_done = wait(futures, timeout=timeout + 0.2)
+        done, not_done = wait(futures, timeout=timeout)
         # Threads still waiting on the index are left to their own socket timeout, not waited for.
         pool.shutdown(wait=False, cancel_futures=True)
         for fut in done:

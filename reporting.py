@@ -304,6 +304,7 @@ class _Doc:
 
         w, h = ImageReader(io.BytesIO(png)).getSize()
         self.story.append(Image(io.BytesIO(png), width=width, height=width * h / w, hAlign="LEFT"))
+        self.space(3)
 
     def space(self, mm=3):
         from reportlab.lib.units import mm as MM
