@@ -33,7 +33,8 @@ def test_deploy_publishes_a_complete_version(trained):
     prod = trained.prod_deployment_path
     assert manifest["version"] == 1
     assert sorted(p.name for p in (prod / "versions" / "v0001").iterdir()) == [
-        "ingestedfiles.txt", "latestscore.txt", "manifest.json", "trainedmodel.json", "trainedmodel.pkl"]
+        "ingestedfiles.txt", "latestscore.txt", "manifest.json", "modelcard.md", "trainedmodel.json",
+        "trainedmodel.pkl"]
     for name in ("trainedmodel.pkl", "latestscore.txt", "ingestedfiles.txt"):
         source = {"trainedmodel.pkl": trained.model_file, "latestscore.txt": trained.score_file,
                   "ingestedfiles.txt": trained.ingested_list}[name]
@@ -112,7 +113,9 @@ READER = textwrap.dedent("""
     import hashlib, json, sys, time
     sys.path.insert(0, {repo!r})
     import deployment
+    import sklearn.linear_model, sklearn.pipeline, sklearn.preprocessing  # slow imports: before the clock starts
     prod, seconds = sys.argv[1], float(sys.argv[2])
+    print("ready", flush=True)
     seen, torn, reads = set(), [], 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -152,6 +155,7 @@ def test_a_reader_in_another_process_never_sees_a_torn_deployment(trained, tmp_p
         score = other / f"s{seed}.txt"
         score.write_text(f"0.{seed}\n")
         models.append((path, score))
+    assert reader.stdout.readline() == "ready\n"
     count = 0
     while reader.poll() is None and count < 200:
         path, score = models[count % 2]
