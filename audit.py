@@ -368,9 +368,13 @@ def _caveats(facts) -> list:
                        f"F1 {_f(slices['overall']['f1'])}.")
     for where, found in (audit.get("out_of_range") or {}).items():
         for r in found:
-            out.append(f"`{r['feature']}` in the {where} ranges {_num(r['min'])} to {_num(r['max'])}, outside its "
-                       f"training range {_num(r['training_min'])} to {_num(r['training_max'])}: predictions "
-                       f"there are extrapolations.")
+            beyond = []
+            if r["min"] < r["training_min"]:
+                beyond.append(f"down to {_num(r['min'])}")
+            if r["max"] > r["training_max"]:
+                beyond.append(f"up to {_num(r['max'])}")
+            out.append(f"`{r['feature']}` in the {where} goes {' and '.join(beyond)}, outside its training range "
+                       f"{_num(r['training_min'])} to {_num(r['training_max'])}: predictions there are extrapolations.")
     if "ingested data" not in (audit.get("out_of_range") or {}):
         out.append("The ingested data was not checked against the training ranges (no history database given).")
     out.append("`corporation` is an identifier and is never used as a feature.")
@@ -443,8 +447,8 @@ def model_card(facts) -> str:
     slices = audit.get("slices")
     if slices and slices.get("slices"):
         lines += [f"Flagged: F1 more than {slices['margin']:g} below the overall F1 "
-                  f"({_f((slices.get('overall') or {}).get('f1'))}); fewer than {slices['min_rows']} rows, or no "
-                  "exit, is too small to judge.", "",
+                  f"({_f((slices.get('overall') or {}).get('f1'))}); a slice with fewer than {slices['min_rows']} rows, "
+                  "or with no exit, is too small to judge.", "",
                   "| slice | rows | exits | F1 | precision | recall | flag |", "|---|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {s['label']} | {s['rows']} | {s['exits']} | {_f(s['f1'])} | {_f(s['precision'])} | "
                   f"{_f(s['recall'])} | {s['flag'] or 'ok'} |" for s in slices["slices"]]
