@@ -119,9 +119,23 @@ def band_label(feature, edges, i) -> str:
 
 
 def confusion(y_true, y_pred) -> dict:
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return {"tp": int(np.sum((y_true == 1) & (y_pred == 1))), "fp": int(np.sum((y_true == 0) & (y_pred == 1))),
-            "fn": int(np.sum((y_true == 1) & (y_pred == 0))), "tn": int(np.sum((y_true == 0) & (y_pred == 0)))}
+    """Counts of true and false positives and negatives of 0/1 labels and predictions."""
+    tn, fp, fn, tp = np.bincount(np.asarray(y_true, dtype="int64") * 2 + np.asarray(y_pred, dtype="int64"),
+                                 minlength=4)[:4].tolist()
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def metrics_from_counts(counts) -> dict:
+    """F1, precision and recall from confusion counts, 0 where undefined, as scikit-learn computes them.
+
+    scikit-learn's F1 is 2 tp / (true + predicted positives), one division of whole numbers, so
+    these are the same floats as f1_score's, without its cost per call on large slices.
+    """
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    return {"f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+            "precision": tp / (tp + fp) if tp else 0.0,
+            "recall": tp / (tp + fn) if tp else 0.0,
+            "roc_auc": None, "rows": sum(counts.values())}
 
 
 def slice_performance(y_true, y_pred, X, definitions, margin=0.1, min_rows=10) -> dict:
@@ -131,23 +145,24 @@ def slice_performance(y_true, y_pred, X, definitions, margin=0.1, min_rows=10) -
     exited=1: F1 undefined, not judged), "below overall" (F1 more than `margin` below the overall
     F1), or None.
     """
-    from scoring import metrics
-
-    y_true, y_pred = np.asarray(y_true, dtype="int64"), np.asarray(y_pred, dtype="int64")
-    overall = metrics(y_true, y_pred) if len(y_true) else None
+    codes = np.asarray(y_true, dtype="int64") * 2 + np.asarray(y_pred, dtype="int64")  # tn 0, fp 1, fn 2, tp 3
+    overall = metrics_from_counts(confusion(np.asarray(y_true), np.asarray(y_pred))) if len(codes) else None
     slices = []
     for d in definitions:
         edges = d["edges"]
         band = np.searchsorted(np.asarray(edges, dtype="float64"), np.asarray(X[d["feature"]], dtype="float64"),
                                side="right")
+        # One pass: the confusion counts of every band at once.
+        table = np.bincount(band * 4 + codes, minlength=4 * (len(edges) + 1)).reshape(-1, 4)
         for i in range(len(edges) + 1):
-            mask = band == i
-            rows = int(mask.sum())
+            tn, fp, fn, tp = table[i].tolist()
+            counts = {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+            rows = tn + fp + fn + tp
             entry = {"feature": d["feature"], "band": i, "label": band_label(d["feature"], edges, i),
                      "lower": edges[i - 1] if i > 0 else None, "upper": edges[i] if i < len(edges) else None,
-                     "rows": rows, "exits": int(y_true[mask].sum()), "f1": None, "precision": None, "recall": None}
+                     "rows": rows, "exits": tp + fn, "f1": None, "precision": None, "recall": None}
             if rows:
-                m = metrics(y_true[mask], y_pred[mask])
+                m = metrics_from_counts(counts)
                 entry.update(f1=m["f1"], precision=m["precision"], recall=m["recall"])
             if rows < min_rows:
                 entry["flag"] = "too small"

@@ -135,6 +135,15 @@ def test_slices_flag_the_known_bad_slice_and_the_too_small_one():
     assert audit.slice_performance(y_true, y_pred, X, definitions, margin=0.4)["below_overall"] == []
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_metrics_from_counts_are_scikit_learns_floats(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    y_true, y_pred = rng.random(n) < rng.random(), rng.random(n) < rng.random()
+    ours = audit.metrics_from_counts(audit.confusion(y_true.astype(int), y_pred.astype(int)))
+    assert ours == scoring.metrics(y_true.astype(int), y_pred.astype(int))
+
+
 def test_a_slice_with_no_exit_is_not_judged():
     y_true = [0] * 12 + [1, 0] * 6
     y_pred = [1] * 12 + [1, 0] * 6
