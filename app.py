@@ -600,6 +600,9 @@ def create_app(config=None, fast_path=True):
 
     if fast_path:
         app.wsgi_app = FastPrediction(app.wsgi_app, service, app)
+    # Load the serving version now: under gunicorn (preload_app) the workers inherit it, and
+    # scikit-learn with it, from the master instead of each loading it on its first request.
+    service.models.get()
     return app
 
 

@@ -292,9 +292,10 @@ REFUSED = {"error": "filepath must be a relative path to a .csv file inside the 
                     "(sourcedata, testdata, ingesteddata)"}
 
 
-@pytest.fixture
-def outside(deployed):
-    """A secret .csv file beside the world, and symlinks inside the data folders leading to it."""
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory):
+    """A secret .csv file beside a world, and symlinks inside the data folders leading to it."""
+    deployed = build_world(tmp_path_factory.mktemp("outside") / "world")
     secret = deployed.base.parent / f"{deployed.base.name}-secret.csv"
     secret.write_text("lastmonth_activity,lastyear_activity,number_of_employees\n1,2,3\n")
     (deployed.input_folder_path / "link.csv").symlink_to(secret)
