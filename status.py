@@ -30,7 +30,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flask import Blueprint, abort, current_app, redirect, render_template, request, send_file
+from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, send_file
 
 import deployment
 from settings import FEATURES
@@ -59,7 +59,11 @@ PSI_WATCH, PSI_ACT = 0.1, 0.2
 # Chromium, headless, with nothing of its own that talks to the network.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--mute-audio", "--disable-extensions",
+                  "--hide-scrollbars", "--mute-audio", "--disable-extensions", "--disable-default-apps",
+                  "--disable-domain-reliability", "--no-pings", "--disable-client-side-phishing-detection",
+                  "--no-default-browser-check", "--disable-breakpad",
+                  "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate,"
+                  "AutofillServerCommunication,DialMediaRouteProvider",
                   "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
 SCREEN_WIDTHS = {"wide": (1280, 1600), "narrow": (390, 2400)}
 
@@ -204,6 +208,7 @@ def _cycle_summary(row):
     return {
         "id": row["id"],
         "at": _iso(row["started_at"]),
+        "finished": _iso(row["finished_at"]),
         "decision": row["decision"] or rec.get("decision") or "unfinished",
         "new_files": len(rec.get("new_files") or []),
         "new_file_names": list(rec.get("new_files") or []),
@@ -257,7 +262,7 @@ def f1_per_deployment(conn, limit=TREND_POINTS):
 def psi_per_cycle(conn, limit=TREND_POINTS):
     """Per feature, the PSI of each of the last `limit` cycles that measured feature drift, oldest first."""
     points = []
-    for row in conn.execute("SELECT id, started_at, decision, record FROM cycles ORDER BY id DESC LIMIT ?",
+    for row in conn.execute("SELECT id, started_at, finished_at, decision, record FROM cycles ORDER BY id DESC LIMIT ?",
                             (limit,)).fetchall():
         c = _cycle_summary(row)
         if c["psi"] and any(v is not None for v in c["psi"].values()):
@@ -372,7 +377,7 @@ def gather(cfg, now=None, cronjob=CRONJOB) -> dict:
         "links": links(cfg),
         "history": "absent",
     }
-    check = facts["last_check"]
+    check, conn_finished = facts["last_check"], None
     conn = _connect_ro(cfg.history_db)
     if conn is None:
         return facts
@@ -382,6 +387,8 @@ def gather(cfg, now=None, cronjob=CRONJOB) -> dict:
         if "cycles" in tables:
             facts["cycles"] = recent_cycles(conn)
             facts["last_cycle"] = facts["cycles"][0] if facts["cycles"] else None
+            row = conn.execute("SELECT finished_at, started_at FROM cycles ORDER BY id DESC LIMIT 1").fetchone()
+            conn_finished = (row[0] or row[1]) if row else None
             facts["psi_trend"] = psi_per_cycle(conn)
         if "deployments" in tables:
             facts["f1_trend"] = f1_per_deployment(conn)
@@ -392,8 +399,9 @@ def gather(cfg, now=None, cronjob=CRONJOB) -> dict:
     finally:
         conn.close()
     if check and facts["last_cycle"]:
-        last = _epoch(facts["last_cycle"]["at"])
-        # Show the logged check only when it is newer than the last recorded cycle.
+        # Show the logged check only when it is newer than the last recorded cycle (the log's
+        # times are whole seconds, the database's are not: the cycle's own line is never newer).
+        last = conn_finished
         if _epoch(check["at"]) is None or last is None or _epoch(check["at"]) <= last:
             facts["last_check"] = None
     return facts
@@ -549,7 +557,7 @@ def files(name):
     cfg = _service().cfg
     path = getattr(cfg, folder) / name
     if not path.is_file():
-        abort(404, description=f"{name} has not been produced yet")
+        return jsonify(error=f"{name} has not been produced yet"), 404
     return send_file(path, mimetype=mimetype, max_age=0, conditional=True)
 
 

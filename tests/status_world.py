@@ -8,7 +8,7 @@ import json
 
 from settings import FEATURES
 
-T0 = 1_795_000_000.0  # 2026-11-17T09:46:40Z
+T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 
 
 def cycle_record(i, at, *, decision="no drift", previous=1, deployed=1, psi=(0.02, 0.05, 0.01),
