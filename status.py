@@ -321,8 +321,9 @@ def live_traffic(conn, limit=TRAFFIC_WINDOWS):
 _TRIGGERS = {}
 
 
-def next_cycle(now=None, path=CRONJOB):
+def next_cycle(now=None, path=None):
     """The schedule in cronjob.txt and its next run: {expr, next} or {error}; None without cronjob.txt."""
+    path = CRONJOB if path is None else path
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -363,7 +364,7 @@ def links(cfg):
     return out
 
 
-def gather(cfg, now=None, cronjob=CRONJOB) -> dict:
+def gather(cfg, now=None, cronjob=None) -> dict:
     """Everything the status page shows, as plain data (see the module docstring)."""
     now = datetime.now(timezone.utc) if now is None else now
     model, model_note = deployed_model(cfg)
@@ -420,7 +421,7 @@ def line_chart(series, y_max=None, thresholds=(), width=640, height=220):
     values = [v for _, pts in series for _, v in pts if v is not None]
     if not values:
         return None
-    left, right, top, bottom = 48, 16, 12, 34
+    left, right, top, bottom = 58, 16, 12, 34
     n = max(len(pts) for _, pts in series)
     top_value = y_max if y_max is not None else max(max(values), *(t for t, _ in thresholds)) * 1.15 or 1.0
     step = _nice_step(top_value / 4)

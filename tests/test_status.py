@@ -198,12 +198,12 @@ def test_the_next_scheduled_cycle(tmp_path, line, expected):
 
 def test_line_chart_geometry():
     c = status.line_chart([("f1", [("v1", 0.5), ("v2", 1.0), ("v3", None)])], y_max=1.0, width=148, height=146)
-    # plot area: x 48..132 (84 wide), y 12..112 (100 high); 3 labels, the third without a value
-    assert c["lines"] == [{"name": "f1", "index": 0, "points": "48.0,62.0 90.0,12.0",
-                           "dots": [{"x": 48.0, "y": 62.0, "label": "v1", "value": 0.5},
-                                    {"x": 90.0, "y": 12.0, "label": "v2", "value": 1.0}]}]
+    # plot area: x 58..132 (74 wide), y 12..112 (100 high); 3 labels, the third without a value
+    assert c["lines"] == [{"name": "f1", "index": 0, "points": "58.0,62.0 95.0,12.0",
+                           "dots": [{"x": 58.0, "y": 62.0, "label": "v1", "value": 0.5},
+                                    {"x": 95.0, "y": 12.0, "label": "v2", "value": 1.0}]}]
     assert [t["text"] for t in c["ticks"]] == ["0.00", "0.25", "0.50", "0.75", "1.00"]
-    assert (c["first"], c["last"]) == ({"x": 48.0, "text": "v1"}, {"x": 132.0, "text": "v3"})
+    assert (c["first"], c["last"]) == ({"x": 58.0, "text": "v1"}, {"x": 132.0, "text": "v3"})
     psi = status.line_chart([("a", [("c1", 0.05), ("c2", 0.31)])], thresholds=((0.1, "watch"), (0.2, "act")))
     assert [t["text"] for t in psi["ticks"]] == ["0.0", "0.1", "0.2", "0.3", "0.4"]
     assert [t["text"] for t in psi["thresholds"]] == ["watch", "act"]
