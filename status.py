@@ -50,8 +50,8 @@ CYCLE_LOG = "cycles.jsonl"
 # The fixed files GET /files/<name> may serve: name -> (Config attribute of the folder, media type).
 FILES = {
     "report.pdf": ("output_model_path", "application/pdf"),
-    "apireturns.txt": ("output_model_path", "text/plain; charset=utf-8"),
-    "modelcard.md": ("prod_deployment_path", "text/plain; charset=utf-8"),
+    "apireturns.txt": ("output_model_path", "text/plain"),
+    "modelcard.md": ("prod_deployment_path", "text/plain"),
 }
 # The monitoring branch's table of live traffic windows, and the column names it may use.
 TRAFFIC_TABLES = ("monitoring_windows", "traffic_windows")
