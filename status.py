@@ -53,8 +53,6 @@ FILES = {
     "apireturns.txt": ("output_model_path", "text/plain"),
     "modelcard.md": ("prod_deployment_path", "text/plain"),
 }
-# The monitoring branch's table of live traffic windows, and the column names it may use.
-TRAFFIC_TABLES = ("monitoring_windows", "traffic_windows")
 PSI_WATCH, PSI_ACT = 0.1, 0.2
 # Chromium, headless, with nothing of its own that talks to the network.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -270,52 +268,55 @@ def psi_per_cycle(conn, limit=TREND_POINTS):
     return list(reversed(points))
 
 
-def _column(cols, *names):
-    return next((n for n in names if n in cols), None)
+def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT):
+    """Live traffic over `windows` (online monitoring's summarized windows, newest first), or None.
 
-
-def live_traffic(conn, limit=TRAFFIC_WINDOWS):
-    """The last live-traffic windows the API flushed (online monitoring), summed; None when there are none."""
-    table = next((t for t in TRAFFIC_TABLES if t in _tables(conn)), None)
-    if table is None:
+    Each window is a dict as monitoring.summarize returns it: window_start, window_seconds,
+    model_version, requests, rows, exits, latency_p50 and latency_p99 (seconds), psi {feature:
+    value} and level ("ok", "watch" or "act").
+    """
+    windows = [w for w in windows or [] if isinstance(w, dict)]
+    if not windows:
         return None
-    cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-    order = _column(cols, "id", "window_end", "ended_at", "at") or "rowid"
-    rows = [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY {order} DESC LIMIT ?", (limit,))]
-    if not rows:
-        return None
+    latest = windows[0]
+    rows = sum(int(w.get("rows") or 0) for w in windows)
+    exits = sum(int(w.get("exits") or 0) for w in windows)
+    starts = [_number(w.get("window_start")) for w in windows]
+    ends = [(_number(w.get("window_start")) or 0) + (_number(w.get("window_seconds")) or 0) for w in windows
+            if _number(w.get("window_start")) is not None]
 
-    def get(row, *names):
-        name = _column(row.keys(), *names)
-        return row[name] if name else None
+    def ms(seconds):
+        return None if _number(seconds) is None else seconds * 1000
 
-    requests = sum(_number(get(r, "requests", "request_count")) or 0 for r in rows)
-    predicted = sum(_number(get(r, "rows", "rows_predicted")) or 0 for r in rows)
-    exits = [(_number(get(r, "exit_share", "predicted_exit_share")), _number(get(r, "rows", "rows_predicted")) or 0)
-             for r in rows]
-    weight = sum(w for s, w in exits if s is not None)
-    exit_share = sum(s * w for s, w in exits if s is not None) / weight if weight else None
-    latest = rows[0]
-    psi = get(latest, "psi", "feature_psi")
-    if isinstance(psi, str):
-        try:
-            psi = json.loads(psi)
-        except json.JSONDecodeError:
-            psi = None
-    starts = [_epoch(get(r, "window_start", "started_at", "start", "at")) for r in rows]
-    ends = [_epoch(get(r, "window_end", "ended_at", "end", "at")) for r in rows]
+    psi = latest.get("psi") if isinstance(latest.get("psi"), dict) else {}
     return {
-        "windows": len(rows),
+        "windows": len(windows),
         "since": _iso(min((t for t in starts if t is not None), default=None)),
-        "until": _iso(max((t for t in ends if t is not None), default=None)),
-        "requests": int(requests),
-        "rows": int(predicted),
-        "exit_share": exit_share,
-        "p50_ms": _number(get(latest, "latency_p50_ms", "p50_ms", "latency_p50")),
-        "p99_ms": _number(get(latest, "latency_p99_ms", "p99_ms", "latency_p99")),
-        "model_version": get(latest, "model_version", "version"),
-        "psi": {k: _number(v) for k, v in psi.items()} if isinstance(psi, dict) else None,
+        "until": _iso(max(ends, default=None)),
+        "requests": sum(int(w.get("requests") or 0) for w in windows),
+        "rows": rows,
+        "exit_share": exits / rows if rows else None,
+        "p50_ms": ms(latest.get("latency_p50")),
+        "p99_ms": ms(latest.get("latency_p99")),
+        "model_version": latest.get("model_version"),
+        "level": latest.get("level"),
+        "psi": {name: _number(v) for name, v in psi.items()},
+        "watch": watch, "act": act,
     }
+
+
+def live_traffic(conn, cfg, limit=TRAFFIC_WINDOWS):
+    """The last `limit` windows online monitoring (monitoring.py) recorded, summed; None before it has any."""
+    try:
+        import monitoring
+    except ImportError:  # online monitoring is not installed with this code
+        return None
+    try:
+        found = monitoring.recent_windows(conn, cfg, limit=limit)
+    except (AttributeError, KeyError, ValueError, sqlite3.Error) as exc:
+        logger.warning("status page: live traffic unreadable: %s", exc)
+        return None
+    return traffic_summary(found, getattr(cfg, "psi_watch", PSI_WATCH), getattr(cfg, "psi_act", PSI_ACT))
 
 
 _TRIGGERS = {}
@@ -393,7 +394,7 @@ def gather(cfg, now=None, cronjob=None) -> dict:
             facts["psi_trend"] = psi_per_cycle(conn)
         if "deployments" in tables:
             facts["f1_trend"] = f1_per_deployment(conn)
-        facts["traffic"] = live_traffic(conn)
+        facts["traffic"] = live_traffic(conn, cfg)
     except sqlite3.Error as exc:
         logger.warning("status page: reading %s failed: %s", cfg.history_db, exc)
         facts["history"] = f"unreadable: {exc}"
@@ -502,8 +503,7 @@ def view(facts) -> dict:
         names += sorted({n for p in psi for n in p["psi"]} - set(names))
         psi_chart = line_chart([(n, [(f"cycle {p['cycle']}", p["psi"].get(n)) for p in psi]) for n in names],
                                thresholds=((PSI_WATCH, "watch 0.1"), (PSI_ACT, "act 0.2")))
-    return {"facts": facts, "f1_chart": f1_chart, "psi_chart": psi_chart, "refresh": REFRESH_SECONDS,
-            "PSI_WATCH": PSI_WATCH, "PSI_ACT": PSI_ACT}
+    return {"facts": facts, "f1_chart": f1_chart, "psi_chart": psi_chart, "refresh": REFRESH_SECONDS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,8 +600,24 @@ def run_chromium(url, *args, width=1280, height=1600, timeout=60, netlog=None):
     return done.stdout
 
 
+def _check_page(url, timeout=10):
+    """Raise BrowserError unless `url` answers 200 (Chromium would screenshot its error page)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        raise BrowserError(f"{url} answered {exc.code}: {exc.read(300).decode('utf-8', 'replace').strip()}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise BrowserError(f"{url} cannot be reached: {getattr(exc, 'reason', exc)}") from None
+
+
 def screenshots(url, out_dir, widths=SCREEN_WIDTHS):
     """Save the page at `url` as status-<name>.png in out_dir for each width; return the paths."""
+    chromium()
+    _check_page(url)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

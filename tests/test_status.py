@@ -164,23 +164,45 @@ def test_a_newer_logged_check_shows_beside_the_last_recorded_cycle(deployed, tmp
     assert status.gather(cfg, now=NOW)["last_check"] is None  # not newer than the recorded cycle
 
 
-def test_live_traffic_windows(fresh):
-    with closing(history.connect(fresh.history_db)) as conn:
-        conn.execute("CREATE TABLE monitoring_windows (id INTEGER PRIMARY KEY, model_version INTEGER,"
-                     " window_start REAL, window_end REAL, requests INTEGER, rows INTEGER, exit_share REAL,"
-                     " latency_p50_ms REAL, latency_p99_ms REAL, psi TEXT)")
-        conn.execute("INSERT INTO monitoring_windows VALUES (1, 1, ?, ?, 10, 40, 0.25, 1.5, 4.0, ?)",
-                     (T0, T0 + 60, json.dumps({"lastmonth_activity": 0.05})))
-        conn.execute("INSERT INTO monitoring_windows VALUES (2, 2, ?, ?, 30, 60, 0.5, 1.25, 3.5, ?)",
-                     (T0 + 60, T0 + 120, json.dumps({"lastmonth_activity": 0.31, "lastyear_activity": 0.12})))
-    assert status.gather(fresh, now=NOW)["traffic"] == {
+# Two windows as monitoring.recent_windows summarizes them (branch `monitoring`), newest first.
+WINDOWS = [
+    {"window_start": T0 + 60, "window_seconds": 60.0, "model_version": 2, "requests": 30, "rows": 60, "exits": 30,
+     "latency_p50": 0.00125, "latency_p99": 0.0035, "level": "act",
+     "psi": {"lastmonth_activity": 0.31, "lastyear_activity": 0.12, "number_of_employees": 0.02}},
+    {"window_start": T0, "window_seconds": 60.0, "model_version": 1, "requests": 10, "rows": 40, "exits": 10,
+     "latency_p50": 0.0015, "latency_p99": 0.004, "level": "ok", "psi": {"lastmonth_activity": 0.05}},
+]
+
+
+def test_live_traffic_summed_over_the_windows():
+    assert status.traffic_summary(WINDOWS, watch=0.1, act=0.2) == {
         "windows": 2, "since": "2026-11-18T11:06:40+00:00", "until": "2026-11-18T11:08:40+00:00",
-        "requests": 40, "rows": 100, "exit_share": (0.25 * 40 + 0.5 * 60) / 100, "p50_ms": 1.25, "p99_ms": 3.5,
-        "model_version": 2, "psi": {"lastmonth_activity": 0.31, "lastyear_activity": 0.12},
+        "requests": 40, "rows": 100, "exit_share": 40 / 100, "p50_ms": 1.25, "p99_ms": 3.5,
+        "model_version": 2, "level": "act", "watch": 0.1, "act": 0.2,
+        "psi": {"lastmonth_activity": 0.31, "lastyear_activity": 0.12, "number_of_employees": 0.02},
     }
+    assert status.traffic_summary([]) is None
+    assert status.traffic_summary([{"window_start": T0, "rows": 0}])["exit_share"] is None
+
+
+def test_live_traffic_on_the_page(fresh, monkeypatch):
+    with closing(history.connect(fresh.history_db)):
+        pass  # the page reads live traffic from the history database: it must exist
+    monkeypatch.setattr(status, "live_traffic", lambda conn, cfg: status.traffic_summary(WINDOWS))
     html = create_app(fresh).test_client().get("/").get_data(as_text=True)
-    assert re.search(r"<dt>lastmonth_activity PSI</dt><dd>0\.310 <span class=\"flag\">act</span></dd>", html)
-    assert "<dt>lastyear_activity PSI</dt><dd>0.120 <span class=\"flag small\">watch</span></dd>" in html
+    assert '<span class="label">Requests</span><span class="big">40</span>' in html
+    assert '<span class="label">Predicted to exit</span><span class="big">40.0 %</span>' in html
+    assert '<span class="big">1.2 / 3.5</span> <span class="muted">ms</span>' in html
+    assert '<span class="badge bad" id="traffic-level">act</span>' in html
+    assert '<dt>lastmonth_activity PSI</dt><dd>0.310 <span class="flag">act</span></dd>' in html
+    assert '<dt>lastyear_activity PSI</dt><dd>0.120 <span class="flag small">watch</span></dd>' in html
+    assert '<dt>number_of_employees PSI</dt><dd>0.020</dd>' in html
+
+
+def test_no_live_traffic_without_online_monitoring(deployed):
+    # No traffic recorded (or no monitoring.py installed): no live-traffic facts, and the page says so.
+    with closing(history.connect(deployed.history_db)) as conn:
+        assert status.live_traffic(conn, deployed) is None
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -426,3 +448,27 @@ def test_browser_token_protected(deployed):
         shown = browse(url + "/?token=s3cret", "--dump-dom")
     assert "a valid bearer token is required" in refused and 'id="model-version"' not in refused
     assert f'<span class="big" id="model-version">{manifest(deployed)["version"]}</span>' in shown
+
+
+def test_screenshots_command(server, tmp_path):
+    out = tmp_path / "shots"
+    done = subprocess.run([sys.executable, str(REPO / "status.py"), "--url", server + "/", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"screenshot: {out / 'status-wide.png'}\nscreenshot: {out / 'status-narrow.png'}\n"
+    assert png_size(out / "status-wide.png") == (1280, 1600)
+    assert png_size(out / "status-narrow.png") == (390, 2400)
+
+
+def test_screenshots_command_says_why_in_one_line(tmp_path):
+    port = free_port()  # nothing listens there
+    url = f"http://127.0.0.1:{port}/"
+    done = subprocess.run([sys.executable, str(REPO / "status.py"), "--url", url, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == f"error: {url} cannot be reached: [Errno 111] Connection refused\n"
+    no_browser = subprocess.run([sys.executable, str(REPO / "status.py"), "--url", url, "--out", str(tmp_path)],
+                                capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(tmp_path)})
+    assert no_browser.returncode == 2
+    assert no_browser.stderr == "error: chromium is not installed (make setup installs it: apt-get install -y chromium)\n"
+    assert list(tmp_path.iterdir()) == []
