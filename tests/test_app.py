@@ -729,3 +729,18 @@ def test_a_model_of_another_shape_is_loaded_by_scikit_learn(deployed, tmp_path):
     assert resp.status_code == 200
     assert_answer(resp.get_json(), tree, rows, version=2)
     assert client.get("/scoring").get_json()["model_version"] == 2
+
+
+def test_few_rows_computed_without_numpy_equal_scikit_learn(client, model):
+    df = datagen.generate(30, seed=13)
+    df.loc[0, "number_of_employees"] = 2**53 - 1
+    df.loc[1, "lastmonth_activity"] = 2**53 - 1  # a probability that underflows to 0
+    df.loc[2, "lastyear_activity"] = 2**53 - 1
+    df.loc[3, FEATURES] = 0
+    records = df[list(FEATURES)].to_dict("records")
+    assert len(records) <= app_module.SMALL_BATCH
+    resp = client.post("/prediction", json={"records": records})
+    assert_answer(resp.get_json(), model, df)
+    predictor = client.application.extensions["dras"].predictor()
+    X = df[list(FEATURES)].to_numpy(dtype="float64")
+    assert predictor.predict(X)[0] == predictor.predict(df[list(FEATURES)].values.tolist())[0]
