@@ -213,6 +213,9 @@ def missing_trend_png(summaries) -> bytes:
     # A floor of 1% keeps a run of zeros on the axis, not floating in an empty band.
     peak = max((s["missing"].get(col) or 0.0) for s in summaries for col in COLUMNS)
     ax.set_ylim(0, max(1.0, peak * 1.15))
+    if peak == 0:
+        ax.text(0.5, 0.5, "no missing values in any of these runs", transform=ax.transAxes, ha="center",
+                va="center", color="dimgray")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _png(fig)
@@ -488,6 +491,9 @@ def _audit_section(doc, data, W):
 
 
 def _trends_section(doc, data, W):
+    from reportlab.platypus import KeepTogether
+
+    start = len(doc.story)
     doc.heading("Trends")
     deps = [d for d in data["deployments"] if d["f1"] is not None]
     if len(deps) > 1:
@@ -507,6 +513,8 @@ def _trends_section(doc, data, W):
         doc.image(timing_trend_png(timings), W)
     else:
         doc.para("Step timings: one run so far; a trend needs two runs of a step.")
+    # Lines of words stay on one page; plots that cannot all fit still flow on.
+    doc.story[start:] = [KeepTogether(doc.story[start:])]
 
 
 def render_pdf(data, confusion) -> bytes:
