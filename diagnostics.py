@@ -225,6 +225,8 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
         done, not_done = wait(futures, timeout=timeout)
         # Threads still waiting on the index are left to their own socket timeout, not waited for.
         pool.shutdown(wait=False, cancel_futures=True)
+        if not not_done:
+            session.close()
         for fut in done:
             name = futures[fut]
             try:

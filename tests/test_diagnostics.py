@@ -171,7 +171,7 @@ def test_dependencies_with_an_index_that_hangs_answer_within_the_deadline(world,
         result = diagnostics.outdated_packages_list(None, requirements=reqs, index_url=f"http://{host}/simple",
                                                     timeout=0.5)
         elapsed = time.perf_counter() - started
-    assert elapsed < 0.8
+    assert 0.5 <= elapsed < 1.0  # it waited for the deadline, and no longer
     assert [(p["package"], p["latest"], p["reason"]) for p in result["packages"]] == [
         ("numpy", None, f"package index {host} did not answer within 0.5s"),
         ("pandas", None, f"package index {host} did not answer within 0.5s"),
