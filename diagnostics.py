@@ -6,6 +6,7 @@ Every function returns plain data (the API serves it as JSON, the report renders
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -123,17 +124,56 @@ def _installed(name):
         return None
 
 
-def _latest_from_index(session, index_url, name, timeout):
+_SSL_CONTEXT = None
+
+
+def _ssl_context():
+    """One TLS context for every ask, built on first use: loading the CA bundle takes ~0.1 s."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        import ssl
+
+        cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+        if not cafile:
+            try:
+                import certifi
+
+                cafile = certifi.where()
+            except ImportError:
+                cafile = None
+        _SSL_CONTEXT = ssl.create_default_context(cafile=cafile)
+    return _SSL_CONTEXT
+
+
+class _IndexTimeout(Exception):
+    """The index did not answer in time."""
+
+
+def _latest_from_index(index_url, name, timeout):
     """Newest final release of `name` on a PEP 691 JSON simple index."""
+    import gzip
+    import urllib.error
+    import urllib.request
+
     from packaging.version import InvalidVersion, Version
 
     project = re.sub(r"[-_.]+", "-", name).lower()  # the PEP 503 normalized name
-    resp = session.get(f"{index_url.rstrip('/')}/{project}/", timeout=timeout,
-                       headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    resp.raise_for_status()
+    request = urllib.request.Request(f"{index_url.rstrip('/')}/{project}/", headers={
+        "Accept": "application/vnd.pypi.simple.v1+json", "Accept-Encoding": "gzip"})
+    context = _ssl_context() if request.type == "https" else None
     try:
-        body = resp.json()
-    except ValueError:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
+            data = resp.read()
+            if resp.headers.get("Content-Encoding") == "gzip":
+                data = gzip.decompress(data)
+    except TimeoutError:  # a read that outlived the timeout
+        raise _IndexTimeout() from None
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the connection open
+        raise
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
         raise ValueError("not the JSON simple API") from None
     if not isinstance(body, dict) or not isinstance(body.get("versions"), list):
         raise ValueError("no list of versions in the JSON answer")
@@ -141,7 +181,7 @@ def _latest_from_index(session, index_url, name, timeout):
     for v in body["versions"]:
         try:
             parsed = Version(v)
-        except InvalidVersion:
+        except (InvalidVersion, TypeError):
             continue
         if not parsed.is_prerelease and not parsed.is_devrelease:
             versions.append(parsed)
@@ -152,16 +192,19 @@ def _latest_from_index(session, index_url, name, timeout):
 
 def _index_failure(exc, index_url, timeout) -> str:
     """One short reason, the same for every package that failed the same way."""
-    import requests
+    import urllib.error
     from urllib.parse import urlsplit
 
     host = urlsplit(index_url).netloc or index_url
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"package index {host} answered HTTP {exc.code}"
+    if isinstance(exc, _IndexTimeout) or (isinstance(exc, urllib.error.URLError)
+                                          and isinstance(exc.reason, TimeoutError)):
         return f"package index {host} did not answer within {timeout}s"
-    if isinstance(exc, requests.ConnectionError):
+    if isinstance(exc, urllib.error.URLError) and "CERTIFICATE" in str(exc.reason).upper():
+        return f"package index {host} unreachable: its TLS certificate was refused"
+    if isinstance(exc, (urllib.error.URLError, ConnectionError)):
         return f"package index {host} unreachable: cannot connect"
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        return f"package index {host} answered HTTP {exc.response.status_code}"
     if isinstance(exc, ValueError):
         return f"package index {host} answer unusable: {str(exc)[:120]}"
     return f"package index {host} unusable: {type(exc).__name__}"
@@ -202,9 +245,6 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
     reached the answer still comes back in time, with "latest" None, status "unknown" and the
     reason given, and that failure is remembered for a minute so repeated calls answer at once.
     """
-    import requests
-    from requests.adapters import HTTPAdapter
-
     index_url = index_url or (cfg.package_index_url if cfg is not None else "https://pypi.org/simple")
     pins = read_requirements(requirements)
     cache_path = cfg.output_folder_path / "package_index_cache.json" if cfg is not None else None
@@ -216,28 +256,25 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
     errors = {n: e["error"] for n, e in fresh.items() if not e.get("latest")}
     wanted = [n for n in pins if n not in fresh]
     if wanted:
-        workers = min(16, len(wanted))
-        session = requests.Session()
-        session.mount("http://", HTTPAdapter(pool_maxsize=workers))
-        session.mount("https://", HTTPAdapter(pool_maxsize=workers))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="package-index")
-        futures = {pool.submit(_latest_from_index, session, index_url, n, timeout): n for n in wanted}
-        done, not_done = wait(futures, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        if index_url.startswith("https:"):
+            _ssl_context()  # once, before the threads, within the deadline
+        pool = ThreadPoolExecutor(max_workers=min(16, len(wanted)), thread_name_prefix="package-index")
+        futures = {pool.submit(_latest_from_index, index_url, n, timeout): n for n in wanted}
+        done, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         # Threads still waiting on the index are left to their own socket timeout, not waited for.
         pool.shutdown(wait=False, cancel_futures=True)
-        if not not_done:
-            session.close()
         for fut in done:
             name = futures[fut]
             try:
                 latest[name] = fut.result()
                 fresh[name] = {"latest": latest[name], "at": now}
-            except (requests.RequestException, ValueError) as exc:
+            except (OSError, ValueError, _IndexTimeout) as exc:  # URLError and HTTPError are OSErrors
                 errors[name] = _index_failure(exc, index_url, timeout)
                 fresh[name] = {"latest": None, "error": errors[name], "at": now}
         for fut in not_done:
             name = futures[fut]
-            errors[name] = _index_failure(requests.Timeout(), index_url, timeout)
+            errors[name] = _index_failure(_IndexTimeout(), index_url, timeout)
             fresh[name] = {"latest": None, "error": errors[name], "at": now}
         if cache_path is not None:
             import atomicfiles
