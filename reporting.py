@@ -116,7 +116,7 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
     model_sha = manifest["files"]["trainedmodel.pkl"]["sha256"]
     past = _history(cfg, model_sha)
     if dependencies is None:
-        dependencies = diagnostics.outdated_packages_list(cfg, timeout=1.0)
+        dependencies = diagnostics.outdated_packages_list(cfg, timeout=2.0)
     summaries = past["summaries"]
     training = manifest.get("training", {})
     return {
