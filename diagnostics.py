@@ -253,12 +253,20 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
     known = cache.get(index_url) if isinstance(cache.get(index_url), dict) else {}
     fresh = {n: e for n, e in known.items() if n in pins and _fresh(e, now)}
     latest = {n: e["latest"] for n, e in fresh.items() if e.get("latest")}
-    errors = {n: e["error"] for n, e in fresh.items() if not e.get("latest")}
+    errors = {n: str(e.get("error") or "package index failed (cached)") for n, e in fresh.items()
+              if not e.get("latest")}
     wanted = [n for n in pins if n not in fresh]
-    if wanted:
-        deadline = time.monotonic() + timeout
-        if index_url.startswith("https:"):
+    if wanted and index_url.startswith("https:"):
+        try:
             _ssl_context()  # once, before the threads, within the deadline
+        except OSError as exc:  # ssl.SSLError too: an unreadable or broken CA bundle
+            for name in wanted:
+                errors[name] = f"cannot check the package index: no usable CA bundle ({exc})"
+            wanted = []
+    if wanted:
+        import http.client
+
+        deadline = time.monotonic() + timeout
         pool = ThreadPoolExecutor(max_workers=min(16, len(wanted)), thread_name_prefix="package-index")
         futures = {pool.submit(_latest_from_index, index_url, n, timeout): n for n in wanted}
         done, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
@@ -269,7 +277,8 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
             try:
                 latest[name] = fut.result()
                 fresh[name] = {"latest": latest[name], "at": now}
-            except (OSError, ValueError, _IndexTimeout) as exc:  # URLError and HTTPError are OSErrors
+            # URLError and HTTPError are OSErrors; a server that speaks no HTTP raises HTTPException.
+            except (OSError, ValueError, http.client.HTTPException, _IndexTimeout) as exc:
                 errors[name] = _index_failure(exc, index_url, timeout)
                 fresh[name] = {"latest": None, "error": errors[name], "at": now}
         for fut in not_done:

@@ -299,3 +299,29 @@ def test_cli_bad_config_is_one_line(tmp_path):
     proc = run_script("diagnostics.py", "--config", tmp_path / "nope.json")
     assert proc.returncode == 2
     assert proc.stderr == f"error: config file not found: {tmp_path / 'nope.json'}\n"
+
+
+def test_dependencies_from_an_index_that_speaks_no_http(tmp_path):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        host = "127.0.0.1:%d" % server.getsockname()[1]
+
+        def serve():
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:  # closed: the test is over
+                    return
+                with conn:
+                    conn.recv(4096)
+                    conn.sendall(b"garbage\r\n\r\n")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        reqs = write_requirements(tmp_path, ["numpy==1.0"])
+        result = diagnostics.outdated_packages_list(None, requirements=reqs, index_url=f"http://{host}/simple",
+                                                    timeout=1.0)
+    thread.join(5)
+    assert result["packages"][0]["reason"] == f"package index {host} unusable: BadStatusLine"
+    assert result["packages"][0]["latest"] is None
