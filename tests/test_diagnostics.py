@@ -307,12 +307,15 @@ def test_dependencies_from_an_index_that_speaks_no_http(tmp_path):
         server.listen(16)
         host = "127.0.0.1:%d" % server.getsockname()[1]
 
+        server.settimeout(0.1)
+        stop = threading.Event()
+
         def serve():
-            while True:
+            while not stop.is_set():
                 try:
                     conn, _ = server.accept()
-                except OSError:  # closed: the test is over
-                    return
+                except TimeoutError:
+                    continue
                 with conn:
                     conn.recv(4096)
                     conn.sendall(b"garbage\r\n\r\n")
@@ -322,6 +325,8 @@ def test_dependencies_from_an_index_that_speaks_no_http(tmp_path):
         reqs = write_requirements(tmp_path, ["numpy==1.0"])
         result = diagnostics.outdated_packages_list(None, requirements=reqs, index_url=f"http://{host}/simple",
                                                     timeout=1.0)
-    thread.join(5)
+        stop.set()
+        thread.join(5)
+        assert not thread.is_alive()
     assert result["packages"][0]["reason"] == f"package index {host} unusable: BadStatusLine"
     assert result["packages"][0]["latest"] is None
