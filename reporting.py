@@ -61,7 +61,8 @@ def _deployed(cfg):
     version_dir = deployment.current_dir(cfg.prod_deployment_path)
     listed = version_dir / "ingestedfiles.txt"
     files = [n for n in listed.read_text(encoding="utf-8").splitlines() if n] if listed.exists() else []
-    return model, manifest, files
+    card = version_dir / "modelcard.md"
+    return model, manifest, files, (str(card) if card.exists() else None)
 
 
 def _scores_on_test(cfg, model):
@@ -111,7 +112,7 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
     """Everything the report shows, as plain data. Raises ReportError when there is nothing to report on."""
     import diagnostics
 
-    model, manifest, files = _deployed(cfg)
+    model, manifest, files, card = _deployed(cfg)
     metrics, matrix = _scores_on_test(cfg, model)
     model_sha = manifest["files"]["trainedmodel.pkl"]["sha256"]
     past = _history(cfg, model_sha)
@@ -129,6 +130,7 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
             "sha256": model_sha,
             "params": training.get("params"),
             "files": [{"name": n, "rows": past["file_rows"].get(n)} for n in files],
+            "card": card,
         },
         "test_data": str(cfg.test_data_file),
         "metrics": metrics,
@@ -474,6 +476,8 @@ def _audit_section(doc, data, W):
     doc.heading("Model card and slice audit")
     if not isinstance(audit, dict) or not ({"markdown", "sections"} & set(audit)):
         doc.para("No model card or slice audit has been provided for this model.")
+        if data["model"]["card"]:
+            doc.para(f"The deployed version's model card is in {data['model']['card']}.")
         return
     if audit.get("markdown"):
         for line in str(audit["markdown"]).splitlines():

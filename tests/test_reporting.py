@@ -240,3 +240,13 @@ def test_cli_without_a_deployed_model_is_one_line(world):
     proc = run_script("reporting.py", "--config", world.path)
     assert proc.returncode == 2
     assert proc.stderr == f"error: no report: no model is deployed in {world.prod_deployment_path}\n"
+
+
+def test_the_audit_place_points_at_the_deployed_model_card(world1):
+    card = world1.prod_deployment_path / "versions" / "v0001" / "modelcard.md"
+    text = pdf_text(reporting.generate_report(world1)["latest"])
+    audit_text = section(text, "Model card and slice audit", "Trends")
+    assert "No model card or slice audit has been provided for this model." in audit_text
+    assert card.exists()  # deployment writes it
+    # A long path wraps inside the column rather than run off the page: compare without the wraps.
+    assert "".join(f"The deployed version's model card is in {card}.".split()) in "".join(audit_text.split())
