@@ -30,7 +30,8 @@ FAILURE_CACHE_SECONDS = 60
 def model_predictions(data, model=None, cfg=None) -> list:
     """The model's 0/1 predictions for `data` (a DataFrame or a CSV path), one per row, in order.
 
-    `model` defaults to the deployed one (hash-checked) of `cfg`.
+    `model` defaults to the deployed one (hash-checked) of `cfg`. Raises ValueError, naming the
+    row or column, when a feature is absent, not a number or missing.
     """
     import pandas as pd
 
@@ -40,7 +41,18 @@ def model_predictions(data, model=None, cfg=None) -> list:
         model, _ = deployment.load_deployed(cfg.prod_deployment_path)
     if not isinstance(data, pd.DataFrame):
         data = pd.read_csv(data)
-    X = data[list(FEATURES)].astype("float64")
+    absent = [c for c in FEATURES if c not in data.columns]
+    if absent:
+        raise ValueError(f"missing column(s): {', '.join(absent)}")
+    try:
+        X = data[list(FEATURES)].astype("float64")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"a feature value is not a number: {exc}") from None
+    gaps = X.isna()
+    if gaps.to_numpy().any():
+        row = int(gaps.any(axis=1).to_numpy().nonzero()[0][0])
+        col = next(c for c in FEATURES if gaps[c].iloc[row])
+        raise ValueError(f"row {row + 1} has no value for {col!r}: the model cannot predict it")
     return [int(p) for p in model.predict(X)]
 
 

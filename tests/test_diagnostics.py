@@ -330,3 +330,16 @@ def test_dependencies_from_an_index_that_speaks_no_http(tmp_path):
         assert not thread.is_alive()
     assert result["packages"][0]["reason"] == f"package index {host} unusable: BadStatusLine"
     assert result["packages"][0]["latest"] is None
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ({"lastmonth_activity": [1, 2], "lastyear_activity": [3, 4]}, "missing column(s): number_of_employees"),
+    ({"lastmonth_activity": [1, None], "lastyear_activity": [3, 4], "number_of_employees": [5, 6]},
+     "row 2 has no value for 'lastmonth_activity': the model cannot predict it"),
+    ({"lastmonth_activity": [1, 2], "lastyear_activity": [3, "lots"], "number_of_employees": [5, 6]},
+     "a feature value is not a number: could not convert string to float: 'lots'"),
+])
+def test_model_predictions_refuse_rows_they_cannot_predict(deployed, rows, message):
+    with pytest.raises(ValueError) as err:
+        diagnostics.model_predictions(pd.DataFrame(rows), cfg=deployed)
+    assert str(err.value) == message
