@@ -443,6 +443,10 @@ class Service:
             raise InputError("body is not UTF-8 text") from None
         except json.JSONDecodeError as exc:
             raise InputError(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InputError("body is not usable JSON: nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise InputError(f"body is not usable JSON: {exc}") from None
         if not isinstance(doc, dict) or len({"records", "filepath"} & doc.keys()) != 1:
             raise InputError('JSON body must be an object with either "records" (a list of rows) or "filepath"')
         if "records" in doc:

@@ -185,6 +185,10 @@ BAD_INPUTS = [
                      "field 'file') or JSON (Content-Type: application/json)"),
     (JSON, b"{", 400, "body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
     (JSON, b"\xff\xfe", 400, "body is not UTF-8 text"),
+    (JSON, b"[" * 100_000, 400, "body is not usable JSON: nested too deeply"),
+    (JSON, b'{"records": [{"lastmonth_activity": ' + b"9" * 5000 + b"}]}", 400,
+     "body is not usable JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 "
+     "digits; use sys.set_int_max_str_digits() to increase the limit"),
     (JSON, b"[1, 2]", 400, 'JSON body must be an object with either "records" (a list of rows) or "filepath"'),
     (JSON, b'{"rows": []}', 400, 'JSON body must be an object with either "records" (a list of rows) or "filepath"'),
     (JSON, b'{"records": [], "filepath": "a.csv"}', 400,
