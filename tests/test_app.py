@@ -748,3 +748,38 @@ def test_few_rows_computed_without_numpy_equal_scikit_learn(client, model):
     predictor = client.application.extensions["dras"].predictor()
     X = df[list(FEATURES)].to_numpy(dtype="float64")
     assert predictor.predict(X)[0] == predictor.predict(df[list(FEATURES)].values.tolist())[0]
+
+
+def mutations(seed, count):
+    """Seeded garbage: random bytes, and valid bodies with bytes flipped, cut or doubled."""
+    rng = np.random.default_rng(seed)
+    valid = [json.dumps({"records": [ROW, {**ROW, "corporation": "abcd"}]}).encode(),
+             b"corporation,lastmonth_activity,lastyear_activity,number_of_employees\nabcd,1,2,3\nefgh,4,5,6\n"]
+    for i in range(count):
+        base = valid[i % 2]
+        kind = i % 3
+        if kind == 0:
+            yield bytes(rng.integers(0, 256, int(rng.integers(1, 200)), dtype=np.uint8))
+        elif kind == 1:
+            data = bytearray(base)
+            for pos in rng.integers(0, len(data), 3):
+                data[pos] = int(rng.integers(0, 256))
+            yield bytes(data)
+        else:
+            cut = int(rng.integers(1, len(base)))
+            yield base[:cut] + base[cut // 2:]
+
+
+@pytest.mark.parametrize("content_type", [JSON, CSV])
+def test_garbage_never_gets_a_500(client, content_type):
+    statuses = set()
+    for body in mutations(seed=len(content_type), count=150):
+        resp = client.post("/prediction", data=body, headers={"Content-Type": content_type})
+        assert resp.mimetype == "application/json", body
+        payload = resp.get_json()
+        if resp.status_code == 200:
+            assert len(payload["predictions"]) == len(payload["probabilities"]) >= 1
+        else:
+            assert 400 <= resp.status_code < 500 and sorted(payload) == ["error"], (body, payload)
+        statuses.add(resp.status_code)
+    assert 400 in statuses
