@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException
 
 import deployment
 import diagnostics
-import status
+import status as status_page  # the status page (status.py); `status` is a common local name here
 from settings import FEATURES, Config, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -650,7 +650,7 @@ def create_app(config=None, fast_path=True):
         header = request.headers.get("Authorization")
         # --- status page (status.py): a browser sends the token as a cookie or ?token= on / only ---
         if header is None:
-            header = status.bearer_from_browser(request)
+            header = status_page.bearer_from_browser(request)
         # --- end status page ---
         if request.endpoint != "health" and not service.authorized(header):
             resp = jsonify(error=f"a valid bearer token is required (Authorization: Bearer ..., set by {TOKEN_ENV})")
@@ -725,7 +725,7 @@ def create_app(config=None, fast_path=True):
         return jsonify(error="internal server error"), 500
 
     # --- status page (status.py): GET / and the files it links to ---
-    app.register_blueprint(status.bp)
+    app.register_blueprint(status_page.bp)
     # --- end status page ---
 
     if fast_path:
