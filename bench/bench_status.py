@@ -39,7 +39,7 @@ import training  # noqa: E402
 from app import create_app  # noqa: E402
 from conftest import make_config  # noqa: E402
 from settings import load_config  # noqa: E402
-from status_world import T0, fill_history  # noqa: E402
+from status_world import fill_history  # noqa: E402
 
 CYCLES = 10_000
 REQUESTS = 50

@@ -2,10 +2,8 @@
 import json
 import os
 import re
-import shutil
 import signal
 import socket
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -17,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import REPO, make_config
-from status_world import T0, add_cycle, fill_history
+from status_world import T0, fill_history
 from test_app import build_world
 
 import deployment
