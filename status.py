@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -589,15 +590,21 @@ def run_chromium(url, *args, width=1280, height=1600, timeout=60, netlog=None):
         cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
                *([f"--log-net-log={netlog}"] if netlog else []), *args, url]
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=profile)
-        except subprocess.TimeoutExpired:
-            raise BrowserError(f"chromium did not finish within {timeout}s on {url}") from None
+            # Its own process group: on a timeout, the browser's helper processes go with it.
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=profile,
+                                    start_new_session=True)
         except OSError as exc:
             raise BrowserError(f"chromium cannot start: {exc}") from None
-    if done.returncode != 0:
-        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise BrowserError(f"chromium exited with {done.returncode}: {tail}")
-    return done.stdout
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise BrowserError(f"chromium did not finish within {timeout}s on {url}") from None
+    if proc.returncode != 0:
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
+        raise BrowserError(f"chromium exited with {proc.returncode}: {tail}")
+    return stdout
 
 
 def _check_page(url, timeout=10):
