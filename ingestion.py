@@ -53,6 +53,7 @@ class IngestResult:
     skipped: list = field(default_factory=list)       # names already ingested (same content)
     total_rows: int = 0
     seconds: float = 0.0
+    frames: dict = field(default_factory=dict, repr=False)  # sha256 -> parsed rows of each ingested file
 
     def as_dict(self):
         return {"ingested": self.ingested, "quarantined": self.quarantined, "skipped": self.skipped,
@@ -265,6 +266,7 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
                     history.record_json(conn, "ingested_files", name=path.name, sha256=digest,
                                         rows=len(df), folder=str(path.parent), at=now)
                     result.ingested.append({"name": path.name, "sha256": digest, "rows": len(df)})
+                    result.frames[digest] = df
                 history.record_json(conn, "summaries", at=now, rows=len(merged), stats=stats, missing=missing)
                 history.record_timing(conn, "ingestion", time.perf_counter() - started, now)
             write_ingested_list(conn, cfg.ingested_list)
