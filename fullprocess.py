@@ -401,6 +401,8 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
                         rec["decision"] = REDEPLOYED
             rec["ingested_through"] = through
         else:
+            if candidates:  # every new file was quarantined
+                rec["decision"] = NO_USABLE_ROWS
             rec["ingested_through"] = through
         cyc.save(cycle_id)
     except (deployment.DeploymentError, training.TrainingError, scoring.ScoringError, ingestion.BadFile,
