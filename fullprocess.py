@@ -128,6 +128,23 @@ def _max_ingested_id(conn) -> int:
     return conn.execute("SELECT coalesce(max(id), 0) FROM ingested_files").fetchone()[0]
 
 
+def _reconcile_deployment(conn, manifest):
+    """Record the serving version if the history lacks it (a cycle killed between the symlink swap
+    and the history insert); return whether it did. The deployed model was trained on everything
+    ingested so far, so it covers those files."""
+    if manifest is None:
+        return False
+    sha = manifest["files"]["trainedmodel.pkl"]["sha256"]
+    row = conn.execute("SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
+    if row is not None and (row["version"], row["model_sha256"]) == (manifest["version"], sha):
+        return False
+    history.record_json(conn, "deployments", at=time.time(), version=manifest["version"], action="deploy",
+                        model_sha256=sha, f1=manifest["metrics"].get("f1"))
+    logger.warning("version %d is serving but was not in the history (a cycle was killed): recorded it",
+                   manifest["version"])
+    return True
+
+
 def _mark_interrupted(conn):
     """Close the rows of cycles that were killed: their work is finished by this one."""
     rows = conn.execute("SELECT id FROM cycles WHERE finished_at IS NULL").fetchall()
@@ -306,6 +323,8 @@ def _run_locked(cfg, conn, publisher):
         state = _last_state(conn)
         candidates = ingestion.new_files(conn, cfg.input_folder_path, cfg.ingest_settle_seconds)
         manifest = deployment.current_manifest(cfg.prod_deployment_path)
+        if _reconcile_deployment(conn, manifest):
+            rec["recorded_missing_deployment"] = manifest["version"]
         covered = _covered_id(conn, state)
         max_id = _max_ingested_id(conn)
         current_version = manifest["version"] if manifest else None
