@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean-outputs
+.PHONY: setup demo test bench clean-outputs cron-install cron-uninstall
 
 setup: $(STAMP)
 
@@ -30,3 +30,19 @@ test: setup
 
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# cronjob.txt with its placeholders filled: every ten minutes, absolute paths, logging to logs/cron.log.
+CRON_MARK := $(CURDIR)/fullprocess.py
+CRON_LINE = sed -e 's|@PYTHON@|$(CURDIR)/$(PY)|g' -e 's|@REPO@|$(CURDIR)|g' cronjob.txt
+
+cron-install:
+	@command -v crontab >/dev/null || (apt-get update && apt-get install -y cron)
+	@test -x $(PY) || $(MAKE) setup
+	@(crontab -l 2>/dev/null | grep -vF '$(CRON_MARK)'; $(CRON_LINE)) | crontab -
+	@echo "installed in the crontab of $$(id -un):"
+	@crontab -l | grep -F '$(CRON_MARK)'
+
+cron-uninstall:
+	@command -v crontab >/dev/null || (apt-get update && apt-get install -y cron)
+	@(crontab -l 2>/dev/null | grep -vF '$(CRON_MARK)' || true) | crontab -
+	@echo "removed the monitoring cycle from the crontab of $$(id -un)"
