@@ -19,11 +19,7 @@ clean-outputs:
 	find production_deployment -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 
 demo: setup clean-outputs
-	$(PY) ingestion.py --input-folder practicedata
-	$(PY) training.py
-	$(PY) scoring.py
-	$(PY) deployment.py
-	$(PY) deployment.py --list
+	scripts/demo.sh
 
 test: setup
 	$(PY) -m pytest -q

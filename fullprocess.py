@@ -89,12 +89,21 @@ def publish(cfg, record) -> dict:
 
     The one place the cycle reaches the reporting and API modules, imported only when needed.
     """
-    import apicalls
-    import reporting
+    out = {}
+    # Until the report and API modules are installed beside this one, say so instead of failing.
+    if (HERE / "reporting.py").exists():
+        import reporting
 
-    report = reporting.generate_report(cfg, cycle=record, audit=None)
-    returns = apicalls.produce_returns(cfg)
-    return {"report": report, "apireturns": str(returns)}
+        out["report"] = reporting.generate_report(cfg, cycle=record, audit=None)
+    else:
+        logger.warning("reporting.py is not installed: no report")
+    if (HERE / "apicalls.py").exists():
+        import apicalls
+
+        out["apireturns"] = str(apicalls.produce_returns(cfg))
+    else:
+        logger.warning("apicalls.py is not installed: no apireturns.txt")
+    return out
 
 
 def _last_state(conn):
@@ -340,7 +349,7 @@ def _run_locked(cfg, conn, publisher):
         rec["decision"] = NO_NEW_DATA if manifest else NO_DATA_YET
         rec["ingested_through"] = max_id
         rec["published_version"] = published
-        rec["deployed_version"] = current_version
+        rec["deployed_version"] = rec["previous_version"] = current_version
         logger.info("%s in %s", rec["decision"], cfg.input_folder_path)
         _finish(cfg, conn, rec, None, cyc)
         return rec
@@ -464,6 +473,40 @@ def _finish(cfg, conn, rec, cycle_id, cyc):
         logger.info("cycle finished: %s (%.3fs)", rec["decision"], rec["seconds"])
 
 
+def describe(rec) -> str:
+    """The cycle's record in a few lines for a person: what it found, decided and where it wrote."""
+    if rec["decision"] == "locked":
+        return "another cycle is running: nothing done"
+    lines = [f"decision: {rec['decision']}"]
+    if rec.get("new_files"):
+        lines.append(f"new files: {', '.join(rec['new_files'])}")
+    for q in (rec.get("ingestion") or {}).get("quarantined", []):
+        lines.append(f"quarantined: {q['name']}: {q['reason']}")
+    sd = rec.get("score_drift")
+    if sd:
+        lines.append(f"score drift ({sd['used']} test): {sd['reason']}" + (f" [{sd['fallback']}]" if sd.get("fallback") else ""))
+    fd = rec.get("feature_drift")
+    if fd:
+        parts = [f"{c} KS {v['ks_statistic']:.3f} PSI {v['psi']:.3f}" for c, v in fd["features"].items()
+                 if v["ks_statistic"] is not None]
+        lines.append(f"feature drift: {', '.join(fd['drifted']) or 'none'} ({'; '.join(parts)})")
+    if rec.get("gate"):
+        lines.append(f"promotion gate: {rec['gate']['reason']}")
+    if rec.get("retrained"):
+        lines.append(f"retrained on {rec['retrained']['training_rows']} rows: test F1 "
+                     f"{rec['retrained']['test_metrics']['f1']:.4f}")
+    if rec.get("previous_version") != rec.get("deployed_version"):
+        lines.append(f"deployed: version {rec.get('deployed_version')} (was {rec.get('previous_version')})")
+    else:
+        lines.append(f"serving: version {rec.get('deployed_version')}")
+    for what, where in (rec.get("published") or {}).items():
+        lines.append(f"{what}: {where}")
+    for err in rec["errors"]:
+        lines.append(f"error: {err}")
+    lines.append(f"took {rec.get('seconds', 0):.3f}s")
+    return "\n".join(lines)
+
+
 # Scheduling.
 
 def read_cronjob(path=CRONJOB) -> str:
@@ -536,6 +579,7 @@ def main(argv=None):
     parser.add_argument("--schedule", metavar="EXPR",
                         help="with --daemon: a crontab schedule instead of cronjob.txt's (a sixth, leading "
                              "field gives seconds, e.g. '*/2 * * * * *')")
+    parser.add_argument("--verbose", "-v", action="store_true", help="print what the cycle found and did")
     args = parser.parse_args(argv)
     setup_logging()
     try:
@@ -548,6 +592,8 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rec = run_cycle(cfg)
+    if args.verbose:
+        print(describe(rec))
     return 1 if rec["errors"] else 0
 
 

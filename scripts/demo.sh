@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole story on the sample data (called by `make demo`, after `make setup clean-outputs`):
+# the first model from practicedata/, the API, sourcedata/ as new data, one cycle (drift, retrain,
+# redeploy, report, API returns), another cycle (nothing new), the API stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+API_PID=logs/gunicorn.pid
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+config() { "$PY" -c "import settings; print(getattr(settings.load_config(), '$1'))"; }
+API_URL=$(config api_url)
+
+stop_api() {
+    if [ -f "$API_PID" ]; then
+        kill "$(cat "$API_PID")" 2>/dev/null || true
+        for _ in $(seq 50); do [ -f "$API_PID" ] || break; sleep 0.1; done
+        rm -f "$API_PID"
+        echo "API stopped"
+    fi
+}
+trap stop_api EXIT
+
+step "1. The first model, from practicedata/ (ingest, train, score, deploy, report)"
+"$PY" ingestion.py --input-folder practicedata
+"$PY" training.py
+"$PY" scoring.py
+"$PY" deployment.py
+if [ -f reporting.py ]; then "$PY" reporting.py; else echo "(reporting.py is not here yet: no report)"; fi
+
+step "2. The API, under gunicorn, at $API_URL"
+if [ -f app.py ] && [ -f gunicorn.conf.py ]; then
+    mkdir -p logs
+    .venv/bin/gunicorn -c gunicorn.conf.py --daemon --pid "$API_PID" "app:create_app()"
+    for _ in $(seq 100); do curl -fsS -o /dev/null "$API_URL/" 2>/dev/null && break; sleep 0.1; done
+    echo "API answering at $API_URL (pid $(cat "$API_PID"))"
+else
+    echo "(app.py is not here yet: no API; apicalls will not run)"
+fi
+
+step "3. New data: sourcedata/ (a later delivery; the relation between activity and leaving has shifted)"
+ls -l sourcedata/
+
+step "4. One monitoring cycle: new data found, drift checked, retrained, redeployed, published"
+"$PY" fullprocess.py --verbose
+
+step "5. Another cycle: nothing new, done in milliseconds"
+"$PY" fullprocess.py --verbose
+
+step "6. Deployed versions (* serving)"
+"$PY" deployment.py --list
+
+step "7. Stopping the API"
+stop_api
+trap - EXIT
+
+step "Where to look"
+cat <<TABLE
+  ingesteddata/finaldata.csv, ingestedfiles.txt   the merged training data and its files
+  ingesteddata/history.sqlite                      history: files, scores, deployments, cycles
+  logs/cycles.jsonl                                one JSON line per monitoring cycle
+  production_deployment/                           versions/, current -> the serving version
+  models/                                          the latest trained model and its score
+TABLE
