@@ -67,7 +67,8 @@ def test_no_data_yet(world, published):
     assert rec["errors"] == []
     assert deployment.current_manifest(world.prod_deployment_path) is None
     assert published.records == []
-    assert [c[1] for c in cycles(world)] == ["no data yet"]
+    assert cycles(world) == []  # nothing happened: logged, not recorded
+    assert [line["decision"] for line in log_lines(world)] == ["no data yet"]
 
 
 def test_cold_start_ingests_trains_deploys_and_publishes(world, published):
@@ -94,7 +95,7 @@ def test_no_new_data_does_nothing(world, published):
     assert deployed_version(world) == 1
     assert world.finaldata.read_bytes() == before
     assert len(published.records) == 1
-    assert [c[1] for c in cycles(world)] == [fullprocess.COLD_START, fullprocess.NO_NEW_DATA]
+    assert [c[1] for c in cycles(world)] == [fullprocess.COLD_START]
     assert [line["decision"] for line in log_lines(world)] == [fullprocess.COLD_START, fullprocess.NO_NEW_DATA]
 
 
@@ -171,9 +172,10 @@ def test_parametric_uses_the_deployment_history(tmp_path, published):
     deployed_f1 = float((cfg.prod_deployment_path / "latestscore.txt").read_text())
     # two earlier deployments, long ago (they cover nothing ingested since)
     with sqlite3.connect(cfg.history_db) as conn:
-        conn.execute("UPDATE deployments SET at = 3.0")
-        conn.executemany("INSERT INTO deployments (at, version, action, model_sha256, f1) VALUES (?, ?, 'deploy', 'x', ?)",
-                         [(1.0, 98, 0.95), (2.0, 99, 0.10)])
+        real = conn.execute("SELECT version, action, model_sha256, f1 FROM deployments").fetchall()
+        conn.execute("DELETE FROM deployments")
+        conn.executemany("INSERT INTO deployments (at, version, action, model_sha256, f1) VALUES (?, ?, ?, ?, ?)",
+                         [(1.0, 98, "deploy", "x", 0.95), (2.0, 99, "deploy", "y", 0.10), (3.0, *real[0])])
     write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
     rec = fullprocess.run_cycle(cfg)
     sd = rec["score_drift"]
