@@ -32,7 +32,6 @@ import signal
 import sys
 import time
 from contextlib import closing, contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import history
@@ -58,7 +57,20 @@ INTERRUPTED = "interrupted"
 
 
 def _iso(t):
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+    """UTC ISO 8601 with milliseconds, as datetime would write it (without importing it)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}+00:00"
+
+
+def _serving_manifest(prod):
+    """deployment.current_manifest without importing deployment (pickle, shutil): for the idle path."""
+    try:
+        target = os.readlink(Path(prod) / "current")
+    except OSError:
+        return None
+    try:
+        return json.loads((Path(prod) / target / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
 
 
 @contextmanager
@@ -321,8 +333,7 @@ def run_cycle(cfg, publisher=None) -> dict:
 
 
 def _run_locked(cfg, conn, publisher):
-    import deployment  # imports no heavy library at module level
-    import ingestion
+    import ingestion  # imports no heavy library at module level
 
     cyc = Cycle(cfg, conn, publisher)
     rec = cyc.record
@@ -330,7 +341,7 @@ def _run_locked(cfg, conn, publisher):
         interrupted = _mark_interrupted(conn)
         state = _last_state(conn)
         candidates = ingestion.new_files(conn, cfg.input_folder_path, cfg.ingest_settle_seconds)
-        manifest = deployment.current_manifest(cfg.prod_deployment_path)
+        manifest = _serving_manifest(cfg.prod_deployment_path)
         if _reconcile_deployment(conn, manifest):
             rec["recorded_missing_deployment"] = manifest["version"]
         covered = _covered_id(conn, state)
