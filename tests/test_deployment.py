@@ -33,7 +33,8 @@ def test_deploy_publishes_a_complete_version(trained):
     prod = trained.prod_deployment_path
     assert manifest["version"] == 1
     assert sorted(p.name for p in (prod / "versions" / "v0001").iterdir()) == [
-        "ingestedfiles.txt", "latestscore.txt", "manifest.json", "trainedmodel.json", "trainedmodel.pkl"]
+        "ingestedfiles.txt", "latestscore.txt", "manifest.json", "modelcard.md", "trainedmodel.json",
+        "trainedmodel.pkl"]
     for name in ("trainedmodel.pkl", "latestscore.txt", "ingestedfiles.txt"):
         source = {"trainedmodel.pkl": trained.model_file, "latestscore.txt": trained.score_file,
                   "ingestedfiles.txt": trained.ingested_list}[name]
