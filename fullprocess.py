@@ -105,7 +105,10 @@ def publish(cfg, record) -> dict:
     if (HERE / "reporting.py").exists():
         import reporting
 
-        out["report"] = reporting.generate_report(cfg, cycle=record, audit=None)
+        paths = reporting.generate_report(cfg, cycle=record, audit=None)
+        out["report"] = str(paths["latest"])
+        out["report_copy"] = str(paths["pdf"])
+        out["confusion_matrix"] = str(paths["confusion_matrix"])
     else:
         logger.warning("reporting.py is not installed: no report")
     if (HERE / "apicalls.py").exists():
@@ -265,11 +268,16 @@ class Cycle:
                                     "test_metrics": metrics}
         return metrics
 
-    def deploy(self, extra):
+    def deploy(self, cycle_id, decision):
+        """Deploy the retrained model; its manifest (and model card) carries this cycle's drift decision."""
         import deployment
 
+        rec = self.record
+        extra = {"cycle": {"id": cycle_id, "decision": decision, "started_at": rec["started_at"],
+                           "new_files": ", ".join(rec.get("pending_files") or rec["new_files"]),
+                           "score_drift": rec.get("score_drift"), "feature_drift": rec.get("feature_drift")}}
         with self.step("deployment"):
-            manifest = deployment.deploy_from_config(self.cfg, self.conn, extra=extra)
+            manifest = deployment.deploy_from_config(self.cfg, self.conn, extra=json.loads(json.dumps(extra, default=str)))
         self.record["deployed_version"] = manifest["version"]
         return manifest
 
@@ -408,7 +416,7 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
         if manifest is None:
             logger.info("cold start: nothing deployed yet; training on everything ingested")
             cyc.retrain()
-            cyc.deploy({"cycle": cycle_id})
+            cyc.deploy(cycle_id, COLD_START)
             rec["decision"] = COLD_START
             rec["ingested_through"] = through
         elif pending:
@@ -435,7 +443,7 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
                     if cfg.promotion_gate and len(complete) and not cyc.gate(complete, decision["new_f1"]):
                         rec["decision"] = GATE_KEPT
                     else:
-                        cyc.deploy({"cycle": cycle_id, "drift_test": decision["used"] if decision else None})
+                        cyc.deploy(cycle_id, REDEPLOYED)
                         rec["decision"] = REDEPLOYED
             rec["ingested_through"] = through
         else:

@@ -122,7 +122,11 @@ def test_concept_drift_retrains_redeploys_and_publishes(world, published):
     # the new model is the one trained on everything
     _, manifest = deployment.load_deployed(world.prod_deployment_path)
     assert manifest["training"]["training_rows"] == 500
-    assert manifest["cycle"] == rec["cycle_id"]
+    assert manifest["cycle"]["id"] == rec["cycle_id"]
+    assert manifest["cycle"]["decision"] == fullprocess.REDEPLOYED
+    assert manifest["cycle"]["score_drift"] == rec["score_drift"]
+    card = (world.prod_deployment_path / "modelcard.md").read_text()
+    assert "- Score drift: **drift** (test `raw`)" in card
 
 
 def test_tie_is_not_drift_and_the_delivery_is_ingested_once(world, published):
@@ -332,3 +336,59 @@ def test_missing_values_are_kept_and_scored_on_complete_rows(world, published):
     rec = fullprocess.run_cycle(world)
     assert rec["new_rows"] == {"rows": 300, "complete": 299}
     assert rec["score_drift"]["new_rows"] == 299
+
+
+def test_the_significance_test_is_passed_through(tmp_path, published):
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=500))
+    import datagen
+
+    datagen.generate(400, seed=301).to_csv(cfg.test_data_file, index=False)
+    cold_start(cfg, published, rows=1000)
+    write_delivery(cfg, "shifted.csv", rows=500, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(cfg)
+    sd = rec["score_drift"]
+    assert (sd["test"], sd["used"], sd["rounds"], sd["level"], sd["new_rows"]) == ("significance", "significance",
+                                                                                     500, 0.05, 500)
+    assert sd["p_value"] < 0.05 and sd["drift"] is True
+    assert rec["decision"] == fullprocess.REDEPLOYED
+
+
+def pdf_text(path):
+    import subprocess
+
+    return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_end_to_end_cycles_publish_the_real_report(world):
+    """Real processes, the real reporting module: cold start, then drift, each with its PDF report."""
+    import socket
+
+    from conftest import run_script
+
+    with socket.socket() as s:  # a package index that refuses at once: no traffic leaves the machine
+        s.bind(("127.0.0.1", 0))
+        index = "http://127.0.0.1:%d/simple" % s.getsockname()[1]
+    cfg = load_config(make_config(world.base, package_index_url=index))
+    write_delivery(cfg, "first.csv", rows=300, seed=1)
+    first = run_script("fullprocess.py", "--config", cfg.path, "--verbose")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines()[0] == "decision: cold start: deployed"
+    text = pdf_text(cfg.output_model_path / "report.pdf")
+    assert "Decision: cold start: deployed" in text
+    write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
+    second = run_script("fullprocess.py", "--config", cfg.path, "--verbose")
+    assert second.returncode == 0, second.stderr
+    rec = log_lines(cfg)[-1]
+    assert rec["decision"] == fullprocess.REDEPLOYED and rec["deployed_version"] == 2
+    assert second.stdout.splitlines()[:2] == ["decision: drift: redeployed", "new files: shifted.csv"]
+    pdf = rec["published"]["report"]
+    assert pdf == str(cfg.output_model_path / "report.pdf")
+    assert rec["published"]["report_copy"].startswith(str(cfg.output_model_path / "reports" / "report-v0002-"))
+    assert f"report: {pdf}" in second.stdout.splitlines()
+    text = pdf_text(pdf)
+    assert "Decision: drift: redeployed" in text
+    assert f"New F1 {rec['score_drift']['new_f1']:.4f}" in " ".join(text.split())
+    assert "v0002" in text
