@@ -392,3 +392,23 @@ def test_end_to_end_cycles_publish_the_real_report(world):
     assert "Decision: drift: redeployed" in text
     assert f"New F1 {rec['score_drift']['new_f1']:.4f}" in " ".join(text.split())
     assert "v0002" in text
+
+
+HEAVY = ("numpy", "pandas", "sklearn", "scipy", "reportlab", "matplotlib", "flask", "apscheduler")
+
+
+def test_the_idle_cycle_imports_no_heavy_library(world, published):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cold_start(world, published)
+    result = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "fullprocess.py"), "--config",
+                             str(world.path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "ingestion" in imported and "history" in imported
+    assert sorted(imported & set(HEAVY)) == []
+    assert "no new data in" in result.stderr
