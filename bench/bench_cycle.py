@@ -25,15 +25,25 @@ RESULTS = REPO / "bench" / "results" / "cycle.md"
 PY = sys.executable
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def world(root: Path, first_rows: int) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     (root / "sourcedata").mkdir(parents=True)
     (root / "testdata").mkdir()
     datagen.generate(2000, seed=301).to_csv(root / "testdata" / "testdata.csv", index=False)
     datagen.generate(first_rows, seed=1).to_csv(root / "sourcedata" / "first.csv", index=False)
+    # Nothing leaves the machine: the package index and the API are ports where nothing listens.
+    refused = f"http://127.0.0.1:{free_port()}"
     config = {"input_folder_path": "sourcedata", "output_folder_path": "ingesteddata", "test_data_path": "testdata",
               "output_model_path": "models", "prod_deployment_path": "production_deployment",
-              "ingest_settle_seconds": 0}
+              "ingest_settle_seconds": 0, "package_index_url": refused + "/simple", "api_url": refused}
     (root / "config.json").write_text(json.dumps(config))
     cycle(root)  # cold start
     return root / "config.json"

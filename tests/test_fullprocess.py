@@ -368,10 +368,10 @@ def test_end_to_end_cycles_publish_the_real_report(world):
 
     from conftest import run_script
 
-    with socket.socket() as s:  # a package index that refuses at once: no traffic leaves the machine
+    with socket.socket() as s:  # a package index and an API that refuse at once: no traffic leaves the machine
         s.bind(("127.0.0.1", 0))
-        index = "http://127.0.0.1:%d/simple" % s.getsockname()[1]
-    cfg = load_config(make_config(world.base, package_index_url=index))
+        refused = "http://127.0.0.1:%d" % s.getsockname()[1]
+    cfg = load_config(make_config(world.base, package_index_url=refused + "/simple", api_url=refused))
     write_delivery(cfg, "first.csv", rows=300, seed=1)
     first = run_script("fullprocess.py", "--config", cfg.path, "--verbose")
     assert first.returncode == 0, first.stderr
