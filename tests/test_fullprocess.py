@@ -373,9 +373,8 @@ def test_end_to_end_cycles_publish_the_real_report(world):
         refused = "http://127.0.0.1:%d" % s.getsockname()[1]
     cfg = load_config(make_config(world.base, package_index_url=refused + "/simple", api_url=refused))
     write_delivery(cfg, "first.csv", rows=300, seed=1)
-    first = run_script("fullprocess.py", "--config", cfg.path, "--verbose")
-    assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines()[0] == "decision: cold start: deployed"
+    assert fullprocess.main(["--config", str(cfg.path)]) == 0  # in-process, with the real publish
+    assert log_lines(cfg)[-1]["decision"] == fullprocess.COLD_START
     text = pdf_text(cfg.output_model_path / "report.pdf")
     assert "Decision: cold start: deployed" in text
     write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
