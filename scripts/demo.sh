@@ -59,8 +59,8 @@ cat <<TABLE
   ingesteddata/history.sqlite                      history: files, scores, deployments, cycles
   logs/cycles.jsonl                                one JSON line per monitoring cycle
   production_deployment/                           versions/, current -> the serving version
-  apireturns.txt (path printed by step 4)         the API answers written by the cycle
-  models/report.pdf, models/reports/              the PDF report of each deployed version (drift results inside)
+  apireturns.txt (path printed by step 4)          the API answers written by the cycle
+  models/report.pdf, models/reports/               the PDF report of each deployed version (drift results inside)
   production_deployment/modelcard.md               the serving model's card, with the cycle's drift decision
   models/                                          the latest trained model and its score
 TABLE
