@@ -217,7 +217,7 @@ def _reference_rows(cfg, conn, pending):
     before = row["rows"] if row else 0
     if before == 0 or not cfg.finaldata.exists():
         return None
-    return ingestion.read_finaldata(cfg.finaldata).iloc[:before]
+    return ingestion.read_finaldata(cfg.finaldata, nrows=before)
 
 
 def _deployed_history(conn) -> list:
@@ -424,7 +424,8 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
             if new_df is None:
                 rec["decision"] = NO_USABLE_ROWS
             else:
-                reference_df = _reference_rows(cfg, conn, pending)
+                with cyc.step("reference_rows"):
+                    reference_df = _reference_rows(cfg, conn, pending)
                 model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
                 decision, complete = cyc.decide(model, manifest, new_df, reference_df)
                 score_says = bool(decision and decision["drift"])

@@ -193,12 +193,12 @@ def _first_bad_value(pd, text, na_values) -> str:
     return "values that are not whole non-negative numbers"
 
 
-def read_finaldata(path):
-    """Read finaldata.csv with the schema's dtypes (nullable integers keep missing values)."""
+def read_finaldata(path, nrows=None):
+    """Read finaldata.csv (its first `nrows` rows, if given) with the schema's dtypes (nullable integers keep missing values)."""
     import pandas as pd
 
     return pd.read_csv(path, dtype={"corporation": "str", **{c: "Int64" for c in NUMERIC}},
-                       keep_default_na=False, na_values={c: [""] for c in COLUMNS})
+                       keep_default_na=False, na_values={c: [""] for c in COLUMNS}, nrows=nrows)
 
 
 def summarize(df) -> tuple:
