@@ -165,10 +165,18 @@ def test_statistical_tests_fall_back_to_raw_with_little_history(tmp_path, publis
     assert rec["decision"] == fullprocess.REDEPLOYED
 
 
-def test_parametric_uses_the_deployment_history(tmp_path, published):
+@pytest.mark.parametrize(("test", "earlier", "drift"), [
+    ("parametric", (0.95, 0.10), False),     # a spread history: a big drop is within mean - 2 sd
+    ("parametric", (0.80, 0.81), True),      # a tight history: the same drop is drift
+    ("nonparametric", (0.95, 0.10), False),
+    ("nonparametric", (0.80, 0.81), True),
+])
+def test_statistical_tests_use_the_deployment_history(tmp_path, published, test, earlier, drift):
+    import numpy as np
+
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, drift_test="parametric", drift_min_history=3))
+    cfg = load_config(make_config(tmp_path, drift_test=test, drift_min_history=3))
     import datagen
 
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
@@ -179,18 +187,23 @@ def test_parametric_uses_the_deployment_history(tmp_path, published):
         real = conn.execute("SELECT version, action, model_sha256, f1 FROM deployments").fetchall()
         conn.execute("DELETE FROM deployments")
         conn.executemany("INSERT INTO deployments (at, version, action, model_sha256, f1) VALUES (?, ?, ?, ?, ?)",
-                         [(1.0, 98, "deploy", "x", 0.95), (2.0, 99, "deploy", "y", 0.10), (3.0, *real[0])])
+                         [(1.0, 98, "deploy", "x", earlier[0]), (2.0, 99, "rollback", "z", 0.0),
+                          (2.5, 99, "deploy", "y", earlier[1]), (3.0, *real[0])])
     write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
     rec = fullprocess.run_cycle(cfg)
     sd = rec["score_drift"]
-    history = pd.Series([deployed_f1, 0.95, 0.10])
-    threshold = history.mean() - 2 * history.std(ddof=1)
-    assert (sd["used"], sd["history_size"], sd["fallback"]) == ("parametric", 3, None)
+    history = np.array([earlier[0], earlier[1], deployed_f1])  # rollbacks are not scores of history
+    if test == "parametric":
+        threshold = history.mean() - 2 * history.std(ddof=1)
+    else:
+        q1, q3 = np.percentile(history, [25, 75])
+        threshold = q1 - 1.5 * (q3 - q1)
+    assert (sd["used"], sd["history_size"], sd["fallback"]) == (test, 3, None)
     assert sd["threshold"] == pytest.approx(threshold, abs=1e-12)
-    # the new F1 is far below the deployed score, but the history is so spread that it is no drift
-    assert sd["new_f1"] < deployed_f1 and sd["new_f1"] >= threshold
-    assert sd["drift"] is False and rec["decision"] == fullprocess.NO_DRIFT
-    assert deployed_version(cfg) == 1
+    assert sd["new_f1"] < deployed_f1
+    assert sd["drift"] is drift and bool(sd["new_f1"] < threshold) is drift
+    assert rec["decision"] == (fullprocess.REDEPLOYED if drift else fullprocess.NO_DRIFT)
+    assert deployed_version(cfg) == (2 if drift else 1)
 
 
 def gate_world(tmp_path, gate):
