@@ -30,9 +30,23 @@ if [ -f reporting.py ]; then "$PY" reporting.py; else echo "(reporting.py is not
 step "2. The API, under gunicorn, at $API_URL"
 if [ -f app.py ] && [ -f gunicorn.conf.py ]; then
     mkdir -p logs
-    .venv/bin/gunicorn -c gunicorn.conf.py --daemon --pid "$API_PID" "app:create_app()"
-    for _ in $(seq 100); do curl -fsS -o /dev/null "$API_URL/" 2>/dev/null && break; sleep 0.1; done
-    echo "API answering at $API_URL (pid $(cat "$API_PID"))"
+    PORT=$("$PY" -c "from urllib.parse import urlsplit; print(urlsplit('$API_URL').port or 80)")
+    PORT=$PORT .venv/bin/gunicorn -c gunicorn.conf.py --daemon --pid "$API_PID" --error-logfile logs/gunicorn.log
+    if "$PY" - "$API_URL/health" <<'WAIT'
+import sys, time, urllib.request, urllib.error
+for _ in range(150):
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=1).read()
+        sys.exit(0)
+    except (urllib.error.URLError, OSError):
+        time.sleep(0.1)
+sys.exit(1)
+WAIT
+    then
+        echo "API answering at $API_URL (gunicorn pid $(cat "$API_PID"); its log: logs/gunicorn.log)"
+    else
+        echo "the API did not answer at $API_URL: see logs/gunicorn.log (the cycle will call the app in-process)"
+    fi
 else
     echo "(app.py is not here yet: no API; apicalls will not run)"
 fi
