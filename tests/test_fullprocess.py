@@ -1,6 +1,7 @@
 """The monitoring cycle's decisions, in-process with a recording publisher, and its crash recovery."""
 import json
 import sqlite3
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -404,6 +405,15 @@ def test_end_to_end_cycles_publish_the_real_report(world):
     assert "Decision: drift: redeployed" in text
     assert f"New F1 {rec['score_drift']['new_f1']:.4f}" in " ".join(text.split())
     assert "v0002" in text
+    # apireturns.txt, once apicalls.py is installed beside fullprocess.py (the API's own issue)
+    from conftest import REPO
+
+    api = (REPO / "apicalls.py").exists()
+    assert set(rec["published"]) == {"report", "report_copy", "confusion_matrix"} | ({"apireturns"} if api else set())
+    if api:
+        returns = Path(rec["published"]["apireturns"]).read_text()
+        assert "in-process" in returns.splitlines()[1]  # the configured API refuses: the app is called in-process
+        assert '"model_version": 2' in returns
 
 
 HEAVY = ("numpy", "pandas", "sklearn", "scipy", "reportlab", "matplotlib", "flask", "apscheduler")
