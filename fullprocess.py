@@ -23,7 +23,6 @@ history at the start of the next one: ingested files no finished cycle has decid
 ("pending"), and a deployed version no cycle has published. A cycle killed at any point is
 finished by the next.
 """
-import argparse
 import fcntl
 import json
 import logging
@@ -33,6 +32,7 @@ import sys
 import time
 from contextlib import closing, contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import history
 from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
@@ -181,9 +181,10 @@ def _mark_interrupted(conn):
 
 def _pending_frames(pending, frames):
     """The rows of the pending files: from this cycle's ingestion when it parsed them, else re-read."""
+    import hashlib
+
     import pandas as pd
 
-    import atomicfiles
     import ingestion
 
     out = []
@@ -196,7 +197,7 @@ def _pending_frames(pending, frames):
             except OSError as exc:
                 logger.warning("pending file %s cannot be read again (%s): left out of the drift check", path, exc)
                 continue
-            if atomicfiles.hashlib.sha256(data).hexdigest() != f["sha256"]:
+            if hashlib.sha256(data).hexdigest() != f["sha256"]:
                 logger.warning("pending file %s has changed since it was ingested: left out of the drift check", path)
                 continue
             df = ingestion.parse_delivery(data)
@@ -590,7 +591,14 @@ def run_daemon(cfg, schedule=None):
     return 0
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The command line; the cron line's own form (nothing, or `--config PATH`) is read without argparse,
+    whose imports (gettext, locale, shutil, bz2, lzma) cost the idle path ~8 ms."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if not argv or (len(argv) == 2 and argv[0] == "--config" and not argv[1].startswith("-")):
+        return SimpleNamespace(config=argv[1] if argv else None, daemon=False, schedule=None, verbose=False), None
+    import argparse
+
     parser = argparse.ArgumentParser(description="Run the monitoring cycle once, or on a schedule with --daemon.")
     parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
     parser.add_argument("--daemon", action="store_true", help="run the cycle on cronjob.txt's schedule until stopped")
@@ -599,13 +607,18 @@ def main(argv=None):
                              "field gives seconds, e.g. '*/2 * * * * *')")
     parser.add_argument("--verbose", "-v", action="store_true", help="print what the cycle found and did")
     args = parser.parse_args(argv)
+    if args.schedule and not args.daemon:
+        parser.error("--schedule needs --daemon")
+    return args, parser
+
+
+def main(argv=None):
+    args, _ = parse_args(argv)
     setup_logging()
     try:
         cfg = load_config(args.config)
         if args.daemon:
             return run_daemon(cfg, args.schedule)
-        if args.schedule:
-            parser.error("--schedule needs --daemon")
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,9 +12,7 @@ Rules (README, "Ingestion rules"):
 pandas is imported inside the functions that parse, so that looking for new files (the monitoring
 cycle's frequent "nothing to do" path) stays fast.
 """
-import argparse
 import csv
-import hashlib
 import io
 import logging
 import os
@@ -245,6 +243,8 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
     Good files are merged with what was ingested before and deduplicated; bad files are
     quarantined. Returns what happened to each file.
     """
+    import hashlib  # here, not at the top: the cycle's idle path imports this module
+
     import pandas as pd
 
     started = time.perf_counter()
@@ -310,6 +310,8 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
 
 
 def main(argv=None):
+    import argparse  # here, not at the top: the cycle's idle path imports this module
+
     parser = argparse.ArgumentParser(description="Ingest new delivery files into finaldata.csv.")
     parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
     parser.add_argument("--input-folder", help="ingest from this folder instead of input_folder_path")

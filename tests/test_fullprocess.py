@@ -434,3 +434,36 @@ def test_the_idle_cycle_imports_no_heavy_library(world, published):
     assert "ingestion" in imported and "history" in imported
     assert sorted(imported & set(HEAVY)) == []
     assert "no new data in" in result.stderr
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], (None, False, None, False)),
+    (["--config", "c.json"], ("c.json", False, None, False)),
+    (["--config=c.json"], ("c.json", False, None, False)),
+    (["-v", "--config", "c.json"], ("c.json", False, None, True)),
+    (["--daemon", "--schedule", "*/5 * * * *"], (None, True, "*/5 * * * *", False)),
+])
+def test_command_line(argv, expected):
+    args, _ = fullprocess.parse_args(argv)
+    assert (args.config, args.daemon, args.schedule, args.verbose) == expected
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--schedule", "* * * * *"], "--schedule needs --daemon"),
+    (["--config"], "argument --config: expected one argument"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_command_line_mistakes(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        fullprocess.parse_args(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+
+
+def test_a_bad_config_is_one_line(tmp_path):
+    from conftest import run_script
+
+    (tmp_path / "config.json").write_text('{"input_folder_path": "x"}')
+    result = run_script("fullprocess.py", "--config", tmp_path / "config.json")
+    assert result.returncode == 2
+    assert result.stderr == "error: missing config key 'output_folder_path'\n"
