@@ -221,6 +221,29 @@ def _reference_rows(cfg, conn, pending):
     return ingestion.read_finaldata(cfg.finaldata, nrows=before)
 
 
+def _held_out_range(cfg, conn, pending):
+    """finaldata.csv's rows [start, end) from deliveries decided on since the deployed model was
+    trained (they caused no redeploy): recent labelled rows it has never seen, the held-out
+    reference of the `significance` test (README, "Which reference"). None when there are none."""
+    try:
+        deployed_names = set((cfg.prod_deployment_path / "ingestedfiles.txt").read_text().splitlines())
+    except FileNotFoundError:
+        return None
+    files = conn.execute("SELECT id, name, at FROM ingested_files WHERE id < ? ORDER BY id",
+                         (pending[0]["id"],)).fetchall()
+    trained_through = max((f["id"] for f in files if f["name"] in deployed_names), default=0)
+    held = [f for f in files if f["id"] > trained_through]
+    if not held:
+        return None
+
+    def rows_before(at):
+        row = conn.execute("SELECT rows FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1", (at,)).fetchone()
+        return row["rows"] if row else 0
+
+    start, end = rows_before(held[0]["at"]), rows_before(pending[0]["at"])
+    return (start, end) if end > start else None
+
+
 def _deployed_history(conn) -> list:
     """The F1 of each deployment made, oldest first: the score history of the statistical drift tests."""
     return [r[0] for r in conn.execute("SELECT f1 FROM deployments WHERE action = 'deploy' AND f1 IS NOT NULL ORDER BY id")]
@@ -282,7 +305,7 @@ class Cycle:
         self.record["deployed_version"] = manifest["version"]
         return manifest
 
-    def decide(self, model, manifest, new_df, reference_df):
+    def decide(self, model, manifest, new_df, reference_df, held_out_df=None):
         """Score and feature drift of the new rows against the deployed model; sets the record."""
         import drift
         import scoring
@@ -307,7 +330,8 @@ class Cycle:
             decision = drift.score_drift(
                 cfg.drift_test, model, complete, reference_rows, deployed_f1=deployed_f1,
                 history=_deployed_history(self.conn), level=cfg.drift_significance_level,
-                rounds=cfg.drift_bootstrap_rounds, min_history=cfg.drift_min_history, seed=0)
+                rounds=cfg.drift_bootstrap_rounds, min_history=cfg.drift_min_history, seed=0,
+                extra_reference_rows=held_out_df)
         self.record["score_drift"] = decision
         if decision.get("fallback"):
             logger.info("drift test: %s", decision["fallback"])
@@ -427,8 +451,14 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
             else:
                 with cyc.step("reference_rows"):
                     reference_df = _reference_rows(cfg, conn, pending)
+                    span = _held_out_range(cfg, conn, pending) if reference_df is not None else None
+                    held_out = None
+                    if span is not None:
+                        held_out = reference_df.iloc[span[0]:span[1]].dropna(subset=list(FEATURES) + [TARGET])
+                        held_out = held_out if len(held_out) else None
+                    rec["held_out_rows"] = 0 if held_out is None else int(len(held_out))
                 model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
-                decision, complete = cyc.decide(model, manifest, new_df, reference_df)
+                decision, complete = cyc.decide(model, manifest, new_df, reference_df, held_out)
                 score_says = bool(decision and decision["drift"])
                 feature = rec["feature_drift"]
                 feature_says = bool(cfg.feature_drift_triggers_retrain and feature and feature["any"])

@@ -467,3 +467,27 @@ def test_a_bad_config_is_one_line(tmp_path):
     result = run_script("fullprocess.py", "--config", tmp_path / "config.json")
     assert result.returncode == 2
     assert result.stderr == "error: missing config key 'output_folder_path'\n"
+
+
+def test_significance_reference_includes_held_out_deliveries(tmp_path, published):
+    """Deliveries that caused no redeploy are labelled rows the deployed model never saw: they join
+    the test data as the significance test's reference (README, "Which reference")."""
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=500))
+    import datagen
+
+    datagen.generate(400, seed=301).to_csv(cfg.test_data_file, index=False)
+    cold_start(cfg, published, rows=1000)
+    write_delivery(cfg, "calm.csv", rows=200, seed=9)
+    calm = fullprocess.run_cycle(cfg)
+    assert calm["held_out_rows"] == 0 and calm["score_drift"]["reference_rows"] == 400
+    assert calm["decision"] == fullprocess.NO_DRIFT and deployed_version(cfg) == 1
+    write_delivery(cfg, "shifted.csv", rows=500, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(cfg)
+    assert rec["held_out_rows"] == 200
+    assert (rec["score_drift"]["reference_rows"], rec["score_drift"]["new_rows"]) == (600, 500)
+    assert rec["decision"] == fullprocess.REDEPLOYED
+    # after the redeploy the model has seen everything: nothing is held out any more
+    write_delivery(cfg, "later.csv", rows=100, seed=10, drift="concept", strength=1.0)
+    assert fullprocess.run_cycle(cfg)["held_out_rows"] == 0
