@@ -107,7 +107,7 @@ def main(argv=None):
     big = time.perf_counter() - started
     rec = last_record(root)
     steps = ", ".join(f"{k} {v:.2f}" for k, v in rec["timings"].items())
-    published = "report and API returns" if rec.get("published") else "publishing skipped (modules not installed)"
+    published = "published: " + (", ".join(k for k in rec.get("published") or {} if k != "report_copy") or "nothing")
     rows.append((f"cycle with a {args.rows:,}-row delivery, whole process ({rec['decision']}; {published})",
                  f"{big:.2f} s", "<= 15 s", f"`pandas.read_csv` of the delivery alone {read_csv:.2f} s; steps (s): {steps}"))
     print(rows[-1])
