@@ -51,6 +51,7 @@ NO_DRIFT = "no drift"
 REDEPLOYED = "drift: redeployed"
 GATE_KEPT = "drift: retrained, kept the deployed model (promotion gate)"
 NO_USABLE_ROWS = "no usable new rows"
+NOT_ENOUGH_EVIDENCE = "not enough evidence: nothing redeployed"
 PUBLISHED = "published the deployed version"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
@@ -466,7 +467,7 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
                 if decision is None and not feature_says:
                     rec["decision"] = NO_USABLE_ROWS
                 elif not rec["drift"]:
-                    rec["decision"] = NO_DRIFT
+                    rec["decision"] = NOT_ENOUGH_EVIDENCE if decision and decision["drift"] is None else NO_DRIFT
                 else:
                     if feature_says and not score_says:
                         logger.info("feature drift in %s triggers retraining", ", ".join(feature["drifted"]))

@@ -491,3 +491,19 @@ def test_significance_reference_includes_held_out_deliveries(tmp_path, published
     # after the redeploy the model has seen everything: nothing is held out any more
     write_delivery(cfg, "later.csv", rows=100, seed=10, drift="concept", strength=1.0)
     assert fullprocess.run_cycle(cfg)["held_out_rows"] == 0
+
+
+def test_not_enough_evidence_redeploys_nothing(tmp_path, published):
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=200))
+    import datagen
+
+    datagen.generate(5, seed=301).to_csv(cfg.test_data_file, index=False)
+    cold_start(cfg, published, rows=56)
+    write_delivery(cfg, "few.csv", rows=3, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(cfg)
+    assert rec["score_drift"]["drift"] is None and rec["score_drift"]["used"] == "significance"
+    assert rec["decision"] == fullprocess.NOT_ENOUGH_EVIDENCE and rec["errors"] == []
+    assert deployed_version(cfg) == 1 and len(published.records) == 1
+    assert fullprocess.run_cycle(cfg)["decision"] == fullprocess.NO_NEW_DATA
