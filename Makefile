@@ -1,11 +1,13 @@
 # make demo: set-up, then the whole story on the sample data.
 # make test: set-up, then the tests.
+# make serve: the API under gunicorn on 127.0.0.1:$(PORT), one worker per core.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PORT ?= 8000
 
-.PHONY: setup demo test bench clean-outputs cron-install cron-uninstall
+.PHONY: setup demo test bench clean-outputs serve cron-install cron-uninstall
 
 setup: $(STAMP)
 	@# pdftotext, pdftoppm and pdfimages: the report tests read the PDF back as a person would.
@@ -44,3 +46,6 @@ cron-uninstall:
 	@command -v crontab >/dev/null || (apt-get update && apt-get install -y cron)
 	@(crontab -l 2>/dev/null | grep -vF '$(CRON_MARK)' || true) | crontab -
 	@echo "removed the monitoring cycle from the crontab of $$(id -un)"
+
+serve: setup
+	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
