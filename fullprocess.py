@@ -101,23 +101,13 @@ def publish(cfg, record) -> dict:
 
     The one place the cycle reaches the reporting and API modules, imported only when needed.
     """
-    out = {}
-    # Until the report and API modules are installed beside this one, say so instead of failing.
-    if (HERE / "reporting.py").exists():
-        import reporting
+    import apicalls
+    import reporting
 
-        paths = reporting.generate_report(cfg, cycle=record, audit=None)
-        out["report"] = str(paths["latest"])
-        out["report_copy"] = str(paths["pdf"])
-        out["confusion_matrix"] = str(paths["confusion_matrix"])
-    else:
-        logger.warning("reporting.py is not installed: no report")
-    if (HERE / "apicalls.py").exists():
-        import apicalls
-
-        out["apireturns"] = str(apicalls.produce_returns(cfg))
-    else:
-        logger.warning("apicalls.py is not installed: no apireturns.txt")
+    paths = reporting.generate_report(cfg, cycle=record, audit=None)
+    out = {"report": str(paths["latest"]), "report_copy": str(paths["pdf"]),
+           "confusion_matrix": str(paths["confusion_matrix"])}
+    out["apireturns"] = str(apicalls.produce_returns(cfg))
     return out
 
 

@@ -25,14 +25,13 @@ step "1. The first model, from practicedata/ (ingest, train, score, deploy, repo
 "$PY" training.py
 "$PY" scoring.py
 "$PY" deployment.py
-if [ -f reporting.py ]; then "$PY" reporting.py; else echo "(reporting.py is not here yet: no report)"; fi
+"$PY" reporting.py
 
 step "2. The API, under gunicorn, at $API_URL"
-if [ -f app.py ] && [ -f gunicorn.conf.py ]; then
-    mkdir -p logs
-    PORT=$("$PY" -c "from urllib.parse import urlsplit; print(urlsplit('$API_URL').port or 80)")
-    PORT=$PORT .venv/bin/gunicorn -c gunicorn.conf.py --daemon --pid "$API_PID" --error-logfile logs/gunicorn.log
-    if "$PY" - "$API_URL/health" <<'WAIT'
+mkdir -p logs
+PORT=$("$PY" -c "from urllib.parse import urlsplit; print(urlsplit('$API_URL').port or 80)")
+PORT=$PORT .venv/bin/gunicorn -c gunicorn.conf.py --daemon --pid "$API_PID" --error-logfile logs/gunicorn.log
+if "$PY" - "$API_URL/health" <<'WAIT'
 import sys, time, urllib.request, urllib.error
 for _ in range(150):
     try:
@@ -42,13 +41,10 @@ for _ in range(150):
         time.sleep(0.1)
 sys.exit(1)
 WAIT
-    then
-        echo "API answering at $API_URL (gunicorn pid $(cat "$API_PID"); its log: logs/gunicorn.log)"
-    else
-        echo "the API did not answer at $API_URL: see logs/gunicorn.log (the cycle will call the app in-process)"
-    fi
+then
+    echo "API answering at $API_URL (gunicorn pid $(cat "$API_PID"); its log: logs/gunicorn.log)"
 else
-    echo "(app.py is not here yet: no API; apicalls will not run)"
+    echo "the API did not answer at $API_URL: see logs/gunicorn.log (the cycle will call the app in-process)"
 fi
 
 step "3. New data: sourcedata/ (a later delivery; the relation between activity and leaving has shifted)"

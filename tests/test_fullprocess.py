@@ -1,6 +1,7 @@
 """The monitoring cycle's decisions, in-process with a recording publisher, and its crash recovery."""
 import json
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -376,27 +377,68 @@ def pdf_text(path):
                           check=True).stdout
 
 
-def test_end_to_end_cycles_publish_the_real_report(world):
-    """Real processes, the real reporting module: cold start, then drift, each with its PDF report."""
-    import socket
+@contextmanager
+def serving(cfg, port):
+    """`gunicorn -c gunicorn.conf.py` for cfg on 127.0.0.1:port (the config's api_url), one worker; killed after."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
 
+    from conftest import REPO
+
+    log = open(cfg.base / "gunicorn.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "--chdir",
+                             str(REPO)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PORT": str(port), "DRAS_CONFIG": str(cfg.path), "WEB_CONCURRENCY": "1"})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except (urllib.error.URLError, OSError):
+                assert proc.poll() is None and time.monotonic() < deadline, (cfg.base / "gunicorn.log").read_text()
+                time.sleep(0.1)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
+    """Real processes and modules: a cold start while the API is down (its returns made in-process),
+    then the API under gunicorn and a drifted delivery: redeployed, reported, and the running API,
+    now serving the new version, answers the returns."""
     from conftest import run_script
+    from test_server import free_port
 
-    with socket.socket() as s:  # a package index and an API that refuse at once: no traffic leaves the machine
-        s.bind(("127.0.0.1", 0))
-        refused = "http://127.0.0.1:%d" % s.getsockname()[1]
-    cfg = load_config(make_config(world.base, package_index_url=refused + "/simple", api_url=refused))
+    port = free_port()
+    cfg = load_config(make_config(world.base, api_url=f"http://127.0.0.1:{port}",
+                                  package_index_url=f"http://127.0.0.1:{free_port()}/simple"))
     write_delivery(cfg, "first.csv", rows=300, seed=1)
     assert fullprocess.main(["--config", str(cfg.path)]) == 0  # in-process, with the real publish
-    assert log_lines(cfg)[-1]["decision"] == fullprocess.COLD_START
-    text = pdf_text(cfg.output_model_path / "report.pdf")
-    assert "Decision: cold start: deployed" in text
-    write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
-    second = run_script("fullprocess.py", "--config", cfg.path, "--verbose")
+    first = log_lines(cfg)[-1]
+    assert first["decision"] == fullprocess.COLD_START
+    assert "Decision: cold start: deployed" in pdf_text(cfg.output_model_path / "report.pdf")
+    returns = Path(first["published"]["apireturns"]).read_text().splitlines()
+    assert returns[1].startswith(f"# via: in-process (the server at http://127.0.0.1:{port} did not answer")
+    with serving(cfg, port):
+        write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
+        second = run_script("fullprocess.py", "--config", cfg.path, "--verbose")
     assert second.returncode == 0, second.stderr
     rec = log_lines(cfg)[-1]
     assert rec["decision"] == fullprocess.REDEPLOYED and rec["deployed_version"] == 2
     assert second.stdout.splitlines()[:2] == ["decision: drift: redeployed", "new files: shifted.csv"]
+    assert set(rec["published"]) == {"report", "report_copy", "confusion_matrix", "apireturns"}
     pdf = rec["published"]["report"]
     assert pdf == str(cfg.output_model_path / "report.pdf")
     assert rec["published"]["report_copy"].startswith(str(cfg.output_model_path / "reports" / "report-v0002-"))
@@ -405,15 +447,10 @@ def test_end_to_end_cycles_publish_the_real_report(world):
     assert "Decision: drift: redeployed" in text
     assert f"New F1 {rec['score_drift']['new_f1']:.4f}" in " ".join(text.split())
     assert "v0002" in text
-    # apireturns.txt, once apicalls.py is installed beside fullprocess.py (the API's own issue)
-    from conftest import REPO
-
-    api = (REPO / "apicalls.py").exists()
-    assert set(rec["published"]) == {"report", "report_copy", "confusion_matrix"} | ({"apireturns"} if api else set())
-    if api:
-        returns = Path(rec["published"]["apireturns"]).read_text()
-        assert "in-process" in returns.splitlines()[1]  # the configured API refuses: the app is called in-process
-        assert '"model_version": 2' in returns
+    returns = Path(rec["published"]["apireturns"]).read_text()
+    assert returns.splitlines()[1] == f"# via: the server at http://127.0.0.1:{port}"
+    assert '"model_version": 2' in returns
+    assert f"apireturns: {rec['published']['apireturns']}" in second.stdout.splitlines()
 
 
 HEAVY = ("numpy", "pandas", "sklearn", "scipy", "reportlab", "matplotlib", "flask", "apscheduler")
