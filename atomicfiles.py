@@ -15,13 +15,48 @@ def _fsync_dir(folder: Path):
         os.close(fd)
 
 
+def _tmp_prefix(path: Path) -> str:
+    # The writer's pid in the name: remove_leftovers can tell a dead writer's file from a live one's.
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_leftovers(folder) -> list:
+    """Delete the temporary files of writers that died mid-write (SIGKILL, power loss) in `folder`;
+    return their names. A live writer's file is left alone: its pid is in the name."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        parts = name[:-4].rsplit(".", 2)  # ".NAME", "PID", "RANDOM"
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+            continue  # alive (or reused by another process: left for a later run)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        try:
+            os.unlink(entry.path)
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def write_bytes(path, data: bytes):
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -44,7 +79,7 @@ def write_with(path, writer):
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         writer(Path(tmp))

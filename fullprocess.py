@@ -418,6 +418,12 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
     import training
 
     cfg, conn, rec = cyc.cfg, cyc.conn, cyc.record
+    import atomicfiles
+
+    for folder in (cfg.output_folder_path, cfg.output_model_path, cfg.quarantine_folder_path):
+        removed = atomicfiles.remove_leftovers(folder)  # a killed writer's half-written copies
+        if removed:
+            logger.warning("removed %d temporary file(s) left by a killed writer in %s", len(removed), folder)
     frames = {}
     if candidates:
         with cyc.step("ingestion"):
@@ -425,6 +431,8 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
         frames = result.frames
         rec["ingestion"] = result.as_dict()
         cyc.save(cycle_id)
+    if ingestion.write_ingested_list(conn, cfg.ingested_list):  # a killed ingestion's list, before it is deployed
+        logger.warning("%s lagged behind the history (an ingestion was killed): rewrote it", cfg.ingested_list)
     pending = pending_files(conn, covered)
     rec["pending_files"] = [f["name"] for f in pending]
     through = _max_ingested_id(conn)

@@ -232,9 +232,20 @@ def quarantine(path: Path, reason: str, digest: str, qdir: Path) -> Path:
     return target
 
 
-def write_ingested_list(conn, path):
+def write_ingested_list(conn, path) -> bool:
+    """Write ingestedfiles.txt from the history database, unless it already says the same; return
+    whether it wrote. The history is the record: a process killed between recording its files and
+    writing this list leaves the list behind, and the next call brings it up to date."""
     names = list(dict.fromkeys(f["name"] for f in history.ingested_files(conn)))
-    atomicfiles.write_text(path, "".join(n + "\n" for n in names))
+    text = "".join(n + "\n" for n in names)
+    try:
+        if Path(path).read_text(encoding="utf-8") == text:
+            return False
+    except FileNotFoundError:
+        if not names:
+            return False
+    atomicfiles.write_text(path, text)
+    return True
 
 
 def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:

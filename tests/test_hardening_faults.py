@@ -1,0 +1,272 @@
+"""Fault injection: the monitoring cycle SIGKILLed at 30+ seeded moments, rerun after each kill.
+
+Each cycle runs in a child forked from this warm interpreter (pandas and scikit-learn already
+imported, so a cycle takes a fraction of a second instead of a second and a half of imports): a
+real process, really SIGKILLed by the kernel. The child reports the steps it starts through a
+pipe; a seeded schedule picks, for each run, a step to kill in (ingestion, training, scoring,
+deployment, publish...) and a random delay within that step's measured duration, or a random
+moment anywhere in the cycle. After each kill the production deployment must still load; after
+each rerun every invariant of README's "Reliability" must hold exactly.
+"""
+import hashlib
+import json
+import logging
+import os
+import random
+import select
+import signal
+import sqlite3
+import time
+
+import pandas as pd
+import pytest
+from conftest import HEADER, make_config, write_delivery
+
+import app as app_module
+import datagen
+import deployment
+import fullprocess
+import ingestion
+from settings import load_config
+
+KILLS = 30
+SEED = 20261122
+STEPS = ["look", "ingestion", "training", "scoring", "deployment", "publish"]
+
+
+def stand_in(cfg, record):
+    """Publishes by appending one line (the report and API returns are tested by their own modules)."""
+    fd = os.open(cfg.output_folder_path / "published.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (json.dumps({"version": record["deployed_version"]}) + "\n").encode())
+    finally:
+        os.close(fd)
+    return {"report": "stand-in"}
+
+
+def start_cycle(cfg):
+    """Fork a child that runs one cycle and writes its log lines to a pipe; return (pid, read end)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 3
+        try:
+            os.close(r)
+            handler = logging.StreamHandler(os.fdopen(w, "w", buffering=1))
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            root = logging.getLogger()
+            root.handlers[:] = [handler]
+            root.setLevel(logging.INFO)
+            rec = fullprocess.run_cycle(cfg, publisher=stand_in)
+            code = 1 if rec["errors"] else 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+class Lines:
+    """The child's log lines, read as they come."""
+
+    def __init__(self, fd):
+        self.fd, self.buf, self.lines = fd, b"", []
+
+    def read(self, timeout):
+        ready, _, _ = select.select([self.fd], [], [], max(timeout, 0))
+        if not ready:
+            return False
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            return None  # the child closed its end: it exited
+        self.buf += chunk
+        *done, self.buf = self.buf.split(b"\n")
+        self.lines += [d.decode() for d in done]
+        return True
+
+    def wait_for(self, text, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.read(deadline - time.monotonic()) is None or time.monotonic() > deadline:
+                return False
+        return True
+
+    def drain(self):
+        while self.read(0):
+            pass
+
+    def last_step(self):
+        steps = [line.split("step: ", 1)[1] for line in self.lines if line.startswith("step: ")]
+        return steps[-1] if steps else "start"
+
+
+def run_to_end(cfg):
+    pid, r = start_cycle(cfg)
+    lines = Lines(r)
+    while lines.read(60) not in (None, False):
+        pass
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), lines.lines
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_production(cfg):
+    """The serving version is whole: its files match the manifest and the API loads and serves it."""
+    model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
+    current = deployment.current_dir(cfg.prod_deployment_path)
+    for name, meta in manifest["files"].items():
+        assert sha((current / name).read_bytes()) == meta["sha256"], name
+        assert (cfg.prod_deployment_path / name).read_bytes() == (current / name).read_bytes(), name
+    client = app_module.create_app(cfg).test_client()
+    health = client.get("/health")
+    assert (health.status_code, health.get_json()) == (200, {"status": "ok", "model_version": manifest["version"]})
+    rows = datagen.generate(3, seed=7)
+    pred = client.post("/prediction", data=rows.to_csv(index=False), content_type="text/csv")
+    assert pred.status_code == 200 and pred.get_json()["model_version"] == manifest["version"]
+    assert pred.get_json()["predictions"] == model.predict(rows[["lastmonth_activity", "lastyear_activity",
+                                                                 "number_of_employees"]].astype("float64")).tolist()
+    return manifest
+
+
+def check_invariants(cfg, delivered):
+    """After a rerun: every delivery ingested once or quarantined, finaldata exact, production whole,
+    the history and the publications agree with it, nothing owed."""
+    conn = sqlite3.connect(cfg.history_db)
+    try:
+        ingested = conn.execute("SELECT name, sha256 FROM ingested_files ORDER BY id").fetchall()
+        quarantined = conn.execute("SELECT name, sha256, reason, moved_to FROM quarantined_files").fetchall()
+        summary_rows = conn.execute("SELECT rows FROM summaries ORDER BY id DESC LIMIT 1").fetchone()[0]
+        last_deploy = conn.execute("SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
+        unfinished = conn.execute("SELECT count(*) FROM cycles WHERE finished_at IS NULL").fetchone()[0]
+    finally:
+        conn.close()
+    in_quarantine = {sha(p.read_bytes()): p for p in cfg.quarantine_folder_path.glob("[!.]*")
+                     if not p.name.endswith(".reason.txt")} if cfg.quarantine_folder_path.exists() else {}
+    ingested_shas = [s for _, s in ingested]
+    assert len(ingested_shas) == len(set(ingested_shas)), "a content ingested twice"
+    first_name = {}
+    for name, data in delivered.items():
+        first_name.setdefault(sha(data), name)
+    for name, data in delivered.items():
+        digest = sha(data)
+        states = []
+        if digest in ingested_shas:
+            states.append("ingested")
+            assert (cfg.input_folder_path / name).read_bytes() == data  # ingested files stay where they are
+        if digest in in_quarantine:
+            states.append("quarantined")
+            moved = in_quarantine[digest]
+            assert moved.read_bytes() == data
+            reason = moved.with_name(moved.name + ".reason.txt").read_text()
+            assert reason == f"{name}: column 'number_of_employees', row 1 (line 2): value 'lots' is not a number\n"
+            assert [(q[0], q[2], q[3]) for q in quarantined if q[1] == digest] == [
+                (name, reason.split(": ", 1)[1].rstrip("\n"), str(moved))], "quarantined but not recorded once"
+            assert not (cfg.input_folder_path / name).exists()
+        assert len(states) == 1, (name, states)  # nothing pending after a full rerun, nothing in two places
+    assert set(ingested_shas) | set(in_quarantine) == {sha(d) for d in delivered.values()}
+    assert [n for n, _ in ingested] == [first_name[s] for s in ingested_shas]
+    # finaldata.csv: exactly the distinct rows of the ingested files, in the order they arrived
+    frames = [ingestion.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n, _ in ingested]
+    expected = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+    final = ingestion.read_finaldata(cfg.finaldata)
+    assert final.to_csv(index=False) == expected.to_csv(index=False)
+    assert summary_rows == len(final)
+    assert cfg.ingested_list.read_text() == "".join(n + "\n" for n, _ in ingested)
+    manifest = check_production(cfg)
+    assert last_deploy == (manifest["version"], manifest["files"]["trainedmodel.pkl"]["sha256"])
+    assert unfinished == 0
+    # no half-written copies left behind by the killed writers
+    for folder in (cfg.output_folder_path, cfg.output_model_path, cfg.quarantine_folder_path):
+        assert sorted(p.name for p in folder.glob(".*.tmp")) == [], folder
+    published = [json.loads(line) for line in (cfg.output_folder_path / "published.jsonl").read_text().splitlines()]
+    assert published[-1] == {"version": manifest["version"]}
+    # the deployed model's own file list names only ingested files
+    assert set((cfg.prod_deployment_path / "ingestedfiles.txt").read_text().splitlines()) <= {n for n, _ in ingested}
+    return manifest
+
+
+@pytest.fixture
+def world(tmp_path):
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    datagen.generate(40, seed=301).to_csv(tmp_path / "testdata" / "testdata.csv", index=False)
+    return load_config(make_config(tmp_path, cv_folds=0, keep_versions=3,
+                                   feature_drift_triggers_retrain=True))
+
+
+def deliver(cfg, i, rng, delivered):
+    """Run i's delivery: a fresh file, every fourth run a bad one beside it, every fifth a copy of an earlier one."""
+    name = f"delivery {i:02d}.csv"
+    # Activity beyond anything delivered before: feature drift, so every cycle retrains and redeploys.
+    df = datagen.generate(150, seed=100 + i)
+    df["lastmonth_activity"] += 2000 * i
+    df["lastyear_activity"] += 24000 * i
+    path = cfg.input_folder_path / name
+    df.to_csv(path, index=False)
+    delivered[name] = path.read_bytes()
+    if i % 4 == 3:
+        bad = write_delivery(cfg, f"bad {i:02d}.csv", text=HEADER + f"b{i:03d},1,2,lots,0\n")
+        delivered[bad.name] = bad.read_bytes()
+    if i % 5 == 4:
+        old = rng.choice(sorted(n for n in delivered if n.startswith("delivery") and n != name))
+        write_delivery(cfg, f"copy {i:02d}.csv", text=delivered[old])
+        delivered[f"copy {i:02d}.csv"] = delivered[old]
+
+
+def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
+    cfg = world
+    rng = random.Random(SEED)
+    delivered = {}
+    deliver(cfg, 0, rng, delivered)
+    # One whole cycle measured: how long each step takes here, now (the machine may be loaded).
+    code, _ = run_to_end(cfg)
+    assert code == 0
+    first = json.loads((cfg.log_folder_path / "cycles.jsonl").read_text().splitlines()[-1])
+    durations = first["timings"]
+    total = first["seconds"]
+    check_invariants(cfg, delivered)
+
+    schedule = [s for s in STEPS for _ in range(4)] + [None] * 6  # 24 named, 6 anywhere
+    rng.shuffle(schedule)
+    killed_in, kills, runs = [], 0, 0
+    while kills < KILLS:
+        runs += 1
+        assert runs <= KILLS + 15, f"only {kills} of {runs} runs could be killed: {killed_in}"
+        target = schedule[(runs - 1) % len(schedule)]
+        deliver(cfg, runs, rng, delivered)
+        pid, r = start_cycle(cfg)
+        lines = Lines(r)
+        if target is None:
+            delay = rng.uniform(0, total)
+            reached = True
+        else:
+            delay = rng.uniform(0, 0.9 * durations.get(target, 0.05))
+            reached = lines.wait_for(f"step: {target}")
+        if reached:
+            time.sleep(delay)
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        lines.drain()
+        os.close(r)
+        was_killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        if was_killed:
+            kills += 1
+            killed_in.append(lines.last_step())
+        else:
+            assert os.waitstatus_to_exitcode(status) == 0, lines.lines
+        # Right after the kill: whatever was serving still serves, whole.
+        if deployment.current_dir(cfg.prod_deployment_path) is not None:
+            check_production(cfg)
+        code, out = run_to_end(cfg)
+        assert code == 0, out
+        manifest = check_invariants(cfg, delivered)
+        # nothing is owed: the next cycle finds nothing to do
+        assert fullprocess.run_cycle(cfg, publisher=stand_in)["decision"] == fullprocess.NO_NEW_DATA
+    assert kills == KILLS
+    assert {"ingestion", "training", "deployment"} <= set(killed_in), killed_in
+    assert manifest["version"] > 10  # the cycles really redeployed, again and again
+    with sqlite3.connect(cfg.history_db) as conn:
+        assert conn.execute("SELECT count(*) FROM cycles WHERE decision = 'interrupted'").fetchone()[0] >= 1
