@@ -115,7 +115,7 @@ def parse_delivery(data: bytes):
         raise BadFile("empty file")
     if data[:2] == b"\x1f\x8b":
         raise BadFile("gzip-compressed data, not a plain CSV text file")
-    if b"\x00" in data[:65536]:
+    if b"\x00" in data:  # anywhere, not only at the start: a NUL would land in finaldata.csv
         raise BadFile("binary content (NUL bytes), not a CSV text file")
     try:
         text = data.decode("utf-8-sig")
@@ -133,6 +133,7 @@ def parse_delivery(data: bytes):
     extra = [h for h in header if h not in COLUMNS]
     if extra:
         raise BadFile(f"unexpected column {extra[0]!r}")
+    _check_field_counts(text, len(header))
     na_values = {c: NA_STRINGS for c in NUMERIC} | {"corporation": [""]}
     try:
         df = pd.read_csv(io.StringIO(text), dtype={"corporation": object}, keep_default_na=False,
@@ -149,6 +150,25 @@ def parse_delivery(data: bytes):
     for col in NUMERIC:
         out[col] = df[col].astype("Int64")
     return pd.DataFrame(out, columns=list(COLUMNS))
+
+
+def _check_field_counts(text, width):
+    """Refuse a row with more fields than the header: pandas would take the first column of such a
+    file for an index and shift every value one column to the right, silently."""
+    if '"' in text:  # quoted fields may hold commas: count with the csv module
+        for number, row in enumerate(csv.reader(io.StringIO(text)), 1):
+            if len(row) > width:
+                raise BadFile(f"malformed CSV: line {number} has {len(row)} fields, the header has {width}")
+        return
+    parts = text.split("\n", 2)
+    if len(parts) > 1 and parts[1].count(",") + 1 > width:  # the row pandas judges the layout by
+        raise BadFile(f"malformed CSV: line 2 has {parts[1].count(',') + 1} fields, the header has {width}")
+    lines = text.count("\n") + (0 if text.endswith("\n") else 1) - 1
+    if text.count(",") <= lines * (width - 1):  # the fast answer for a well-formed file
+        return
+    for number, line in enumerate(text.splitlines()[1:], 2):
+        if line.count(",") + 1 > width:
+            raise BadFile(f"malformed CSV: line {number} has {line.count(',') + 1} fields, the header has {width}")
 
 
 def _valid_numbers(series, binary) -> bool:
