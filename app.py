@@ -620,6 +620,26 @@ class FastPrediction:
         return self.app(environ, start_response)
 
 
+class BoundedBody:
+    """WSGI middleware: a body sent without Content-Length (Transfer-Encoding: chunked) is read up to
+    the limit and handed on with its length, so an oversized one gets the 413 every other body gets.
+    Without it werkzeug cuts such a body at the limit and the route parses the rest: a prefix of
+    the rows answered with a 200, or a misleading 400."""
+
+    def __init__(self, app, limit):
+        self.app = app
+        self.limit = limit
+
+    def __call__(self, environ, start_response):
+        if not environ.get("CONTENT_LENGTH") and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            body = environ["wsgi.input"].read(self.limit + 1)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))  # over the limit: Flask answers 413
+            del environ["HTTP_TRANSFER_ENCODING"]
+            environ["wsgi.input_terminated"] = False
+        return self.app(environ, start_response)
+
+
 # ---------------------------------------------------------------------------------------------
 # The Flask app
 # ---------------------------------------------------------------------------------------------
@@ -730,6 +750,7 @@ def create_app(config=None, fast_path=True):
 
     if fast_path:
         app.wsgi_app = FastPrediction(app.wsgi_app, service, app)
+    app.wsgi_app = BoundedBody(app.wsgi_app, cfg.max_request_bytes)
     # /diagnostics must answer within a second from the first call on: import its HTTP client now.
     import packaging.version  # noqa: F401
     import requests  # noqa: F401
