@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from contextlib import closing, contextmanager
@@ -352,7 +353,20 @@ def run_cycle(cfg, publisher=None) -> dict:
         if not held:
             logger.info("another cycle holds %s: exiting", cfg.output_folder_path / LOCK_NAME)
             return {"decision": "locked", "errors": []}
-        with closing(history.connect(cfg.history_db)) as conn:
+        try:
+            conn = history.connect(cfg.history_db)
+        except (sqlite3.Error, OSError) as exc:  # a read-only or full output folder: say so, record it
+            started = time.time()
+            rec = {"started_at": _iso(started), "config": str(cfg.path), "decision": FAILED, "new_files": [],
+                   "timings": {}, "errors": [f"cannot open the history database {cfg.history_db}: {exc}"]}
+            manifest = _serving_manifest(cfg.prod_deployment_path)
+            rec["previous_version"] = rec["deployed_version"] = manifest["version"] if manifest else None
+            logger.error("cycle failed: %s", rec["errors"][0])
+            rec["finished_at"] = _iso(time.time())
+            rec["seconds"] = round(time.time() - started, 6)
+            _log_line(cfg, json.dumps(rec, sort_keys=True, default=str))
+            return rec
+        with closing(conn):
             return _run_locked(cfg, conn, publisher or publish)
 
 
@@ -508,6 +522,15 @@ def _finish(cfg, conn, rec, cycle_id, cyc):
     if cycle_id is not None:
         conn.execute("UPDATE cycles SET finished_at = ?, decision = ?, record = ? WHERE id = ?",
                      (now, rec["decision"], text, cycle_id))
+    _log_line(cfg, text)
+    if rec["errors"]:
+        logger.error("cycle finished with errors: %s", "; ".join(rec["errors"]))
+    else:
+        logger.info("cycle finished: %s (%.3fs)", rec["decision"], rec["seconds"])
+
+
+def _log_line(cfg, text):
+    """Append one cycle's JSON line to log_folder_path/cycles.jsonl."""
     cfg.log_folder_path.mkdir(parents=True, exist_ok=True)
     # One line, one write with O_APPEND: concurrent writers never interleave within a line.
     fd = os.open(cfg.log_folder_path / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -515,10 +538,6 @@ def _finish(cfg, conn, rec, cycle_id, cyc):
         os.write(fd, (text + "\n").encode())
     finally:
         os.close(fd)
-    if rec["errors"]:
-        logger.error("cycle finished with errors: %s", "; ".join(rec["errors"]))
-    else:
-        logger.info("cycle finished: %s (%.3fs)", rec["decision"], rec["seconds"])
 
 
 def describe(rec) -> str:
