@@ -32,6 +32,7 @@ from werkzeug.exceptions import HTTPException
 
 import deployment
 import diagnostics
+import monitoring
 from settings import FEATURES, Config, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -304,6 +305,7 @@ class Service:
         self._scores = {}
         self._dependencies = (0.0, None)
         self._lock = threading.Lock()
+        self.monitor = None  # monitoring.Monitor, when online monitoring is on
 
     # -- access --------------------------------------------------------------------------------
     def authorized(self, header):
@@ -323,6 +325,8 @@ class Service:
     def answer(self, X):
         p = self.predictor()
         predictions, probabilities = p.predict(X)
+        if self.monitor is not None:
+            self.monitor.prediction(X, predictions, probabilities, p.manifest)
         return {"predictions": predictions, "probabilities": probabilities, "model_version": p.version}
 
     def predict_json(self, body: bytes):
@@ -448,6 +452,11 @@ class Service:
         if self.models.error is not None:
             body["error"] = self.models.error
             return body, 503
+        # Live input drift at the act level: degraded, still answering (never down).
+        live = self.monitor.status if self.monitor is not None else None
+        if live is not None and live["level"] == "act" and live["model_version"] == body["model_version"]:
+            body["status"] = "degraded"
+            body["live_drift"] = {k: live[k] for k in ("level", "psi", "window_start", "rows")}
         return body, 200
 
 
@@ -562,6 +571,25 @@ def create_app(config=None, fast_path=True):
     def openapi():
         return jsonify(spec)
 
+    # -- online monitoring (monitoring.py) ---------------------------------------------------
+    monitor = monitoring.Monitor(cfg)
+
+    def serving_version():
+        p = service.models.predictor
+        return p.version if p is not None else None
+
+    @app.get("/monitoring")
+    def monitoring_route():
+        limit = request.args.get("windows", "60")
+        if not limit.isdigit() or not 1 <= int(limit) <= 10000:
+            raise InputError(f"windows must be a whole number from 1 to 10000, not {limit!r}")
+        return jsonify(monitoring.windows(cfg, limit=int(limit), refs=monitor._refs))
+
+    @app.get("/metrics")
+    def metrics_route():
+        return monitoring.metrics_text(monitor, serving_version()), 200, {
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+
     @app.errorhandler(InputError)
     def input_error(exc):
         return jsonify(error=exc.message), exc.status
@@ -590,6 +618,10 @@ def create_app(config=None, fast_path=True):
 
     if fast_path:
         app.wsgi_app = FastPrediction(app.wsgi_app, service, app)
+    if cfg.monitoring:
+        service.monitor = monitor
+        app.wsgi_app = monitoring.Middleware(app.wsgi_app, monitor, {
+            r.rule for r in app.url_map.iter_rules() if r.endpoint != "static"}, serving_version)
     return app
 
 

@@ -40,6 +40,15 @@ SCHEMA = {
     "api_url": (str, "http://127.0.0.1:8000"),
     "package_index_url": (str, "https://pypi.org/simple"),
     "max_request_bytes": (int, 16 * 1024 * 1024),
+    # online monitoring (monitoring.py)
+    "monitoring": (bool, True),
+    "monitoring_flush_seconds": (float, 5.0),
+    "monitoring_flush_requests": (int, 1000),
+    "monitoring_window_seconds": (float, 60.0),
+    "monitoring_min_rows": (int, 100),
+    "psi_watch": (float, 0.1),
+    "psi_act": (float, 0.2),
+    "live_drift_triggers_retrain": (bool, False),
 }
 MODEL_SCHEMA = {
     "C": (float, 1.0),
@@ -79,6 +88,14 @@ class Config:
     api_url: str
     package_index_url: str
     max_request_bytes: int
+    monitoring: bool
+    monitoring_flush_seconds: float
+    monitoring_flush_requests: int
+    monitoring_window_seconds: float
+    monitoring_min_rows: int
+    psi_watch: float
+    psi_act: float
+    live_drift_triggers_retrain: bool
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -165,6 +182,12 @@ def load_config(path=None) -> Config:
         raise ConfigError("config key 'keep_versions' must be at least 2, so a rollback has somewhere to go")
     if not 0 < values["drift_significance_level"] < 1:
         raise ConfigError("config key 'drift_significance_level' must be between 0 and 1")
+    if values["monitoring_flush_seconds"] <= 0 or values["monitoring_window_seconds"] <= 0:
+        raise ConfigError("config keys 'monitoring_flush_seconds' and 'monitoring_window_seconds' must be positive")
+    if values["monitoring_flush_requests"] < 1:
+        raise ConfigError("config key 'monitoring_flush_requests' must be at least 1")
+    if not 0 < values["psi_watch"] <= values["psi_act"]:
+        raise ConfigError("config keys 'psi_watch' and 'psi_act' must satisfy 0 < psi_watch <= psi_act")
     for key in PATH_KEYS + ("quarantine_folder_path", "log_folder_path"):
         p = Path(values[key]).expanduser()
         values[key] = p if p.is_absolute() else (path.parent / p).resolve()

@@ -72,6 +72,21 @@ def save_model(model, path, metadata):
     return digest
 
 
+def monitoring_reference(cfg, model, X):
+    """monitoring.reference of the training rows, with the predicted exit share on the test data
+    (on the training rows when the test data cannot be read)."""
+    import monitoring
+    import scoring
+
+    try:
+        X_test, _ = scoring.read_labelled(cfg.test_data_file)
+    except scoring.ScoringError:
+        X_test = X.iloc[:0]
+    share, on = (float(model.predict(X_test).mean()), "test data") if len(X_test) else (
+        float(model.predict(X).mean()), "training data")
+    return monitoring.reference(X.to_numpy(), share, on)
+
+
 def run(cfg, conn=None):
     """Train on finaldata.csv and save trainedmodel.pkl; return the metadata written."""
     from ingestion import read_finaldata
@@ -91,6 +106,8 @@ def run(cfg, conn=None):
         "params": cfg.model,
         "libraries": library_versions(),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # The training histograms the API's live inputs are compared with (monitoring.py).
+        "monitoring": monitoring_reference(cfg, model, X),
     }
     digest = save_model(model, cfg.model_file, metadata)
     seconds = time.perf_counter() - started
