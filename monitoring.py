@@ -182,6 +182,12 @@ def latency_quantile(buckets, q):
     return LATENCY_BOUNDS[items[-1][0]]
 
 
+def _worker_name():
+    import uuid
+
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 class _Pending:
     """What requests added since the last flush, for one window and model version."""
 
@@ -271,9 +277,10 @@ class Monitor:
         with self._flush_lock:
             if self._pid == os.getpid():
                 return
+            if self._pid is not None:  # a fork: the parent's traffic is the parent's to write
+                self._pending, self._windows, self._requests, self._conn = {}, {}, 0, None
             self._pid = os.getpid()
-            self.worker = f"{self._pid}-{int(time.time() * 1000)}"
-            self._pending, self._windows, self._requests, self._conn = {}, {}, 0, None
+            self.worker = _worker_name()
             self._prom = prometheus_metrics(self)
             self._wake = threading.Event()
             if not self.enabled:
@@ -326,7 +333,7 @@ class Monitor:
             if not pending:
                 return 0
             if self.worker is None:
-                self.worker = f"{os.getpid()}-{int(time.time() * 1000)}"
+                self.worker = _worker_name()
             changed = []
             prom = self._prom
             for (start, version), slot in pending.items():
@@ -678,3 +685,11 @@ def crossings_since(cfg, since, until=None) -> dict:
     return {"since": since, "windows": len(found), "rows": sum(w["rows"] for w in found), "level": worst,
             "watch": worst in ("watch", "act"), "act": worst == "act",
             "max_psi": dict(sorted(features.items())), "psi_watch": cfg.psi_watch, "psi_act": cfg.psi_act}
+
+
+def worker_exited(pid):
+    """gunicorn's child_exit hook: mark a dead worker in prometheus-client's multiprocess files."""
+    if os.environ.get(PROM_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
