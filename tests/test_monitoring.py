@@ -344,16 +344,16 @@ def test_two_gunicorn_workers_sum_up_and_keep_no_raw_input(tmp_path):
         served = [a.json() for a in answers if a.status_code == 200]
         assert len(served) == 60
         exits = sum(served[0]["predictions"])
-        for _ in range(100):
+        for _ in range(100):  # each worker flushes every 0.2 s
             body = requests.get(f"{base}/monitoring", timeout=5).json()
             windows = body["versions"].get("1", [])
-            if sum(w["rows"] for w in windows) == 180:
+            by_status = {}
+            for w in windows:
+                for status, n in w["requests_by_endpoint"].get("/prediction", {}).items():
+                    by_status[status] = by_status.get(status, 0) + n
+            if by_status == {"200": 60, "400": 20}:
                 break
             time.sleep(0.1)
-        by_status = {}
-        for w in windows:
-            for status, n in w["requests_by_endpoint"]["/prediction"].items():
-                by_status[status] = by_status.get(status, 0) + n
         assert by_status == {"200": 60, "400": 20}
         assert sum(w["rows"] for w in windows) == 180
         assert sum(w["exits"] for w in windows) == 60 * exits
