@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
 import threading
 import time
@@ -46,6 +47,22 @@ CSV_TYPES = ("text/csv", "application/csv")
 # The dependency table asks the package index; /diagnostics must answer in well under a second.
 INDEX_TIMEOUT = 0.3
 DEPENDENCIES_TTL = 300.0
+
+
+SCORE_HELPER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import deployment, scoring
+from settings import load_config
+cfg = load_config(sys.argv[2])
+try:
+    model, _ = deployment.load_version(sys.argv[3])
+    X, y = scoring.read_labelled(cfg.test_data_file)
+    print(json.dumps(scoring.score_model(model, X, y)))
+except (deployment.DeploymentError, scoring.ScoringError) as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
+"""
 
 
 class InputError(Exception):
@@ -199,6 +216,49 @@ def rows_from_csv(data: bytes):
 # The model
 # ---------------------------------------------------------------------------------------------
 
+# What the Pipeline training.py builds unpickles to, read without importing scikit-learn (which,
+# with the scipy and pandas it pulls in, would take a worker past 150 MB of resident memory).
+ESTIMATORS = {("sklearn.pipeline", "Pipeline"), ("sklearn.preprocessing._data", "StandardScaler"),
+              ("sklearn.linear_model._logistic", "LogisticRegression")}
+NUMPY_GLOBALS = {("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+                 ("numpy._core.numeric", "_frombuffer"), ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class NotPlainLinear(Exception):
+    """The pickle holds something else than a scaler + logistic regression Pipeline."""
+
+
+class Fitted:
+    """A scikit-learn estimator's fitted state (its __dict__), without scikit-learn."""
+
+    kind = None
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+def load_fitted(data: bytes):
+    """Unpickle a scaler + logistic regression Pipeline into `Fitted` objects; raise NotPlainLinear otherwise."""
+    kinds = {}
+
+    class Reader(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in ESTIMATORS:
+                return kinds.setdefault(name, type(name, (Fitted,), {"kind": name}))
+            if (module, name) in NUMPY_GLOBALS:
+                return super().find_class(module, name)
+            raise NotPlainLinear(f"{module}.{name}")
+
+    return Reader(io.BytesIO(data)).load()
+
+
+def _kind(step):
+    if isinstance(step, Fitted):
+        return step.kind
+    module = type(step).__module__
+    return type(step).__name__ if (module, type(step).__name__) in ESTIMATORS else None
+
+
 class Predictor:
     """One loaded version: the fitted Pipeline and, when it is scaler + logistic regression,
     its arithmetic in numpy (the same operations scikit-learn does, without its checks)."""
@@ -207,31 +267,32 @@ class Predictor:
         self.model = model
         self.manifest = manifest
         self.version = manifest["version"]
+        self.directory = None  # the version folder it was loaded from
         self.linear = None
         try:
-            from sklearn.linear_model import LogisticRegression
-            from sklearn.pipeline import Pipeline
-            from sklearn.preprocessing import StandardScaler
-
             scale, classify = (step for _, step in model.steps)
-            names = list(getattr(model, "feature_names_in_", FEATURES))
-            if (isinstance(model, Pipeline) and type(scale) is StandardScaler and type(classify) is LogisticRegression
-                    and names == list(FEATURES) and len(classify.classes_) == 2):
+            names = [str(n) for n in getattr(scale, "feature_names_in_", FEATURES)]
+            if (_kind(model) == "Pipeline" and _kind(scale) == "StandardScaler"
+                    and _kind(classify) == "LogisticRegression" and names == list(FEATURES)
+                    and len(classify.classes_) == 2 and classify.coef_.shape == (1, len(FEATURES))):
                 mean = scale.mean_ if scale.with_mean else np.zeros(len(FEATURES))
                 sd = scale.scale_ if scale.with_std else np.ones(len(FEATURES))
-                self.linear = (mean, sd, classify.coef_.T.copy(), classify.intercept_.copy(),
-                               classify.classes_)
+                if sd is None:
+                    sd = np.ones(len(FEATURES))
+                self.linear = (np.asarray(mean, dtype=np.float64), np.asarray(sd, dtype=np.float64),
+                               classify.coef_.T.copy(), classify.intercept_.copy(), classify.classes_)
         except (AttributeError, ValueError, TypeError):
             self.linear = None
 
     def predict(self, X):
         """(predictions, probabilities of class 1) for the float64 matrix X, as Python lists."""
         if self.linear is not None:
-            from scipy.special import expit
-
             mean, sd, coef, intercept, classes = self.linear
             z = (((X - mean) / sd) @ coef + intercept).ravel()
-            return classes[(z > 0).astype(np.intp)].tolist(), expit(z).tolist()
+            # scipy.special.expit, as scikit-learn computes it: 1 / (1 + exp(-z)) (equal to 1e-16)
+            with np.errstate(over="ignore"):  # exp(-z) = inf for z < -709: the probability is 0.0
+                probabilities = 1.0 / (1.0 + np.exp(-z))
+            return classes[(z > 0).astype(np.intp)].tolist(), probabilities.tolist()
         import pandas as pd
 
         df = pd.DataFrame(X, columns=list(FEATURES))
@@ -277,8 +338,15 @@ class ModelStore:
                 self.error += f" any more; still serving version {self.predictor.version}"
             return
         try:
-            model, manifest = deployment.load_version(self.prod / link)
-            predictor = Predictor(model, manifest)
+            try:
+                model, manifest = deployment.load_version(self.prod / link, loads=load_fitted)
+                predictor = Predictor(model, manifest)
+                if predictor.linear is None:
+                    raise NotPlainLinear("not a two-class scaler + logistic regression on the three features")
+            except NotPlainLinear:  # a model of another shape: scikit-learn itself unpickles and runs it
+                model, manifest = deployment.load_version(self.prod / link)
+                predictor = Predictor(model, manifest)
+            predictor.directory = self.prod / link
         except (deployment.DeploymentError, OSError, KeyError, ValueError, TypeError) as exc:
             self.failed_link = link
             self.error = f"the deployed model {link} failed to load: {exc}"
@@ -388,20 +456,38 @@ class Service:
 
     # -- the other endpoints -------------------------------------------------------------------
     def scoring(self):
-        import scoring
-
         p = self.predictor()
         key = (p.version, id(p))
         with self._lock:
             if key not in self._scores:
-                try:
-                    X, y = scoring.read_labelled(self.cfg.test_data_file)
-                    result = scoring.score_model(p.model, X, y)
-                except scoring.ScoringError as exc:
-                    raise Unavailable(str(exc)) from None
-                self._scores = {key: result}
+                in_process = ("sklearn" in sys.modules or not isinstance(p.model, Fitted)
+                              or p.directory is None)
+                self._scores = {key: self._score_here(p) if in_process else self._score_in_helper(p)}
             result = self._scores[key]
         return {"model_version": p.version, **result}
+
+    def _score_here(self, p):
+        import scoring
+
+        try:
+            model = p.model
+            if isinstance(model, Fitted):  # scikit-learn is loaded here anyway: score its own model
+                model, _ = deployment.load_version(p.directory)
+            X, y = scoring.read_labelled(self.cfg.test_data_file)
+            return scoring.score_model(model, X, y)
+        except (scoring.ScoringError, deployment.DeploymentError) as exc:
+            raise Unavailable(str(exc)) from None
+
+    def _score_in_helper(self, p):
+        """Score in a short-lived process, so that scikit-learn never enters a serving worker."""
+        import subprocess
+
+        done = subprocess.run([sys.executable, "-c", SCORE_HELPER, str(HERE), str(self.cfg.path), str(p.directory)],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            raise Unavailable(lines[-1].removeprefix("error: ") if lines else f"scoring failed ({done.returncode})")
+        return json.loads(done.stdout)
 
     def summarystats(self):
         summary = diagnostics.dataframe_summary(self.cfg) if self.cfg.history_db.exists() else {}
@@ -618,6 +704,13 @@ def create_app(config=None, fast_path=True):
 
     if fast_path:
         app.wsgi_app = FastPrediction(app.wsgi_app, service, app)
+    # /diagnostics must answer within a second from the first call on: import its HTTP client now.
+    import packaging.version  # noqa: F401
+    import requests  # noqa: F401
+
+    # Load the serving version now: under gunicorn (preload_app) the workers inherit it, and
+    # scikit-learn with it, from the master instead of each loading it on its first request.
+    service.models.get()
     if cfg.monitoring:
         service.monitor = monitor
         app.wsgi_app = monitoring.Middleware(app.wsgi_app, monitor, {

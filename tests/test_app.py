@@ -292,9 +292,10 @@ REFUSED = {"error": "filepath must be a relative path to a .csv file inside the 
                     "(sourcedata, testdata, ingesteddata)"}
 
 
-@pytest.fixture
-def outside(deployed):
-    """A secret .csv file beside the world, and symlinks inside the data folders leading to it."""
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory):
+    """A secret .csv file beside a world, and symlinks inside the data folders leading to it."""
+    deployed = build_world(tmp_path_factory.mktemp("outside") / "world")
     secret = deployed.base.parent / f"{deployed.base.name}-secret.csv"
     secret.write_text("lastmonth_activity,lastyear_activity,number_of_employees\n1,2,3\n")
     (deployed.input_folder_path / "link.csv").symlink_to(secret)
@@ -542,7 +543,7 @@ def test_a_version_that_fails_to_load_keeps_the_previous_one_serving(deployed, m
     assert client.get("/health").get_json() == {"status": "ok", "model_version": 1}
     loads = []
     real = deployment.load_version
-    monkeypatch.setattr(deployment, "load_version", lambda d: loads.append(d) or real(d))
+    monkeypatch.setattr(deployment, "load_version", lambda d, **kw: loads.append(d) or real(d, **kw))
     prod = deployed.prod_deployment_path
     # Publish version 2 with a pickle that does not match its manifest.
     retrain_and_deploy(deployed, seed=3)
@@ -568,7 +569,7 @@ def test_a_version_that_fails_to_load_keeps_the_previous_one_serving(deployed, m
 def test_the_model_is_loaded_once_per_version(deployed, monkeypatch):
     loads = []
     real = deployment.load_version
-    monkeypatch.setattr(deployment, "load_version", lambda d: loads.append(d) or real(d))
+    monkeypatch.setattr(deployment, "load_version", lambda d, **kw: loads.append(d) or real(d, **kw))
     client = app_module.create_app(deployed).test_client()
     for _ in range(5):
         client.post("/prediction", json={"records": [ROW]})
@@ -671,3 +672,60 @@ def test_the_development_server_entry_refuses_a_bad_config(tmp_path, capsys):
     bad.write_text("{}")
     assert app_module.main(["--config", str(bad)]) == 2
     assert capsys.readouterr().err == "error: missing config key 'input_folder_path'\n"
+
+
+# --- scikit-learn stays out of the serving process ----------------------------------------------
+
+def test_serving_never_imports_scikit_learn(shared):
+    """A fresh process (as a gunicorn worker) answers every endpoint without scikit-learn, scipy or its memory."""
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+import app
+client = app.create_app({str(shared.path)!r}).test_client()
+out = [client.post("/prediction", json={{"records": [{ROW!r}]}}).get_json(),
+       client.post("/prediction", data=open({str(shared.test_data_file)!r}, "rb").read(), content_type="text/csv").status_code,
+       client.get("/scoring").get_json(), client.get("/summarystats").status_code,
+       client.get("/diagnostics").status_code, client.get("/health").status_code,
+       sorted(m for m in ("sklearn", "scipy") if m in sys.modules)]
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    prediction, csv_status, scored, *statuses, heavy = json.loads(done.stdout)
+    model = deployment.load_deployed(shared.prod_deployment_path)[0]
+    assert_answer(prediction, model, pd.DataFrame([ROW]))
+    X, y = scoring.read_labelled(shared.test_data_file)
+    assert scored == {"model_version": 1, **scoring.score_model(model, X, y)}
+    assert [csv_status, *statuses] == [200, 200, 200, 200]
+    assert heavy == []
+
+
+def test_the_scoring_helper_process_agrees_with_scoring_here(shared):
+    service = app_module.create_app(shared).extensions["dras"]
+    p = service.predictor()
+    assert isinstance(p.model, app_module.Fitted)
+    assert service._score_in_helper(p) == service._score_here(p)
+
+
+def test_a_model_of_another_shape_is_loaded_by_scikit_learn(deployed, tmp_path):
+    import pickle
+
+    from sklearn.tree import DecisionTreeClassifier
+
+    df = datagen.generate(300, seed=5)
+    tree = DecisionTreeClassifier(random_state=0, max_depth=3).fit(df[list(FEATURES)], df["exited"])
+    pkl = tmp_path / "tree.pkl"
+    pkl.write_bytes(pickle.dumps(tree))
+    with pytest.raises(app_module.NotPlainLinear, match="sklearn.tree._classes.DecisionTreeClassifier"):
+        app_module.load_fitted(pkl.read_bytes())
+    deployment.deploy(deployed.prod_deployment_path, pkl, deployed.score_file, deployed.ingested_list)
+    client = app_module.create_app(deployed).test_client()
+    rows = datagen.generate(20, seed=6)
+    resp = client.post("/prediction", json={"records": rows[list(FEATURES)].to_dict("records")})
+    assert resp.status_code == 200
+    assert_answer(resp.get_json(), tree, rows, version=2)
+    assert client.get("/scoring").get_json()["model_version"] == 2
