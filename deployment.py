@@ -3,9 +3,12 @@
 Layout of prod_deployment_path:
 
     versions/v0003/            one immutable folder per version:
-        trainedmodel.pkl         trainedmodel.json  latestscore.txt  ingestedfiles.txt  manifest.json
+        trainedmodel.pkl  trainedmodel.json  latestscore.txt  ingestedfiles.txt  modelcard.md  manifest.json
     current -> versions/v0003  a symlink, swapped atomically (rename over it)
-    trainedmodel.pkl, latestscore.txt, ingestedfiles.txt, manifest.json -> current/...
+    trainedmodel.pkl, latestscore.txt, ingestedfiles.txt, modelcard.md, manifest.json -> current/...
+
+modelcard.md is rendered by audit.model_card from the version's manifest alone, so a rollback
+brings back that version's card with its model, and the card can be regenerated exactly.
 
 A version folder is complete before it gets its name, and `current` moves in one rename, so a
 reader that resolves `current` once sees one whole version, old or new, never a mix.
@@ -24,13 +27,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import atomicfiles
+import audit
 import history
 from settings import ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
 
 DEPLOYED_FILES = ("trainedmodel.pkl", "latestscore.txt", "ingestedfiles.txt")
-ROOT_LINKS = DEPLOYED_FILES + ("trainedmodel.json", "manifest.json")
+ROOT_LINKS = DEPLOYED_FILES + ("trainedmodel.json", "modelcard.md", "manifest.json")
 
 
 class DeploymentError(Exception):
@@ -142,7 +146,9 @@ def prune(prod, keep: int):
 def deploy(prod, model_path, score_path, ingested_path, metrics=None, keep=5, conn=None, extra=None) -> dict:
     """Publish the three files as a new version and make it the serving one; return its manifest.
 
-    `conn`, when given, is the history database the deployment is recorded in.
+    `conn`, when given, is the history database the deployment is recorded in; its latest data
+    summary is checked against the training ranges for the model card. `extra` keys go into the
+    manifest as they are (the monitoring cycle passes {"cycle": {...}} with its drift decision).
     """
     prod = Path(prod)
     vroot = prod / "versions"
@@ -172,8 +178,12 @@ def deploy(prod, model_path, score_path, ingested_path, metrics=None, keep=5, co
         "files": files,
         "metrics": metrics or {"f1": float(Path(score_path).read_text().strip())},
         "training": training,
+        "audit": audit.deployment_audit(training, history.latest_summary(conn) if conn is not None else None),
         **(extra or {}),
     }
+    card = audit.model_card(manifest).encode("utf-8")
+    atomicfiles.write_bytes(building / "modelcard.md", card)
+    files["modelcard.md"] = {"sha256": hashlib.sha256(card).hexdigest(), "bytes": len(card)}
     atomicfiles.write_text(building / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.rename(building, vroot / version_name(number))
     atomicfiles._fsync_dir(vroot)

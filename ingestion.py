@@ -134,36 +134,62 @@ def parse_delivery(data: bytes):
     extra = [h for h in header if h not in COLUMNS]
     if extra:
         raise BadFile(f"unexpected column {extra[0]!r}")
+    na_values = {c: NA_STRINGS for c in NUMERIC} | {"corporation": [""]}
     try:
-        df = pd.read_csv(
-            io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
-            na_values={c: NA_STRINGS for c in NUMERIC} | {"corporation": [""]},
-        )
+        df = pd.read_csv(io.StringIO(text), dtype={"corporation": object}, keep_default_na=False,
+                         skipinitialspace=True, na_values=na_values)
     except (pd.errors.ParserError, ValueError) as exc:
         raise BadFile(f"malformed CSV: {str(exc).strip().splitlines()[-1]}") from None
     df.columns = [c.strip() for c in df.columns]
     if df.empty:
         raise BadFile("header only, no rows")
-    out = {"corporation": df["corporation"].astype("str").where(df["corporation"].notna(), None)}
+    if not all(_valid_numbers(df[col], col == TARGET) for col in NUMERIC):
+        # Only a bad file pays for the slow, value-by-value reading that names the first bad value.
+        raise BadFile(_first_bad_value(pd, text, na_values))
+    out = {"corporation": df["corporation"].where(df["corporation"].notna(), None)}
+    for col in NUMERIC:
+        out[col] = df[col].astype("Int64")
+    return pd.DataFrame(out, columns=list(COLUMNS))
+
+
+def _valid_numbers(series, binary) -> bool:
+    """Whether a parsed column holds only missing values and whole numbers in range (0/1 if binary)."""
+    import numpy as np
+
+    if series.dtype.kind not in "iuf":
+        return False
+    values = series.to_numpy(dtype="float64")
+    values = values[~np.isnan(values)]
+    if binary:
+        return bool(np.isin(values, (0.0, 1.0)).all())
+    if not np.isfinite(values).all():
+        return False
+    return bool(((values >= 0) & (values <= MAX_VALUE) & (values % 1 == 0)).all())
+
+
+def _first_bad_value(pd, text, na_values) -> str:
+    """The reason naming the first value that breaks the schema, read column by column as text."""
+    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
+                     na_values=na_values)
+    df.columns = [c.strip() for c in df.columns]
     for col in NUMERIC:
         raw = df[col].str.strip()
         values = pd.to_numeric(raw, errors="coerce")
         present = raw.notna()
-        for test, what in (
+        checks = [
             (present & values.isna(), "is not a number"),
             (present & ~values.isna() & ~values.abs().lt(float("inf")), "is not a finite number"),
             (present & (values < 0), "is negative"),
             (present & (values > MAX_VALUE), f"is out of range (at most {MAX_VALUE})"),
             (present & values.notna() & (values % 1 != 0), "is not a whole number"),
-        ):
+        ]
+        if col == TARGET:
+            checks.append((present & ~values.isin([0, 1]), "is not 0 or 1"))
+        for test, what in checks:
             if test.any():
                 i = int(test.to_numpy().nonzero()[0][0])
-                raise BadFile(f"column {col!r}, row {i + 1} (line {i + 2}): value {raw.iloc[i]!r} {what}")
-        if col == TARGET and (present & ~values.isin([0, 1])).any():
-            i = int((present & ~values.isin([0, 1])).to_numpy().nonzero()[0][0])
-            raise BadFile(f"column {col!r}, row {i + 1} (line {i + 2}): value {raw.iloc[i]!r} is not 0 or 1")
-        out[col] = values.astype("Int64")
-    return pd.DataFrame(out, columns=list(COLUMNS))
+                return f"column {col!r}, row {i + 1} (line {i + 2}): value {raw.iloc[i]!r} {what}"
+    return "values that are not whole non-negative numbers"
 
 
 def read_finaldata(path):

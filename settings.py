@@ -40,6 +40,10 @@ SCHEMA = {
     "api_url": (str, "http://127.0.0.1:8000"),
     "package_index_url": (str, "https://pypi.org/simple"),
     "max_request_bytes": (int, 16 * 1024 * 1024),
+    "cv_folds": (int, 5),
+    "slices": (dict, None),
+    "slice_margin": (float, 0.1),
+    "slice_min_rows": (int, 10),
     # online monitoring (monitoring.py)
     "monitoring": (bool, True),
     "monitoring_flush_seconds": (float, 5.0),
@@ -50,6 +54,9 @@ SCHEMA = {
     "psi_act": (float, 0.2),
     "live_drift_triggers_retrain": (bool, False),
 }
+# The slices every audit reports unless config.json names others: three size bands and three
+# activity bands, at the terciles of the training data.
+DEFAULT_SLICES = {"number_of_employees": {"bands": 3}, "lastmonth_activity": {"bands": 3}}
 MODEL_SCHEMA = {
     "C": (float, 1.0),
     "max_iter": (int, 1000),
@@ -88,6 +95,10 @@ class Config:
     api_url: str
     package_index_url: str
     max_request_bytes: int
+    cv_folds: int
+    slices: dict
+    slice_margin: float
+    slice_min_rows: int
     monitoring: bool
     monitoring_flush_seconds: float
     monitoring_flush_requests: int
@@ -160,6 +171,33 @@ def _checked(section, data, schema):
     return out
 
 
+def _checked_slices(spec):
+    """A fresh copy of `slices` (the defaults when absent): {feature: {"bands": n} or {"edges": [...]}}."""
+    if spec is None:
+        return {f: dict(how) for f, how in DEFAULT_SLICES.items()}
+    out = {}
+    for feature, how in spec.items():
+        where = f"config key 'slices' entry {feature!r}"
+        if feature not in FEATURES:
+            raise ConfigError(f"{where}: not a feature (features: {', '.join(FEATURES)})")
+        if not isinstance(how, dict) or len(how) != 1 or next(iter(how)) not in ("bands", "edges"):
+            raise ConfigError(f'{where} must be {{"bands": N}} or {{"edges": [numbers]}}, not {json.dumps(how)}')
+        if "bands" in how:
+            n = how["bands"]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+                raise ConfigError(f"{where}: bands must be an integer of at least 2, not {json.dumps(n)}")
+            out[feature] = {"bands": n}
+        else:
+            edges = how["edges"]
+            if (not isinstance(edges, list) or not edges
+                    or any(isinstance(e, bool) or not isinstance(e, (int, float)) for e in edges)):
+                raise ConfigError(f"{where}: edges must be a non-empty list of numbers, not {json.dumps(edges)}")
+            if any(b <= a for a, b in zip(edges, edges[1:])):
+                raise ConfigError(f"{where}: edges must be strictly increasing, not {json.dumps(edges)}")
+            out[feature] = {"edges": [float(e) for e in edges]}
+    return out
+
+
 def load_config(path=None) -> Config:
     """Read and check config.json; raise ConfigError with a one-line reason."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
@@ -182,6 +220,13 @@ def load_config(path=None) -> Config:
         raise ConfigError("config key 'keep_versions' must be at least 2, so a rollback has somewhere to go")
     if not 0 < values["drift_significance_level"] < 1:
         raise ConfigError("config key 'drift_significance_level' must be between 0 and 1")
+    if values["cv_folds"] == 1 or values["cv_folds"] < 0:
+        raise ConfigError("config key 'cv_folds' must be 0 (off) or at least 2")
+    if not 0 <= values["slice_margin"] <= 1:
+        raise ConfigError("config key 'slice_margin' must be between 0 and 1")
+    if values["slice_min_rows"] < 1:
+        raise ConfigError("config key 'slice_min_rows' must be at least 1")
+    values["slices"] = _checked_slices(values["slices"])
     if values["monitoring_flush_seconds"] <= 0 or values["monitoring_window_seconds"] <= 0:
         raise ConfigError("config keys 'monitoring_flush_seconds' and 'monitoring_window_seconds' must be positive")
     if values["monitoring_flush_requests"] < 1:

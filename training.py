@@ -10,6 +10,7 @@ import pickle
 import platform
 import sys
 import time
+from contextlib import closing
 from datetime import datetime, timezone
 
 from sklearn.linear_model import LogisticRegression
@@ -17,6 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 import atomicfiles
+import audit
 import history
 from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
 
@@ -97,26 +99,40 @@ def run(cfg, conn=None):
     data_sha = atomicfiles.sha256_file(cfg.finaldata)
     df = read_finaldata(cfg.finaldata)
     model = train(df, cfg.model)
-    X, _ = training_frame(df)
-    metadata = {
-        "features": list(FEATURES),
-        "target": TARGET,
-        "training_rows": int(len(X)),
-        "data_sha256": data_sha,
-        "params": cfg.model,
-        "libraries": library_versions(),
-        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        # The training histograms the API's live inputs are compared with (monitoring.py).
-        "monitoring": monitoring_reference(cfg, model, X),
-    }
-    digest = save_model(model, cfg.model_file, metadata)
-    seconds = time.perf_counter() - started
+    X, y = training_frame(df)
+    cv = audit.cross_validation(build_model(cfg.model), X, y, cfg.cv_folds, seed=cfg.model["random_state"])
+    definitions = audit.slice_definitions(cfg.slices, X)
+    evaluation = audit.evaluate_test(model, cfg.test_data_file, definitions, cfg.slice_margin, cfg.slice_min_rows)
+    if "error" in evaluation:
+        logger.warning("no test metrics or slices recorded for this training run: %s", evaluation["error"])
     own = conn is None
     conn = conn or history.connect(cfg.history_db)
     try:
+        metadata = {
+            "model_type": audit.MODEL_TYPE,
+            "features": list(FEATURES),
+            "target": TARGET,
+            "training_rows": int(len(X)),
+            "data_sha256": data_sha,
+            "training_files": history.ingested_files(conn),
+            "feature_ranges": audit.feature_ranges(X),
+            "params": cfg.model,
+            "cross_validation": cv,
+            "slice_definitions": definitions,
+            "evaluation": evaluation,
+            "code_version": audit.code_version(),
+            "libraries": library_versions(),
+            "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            # The training histograms the API's live inputs are compared with (monitoring.py).
+            "monitoring": monitoring_reference(cfg, model, X),
+        }
+        digest = save_model(model, cfg.model_file, metadata)
+        seconds = time.perf_counter() - started
+        run_metrics = {"test": evaluation.get("metrics"), "cross_validation": cv, "slices": evaluation.get("slices")}
         with history.transaction(conn):
             history.record_json(conn, "training_runs", at=time.time(), rows=len(X), data_sha256=data_sha,
-                                params=cfg.model, metrics={}, model_path=str(cfg.model_file), model_sha256=digest)
+                                params=cfg.model, metrics=run_metrics, model_path=str(cfg.model_file),
+                                model_sha256=digest)
             history.record_timing(conn, "training", seconds)
     finally:
         if own:
@@ -125,13 +141,50 @@ def run(cfg, conn=None):
     return {**metadata, "model_sha256": digest}
 
 
+def training_runs(conn) -> list:
+    """Every recorded training run, newest first, as dicts (params and metrics decoded)."""
+    rows = conn.execute("SELECT id, at, rows, data_sha256, params, metrics, model_path, model_sha256"
+                        " FROM training_runs ORDER BY id DESC").fetchall()
+    return [{**dict(r), "params": json.loads(r["params"]), "metrics": json.loads(r["metrics"])} for r in rows]
+
+
+def runs_table(runs) -> str:
+    """The training runs as a plain-text table, one line each."""
+    header = ("run", "trained (UTC)", "rows", "data sha256", "test F1", "CV F1 (mean ± std, folds)",
+              "slices flagged", "model sha256", "model path")
+    lines = []
+    for r in runs:
+        m = r["metrics"] or {}
+        test, cv, slices = m.get("test"), m.get("cross_validation"), m.get("slices")
+        if cv and cv.get("folds"):
+            cv_text = f"{cv['f1']['mean']:.4f} ± {cv['f1']['std']:.4f}, {cv['folds']}"
+        else:
+            cv_text = "skipped" if cv else "-"
+        flagged = "-" if not slices else str(len(slices["below_overall"]) + len(slices["not_judged"]))
+        lines.append((str(r["id"]), datetime.fromtimestamp(r["at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                      str(r["rows"]), r["data_sha256"][:12], f"{test['f1']:.4f}" if test else "-", cv_text,
+                      flagged, r["model_sha256"][:12], r["model_path"]))
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in [header, *lines]) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Train the attrition model on finaldata.csv.")
     parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
+    parser.add_argument("--runs", action="store_true", help="list the recorded training runs, newest first")
     args = parser.parse_args(argv)
     setup_logging()
     try:
         cfg = load_config(args.config)
+        if args.runs:
+            if not cfg.history_db.exists():
+                print(f"no training runs recorded: {cfg.history_db} does not exist")
+                return 0
+            with closing(history.connect(cfg.history_db)) as conn:
+                runs = training_runs(conn)
+            print(runs_table(runs) if runs else f"no training runs recorded in {cfg.history_db}\n", end="")
+            return 0
         meta = run(cfg)
     except (ConfigError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)

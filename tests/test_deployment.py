@@ -33,7 +33,8 @@ def test_deploy_publishes_a_complete_version(trained):
     prod = trained.prod_deployment_path
     assert manifest["version"] == 1
     assert sorted(p.name for p in (prod / "versions" / "v0001").iterdir()) == [
-        "ingestedfiles.txt", "latestscore.txt", "manifest.json", "trainedmodel.json", "trainedmodel.pkl"]
+        "ingestedfiles.txt", "latestscore.txt", "manifest.json", "modelcard.md", "trainedmodel.json",
+        "trainedmodel.pkl"]
     for name in ("trainedmodel.pkl", "latestscore.txt", "ingestedfiles.txt"):
         source = {"trainedmodel.pkl": trained.model_file, "latestscore.txt": trained.score_file,
                   "ingestedfiles.txt": trained.ingested_list}[name]
@@ -112,10 +113,10 @@ READER = textwrap.dedent("""
     import hashlib, json, sys, time
     sys.path.insert(0, {repo!r})
     import deployment
-    prod, seconds = sys.argv[1], float(sys.argv[2])
+    prod, seconds, wanted = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     seen, torn, reads = set(), [], 0
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while time.monotonic() < end and reads < wanted:
         vdir = deployment.current_dir(prod)
         try:
             model, manifest = deployment.load_version(vdir)
@@ -135,7 +136,7 @@ def test_a_reader_in_another_process_never_sees_a_torn_deployment(trained, tmp_p
     deployment.deploy_from_config(trained)
     script = tmp_path / "reader.py"
     script.write_text(READER.format(repo=str(REPO)))
-    reader = subprocess.Popen([sys.executable, str(script), str(prod), "4"], stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen([sys.executable, str(script), str(prod), "30", "300"], stdout=subprocess.PIPE, text=True)
     other = tmp_path / "other"
     other.mkdir()
     import pickle
@@ -153,12 +154,12 @@ def test_a_reader_in_another_process_never_sees_a_torn_deployment(trained, tmp_p
         score.write_text(f"0.{seed}\n")
         models.append((path, score))
     count = 0
-    while reader.poll() is None and count < 200:
+    while reader.poll() is None:
         path, score = models[count % 2]
         deployment.deploy(prod, path, score, trained.ingested_list, keep=1000)
         count += 1
     out, _ = reader.communicate(timeout=30)
     result = json.loads(out)
     assert result["torn"] == []
-    assert result["reads"] > 10
+    assert result["reads"] == 300
     assert len(result["seen"]) > 1
