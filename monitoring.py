@@ -497,26 +497,16 @@ def summarize(start, seconds, version, agg, ref, cfg, workers):
     }
 
 
-def recent_windows(conn, cfg, version=None, limit=60, since=None, until=None, refs=None):
-    """The windows (newest first, at most `limit`), each merged across workers and summarized."""
-    where, args = [], []
-    if version is not None:
-        where.append("model_version = ?")
-        args.append(version)
-    if since is not None:
-        where.append("window_start >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("window_start < ?")
-        args.append(until)
+def _merged(conn, where, args, limit):
+    """{(window_start, version): (window_seconds, aggregates merged across workers, workers)}."""
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     try:
         keys = conn.execute(f"SELECT DISTINCT window_start, model_version FROM traffic_windows {clause}"
                             " ORDER BY window_start DESC, model_version DESC LIMIT ?", (*args, limit)).fetchall()
     except sqlite3.OperationalError:  # no traffic recorded yet: the table is not there
-        return []
+        return {}
     if not keys:
-        return []
+        return {}
     oldest = keys[-1][0]
     rows = conn.execute(f"SELECT window_start, window_seconds, model_version, worker, aggregates FROM traffic_windows"
                         f" {clause + ' AND' if clause else 'WHERE'} window_start >= ?"
@@ -533,6 +523,22 @@ def recent_windows(conn, cfg, version=None, limit=60, since=None, until=None, re
             merged[key] = (seconds, merge_aggregates(so_far, agg), workers + 1)
         else:
             merged[key] = (r[1], agg, 1)
+    return merged
+
+
+def recent_windows(conn, cfg, version=None, limit=60, since=None, until=None, refs=None):
+    """The windows (newest first, at most `limit`), each merged across workers and summarized."""
+    where, args = [], []
+    if version is not None:
+        where.append("model_version = ?")
+        args.append(version)
+    if since is not None:
+        where.append("window_start >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("window_start < ?")
+        args.append(until)
+    merged = _merged(conn, where, args, limit)
     refs = _refs_for(cfg, {k[1] for k in merged}, refs)
     out = [summarize(start, seconds, version, agg, refs.get(version), cfg, workers)
            for (start, version), (seconds, agg, workers) in merged.items()]
@@ -693,3 +699,68 @@ def worker_exited(pid):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+REPORT_WINDOWS = 2000  # at most this many windows are drawn
+
+
+def _latency(merged):
+    """p50 and p99 (seconds) of all requests and of /prediction over merged windows."""
+    every, pred = {}, {}
+    for _, agg, _ in merged.values():
+        for ep, buckets in agg["latency"].items():
+            _add_counts(every, buckets)
+            if ep == "/prediction":
+                _add_counts(pred, buckets)
+    return {"p50": latency_quantile(every, 0.5), "p99": latency_quantile(every, 0.99),
+            "prediction_p50": latency_quantile(pred, 0.5), "prediction_p99": latency_quantile(pred, 0.99),
+            "requests": sum(every.values())}
+
+
+def report_data(cfg, since=None, previous_since=None, until=None) -> dict:
+    """The report's live-traffic section as plain data: the traffic since `since` (the previous
+    report; None: everything recorded) per day, exit share and PSI per window, latency percentiles,
+    and the latency of the period before (`previous_since` to `since`) to compare with."""
+    until = time.time() if until is None else until
+    conn = _connect_ro(cfg)
+    current, previous = {}, {}
+    if conn is not None:
+        try:
+            where, args = ["window_start < ?"], [until]
+            if since is not None:
+                where.append("window_start >= ?")
+                args.append(since)
+            current = _merged(conn, where, args, 1_000_000)
+            if since is not None:
+                where, args = ["window_start < ?"], [since]
+                if previous_since is not None:
+                    where.append("window_start >= ?")
+                    args.append(previous_since)
+                previous = _merged(conn, where, args, 1_000_000)
+        finally:
+            conn.close()
+    refs = _refs_for(cfg, {k[1] for k in current}, None)
+    windows = sorted((summarize(start, seconds, version, agg, refs.get(version), cfg, workers)
+                      for (start, version), (seconds, agg, workers) in current.items()),
+                     key=lambda w: (w["window_start"], w["model_version"]))
+    days = {}
+    for w in windows:
+        day = time.strftime("%Y-%m-%d", time.gmtime(w["window_start"]))
+        d = days.setdefault(day, {"day": day, "requests": 0, "rows": 0, "exits": 0, "errors": 0})
+        d["requests"] += w["requests"]
+        d["rows"] += w["rows"]
+        d["exits"] += w["exits"]
+        d["errors"] += sum(w["errors"].values())
+    for d in days.values():
+        d["exit_share"] = d["exits"] / d["rows"] if d["rows"] else None
+    crossed = {lvl: sum(1 for w in windows if w["level"] == lvl) for lvl in ("watch", "act")}
+    return {
+        "since": since, "until": until, "previous_since": previous_since,
+        "thresholds": {"psi_watch": cfg.psi_watch, "psi_act": cfg.psi_act, "min_rows": cfg.monitoring_min_rows},
+        "days": [days[k] for k in sorted(days)],
+        "windows": [{k: w[k] for k in ("window_start", "model_version", "rows", "exit_share", "exit_share_shift",
+                                       "psi", "level")} for w in windows[-REPORT_WINDOWS:]],
+        "windows_crossing": crossed,
+        "latency": _latency(current) if current else None,
+        "previous_latency": _latency(previous) if previous else None,
+    }

@@ -142,7 +142,19 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
         "dependencies": dependencies,
         "cycle": cycle,
         "audit": audit,
+        "live": _live_traffic(cfg),
     }
+
+
+def _live_traffic(cfg):
+    """monitoring.report_data since the previous report (the last recorded "report" timing)."""
+    import monitoring
+
+    with closing(history.connect(cfg.history_db)) as conn:
+        reports = [r[0] for r in conn.execute("SELECT at FROM step_timings WHERE step = 'report'"
+                                              " ORDER BY id DESC LIMIT 2")]
+    return monitoring.report_data(cfg, since=reports[0] if reports else None,
+                                  previous_since=reports[1] if len(reports) > 1 else None)
 
 
 # ---------------------------------------------------------------- drawing
@@ -227,6 +239,30 @@ def timing_trend_png(timings) -> bytes:
         ax.set_yscale("log")
     ax.set_xlabel("run of the step")
     ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _png(fig)
+
+
+def live_share_png(windows, thresholds) -> bytes:
+    fig, ax = _trend_figure("share of rows", "Predicted exit share per window (live traffic)")
+    xs = [datetime.fromtimestamp(w["window_start"], timezone.utc) for w in windows]
+    ax.plot(xs, [w["exit_share"] if w["exit_share"] is not None else float("nan") for w in windows],
+            marker=".", color="tab:blue")
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def live_psi_png(windows, thresholds) -> bytes:
+    fig, ax = _trend_figure("PSI against training", "Input PSI per feature per window (live traffic)")
+    xs = [datetime.fromtimestamp(w["window_start"], timezone.utc) for w in windows]
+    for col in FEATURES:
+        ax.plot(xs, [w["psi"].get(col, float("nan")) for w in windows], marker=".", label=col)
+    ax.axhline(thresholds["psi_watch"], color="tab:orange", linestyle="--", linewidth=1, label="watch")
+    ax.axhline(thresholds["psi_act"], color="tab:red", linestyle="--", linewidth=1, label="act")
+    peak = max([v for w in windows for v in w["psi"].values()] + [thresholds["psi_act"]])
+    if peak > 5:
+        ax.set_yscale("symlog", linthresh=0.1)
+    fig.autofmt_xdate()
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _png(fig)
 
@@ -509,6 +545,40 @@ def _trends_section(doc, data, W):
         doc.para("Step timings: one run so far; a trend needs two runs of a step.")
 
 
+def _live_section(doc, data, W):
+    """Online monitoring: what the API saw since the previous report (monitoring.report_data)."""
+    live = data.get("live")
+    doc.heading("Live traffic (online monitoring)")
+    if not live or not live["days"]:
+        doc.para("No live traffic recorded " + (f"since the previous report ({_stamp(live['since'])})."
+                                                if live and live["since"] else "yet."))
+        return
+    t = live["thresholds"]
+    doc.para(("Since the previous report, " + _stamp(live["since"]) if live["since"] else "All recorded traffic")
+             + f", until {_stamp(live['until'])}. Windows with at least {t['min_rows']} rows are judged: PSI "
+             f"{t['psi_watch']} watch, {t['psi_act']} act. Windows crossing: {live['windows_crossing']['watch']} "
+             f"at watch, {live['windows_crossing']['act']} at act.")
+    doc.table([["day (UTC)", "requests", "errors", "rows predicted", "predicted exit share"]]
+              + [[d["day"], f"{d['requests']:,d}", f"{d['errors']:,d}", f"{d['rows']:,d}",
+                  _fmt(d["exit_share"])] for d in live["days"]], [0.2 * W, 0.18 * W, 0.14 * W, 0.2 * W, 0.25 * W])
+    cur, prev = live["latency"], live["previous_latency"]
+    rows = [["latency (ms)", "this period", "previous period", "change"]]
+    for key, name in (("prediction_p50", "/prediction p50"), ("prediction_p99", "/prediction p99"),
+                      ("p50", "all requests p50"), ("p99", "all requests p99")):
+        a = cur[key] * 1000 if cur and cur[key] is not None else None
+        b = prev[key] * 1000 if prev and prev[key] is not None else None
+        rows.append([name, _fmt(a, ".2f"), _fmt(b, ".2f", none="-"), change(a, b, 2)])
+    doc.table(rows, [0.3 * W, 0.2 * W, 0.2 * W, 0.2 * W])
+    windows = live["windows"]
+    if len(windows) > 1:
+        doc.image(live_share_png(windows, t), W)
+        doc.image(live_psi_png(windows, t), W)
+    else:
+        w = windows[0]
+        doc.para(f"One window so far: exit share {_fmt(w['exit_share'])}, PSI "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in sorted(w["psi"].items())) + "; a trend needs two.")
+
+
 def render_pdf(data, confusion) -> bytes:
     """The report as PDF bytes."""
     from reportlab.lib.pagesizes import A4
@@ -543,6 +613,7 @@ def render_pdf(data, confusion) -> bytes:
     _drift_section(doc, data, W)
     _audit_section(doc, data, W)
     _trends_section(doc, data, W)
+    _live_section(doc, data, W)
     pdf.build(doc.story, onFirstPage=footer, onLaterPages=footer)
     return buf.getvalue()
 

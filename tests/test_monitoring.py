@@ -25,7 +25,7 @@ import monitoring
 from conftest import REPO
 from settings import FEATURES
 
-T0 = 1_800_000_000.0  # a fixed clock: every request of a test falls in one known window
+T0 = 1_699_999_200.0  # a fixed clock, in the past, on an hour: every request of a test falls in one known window
 RECORDS = [
     {"lastmonth_activity": 0, "lastyear_activity": 10, "number_of_employees": 5},
     {"lastmonth_activity": 10, "lastyear_activity": 20, "number_of_employees": 50},
@@ -386,3 +386,63 @@ def test_two_gunicorn_workers_sum_up_and_keep_no_raw_input(tmp_path):
     hits = [p for p in tmp_path.rglob("*") if p.is_file() and needle in p.read_bytes()]
     assert hits == []
     assert server.returncode == 0
+
+
+# --- the report's live-traffic section ------------------------------------------------------------
+
+def test_report_data_and_the_report_section(tmp_path):
+    import re
+    import subprocess
+
+    import reporting
+    from test_reporting import pdf_images, table_row
+
+    from ingestion import read_finaldata
+
+    cfg = build_world(tmp_path, monitoring_min_rows=30, monitoring_window_seconds=60)
+    app, monitor = fixed_clock_app(cfg)
+    client = app.test_client()
+    day = 86400.0
+    base = T0 - T0 % day  # 2023-11-14 00:00 UTC
+    # day 1: two windows of the 200 training rows (PSI 0); day 2: one window of 30 shifted rows
+    train = read_finaldata(cfg.finaldata)[list(FEATURES)].astype(int).to_dict("records")
+    shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 30
+    answers = []
+    for at, body in ((base + 10, train), (base + 70, train), (base + day + 10, shifted)):
+        monitor.clock = lambda at=at: at
+        answers.append(client.post("/prediction", json={"records": body}).get_json())
+        monitor.flush()
+    exits1 = sum(answers[0]["predictions"]) * 2
+    data = monitoring.report_data(cfg, until=base + 2 * day)
+    assert data["days"] == [
+        {"day": "2023-11-14", "requests": 2, "rows": 400, "errors": 0, "exits": exits1, "exit_share": exits1 / 400},
+        {"day": "2023-11-15", "requests": 1, "rows": 30, "errors": 0, "exits": sum(answers[2]["predictions"]),
+         "exit_share": sum(answers[2]["predictions"]) / 30}]
+    assert [(w["window_start"], w["level"]) for w in data["windows"]] == [
+        (base, "ok"), (base + 60, "ok"), (base + day, "act")]
+    assert data["windows"][0]["psi"] == {f: 0.0 for f in FEATURES}
+    assert data["windows_crossing"] == {"watch": 0, "act": 1}
+    assert data["previous_latency"] is None and data["latency"]["requests"] == 3
+    # since the second day: only its window; the first day is the period to compare with
+    later = monitoring.report_data(cfg, since=base + day, previous_since=base, until=base + 2 * day)
+    assert [d["day"] for d in later["days"]] == ["2023-11-15"]
+    assert later["previous_latency"]["requests"] == 2
+
+    paths = reporting.generate_report(cfg)
+    text = subprocess.run(["pdftotext", "-layout", str(paths["latest"]), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    live = text[text.index("Live traffic (online monitoring)"):]
+    assert "All recorded traffic" in live
+    assert "Windows crossing: 0 at watch, 1 at act." in live
+    assert table_row(live, "2023-11-14") == ["2", "0", "400", f"{exits1 / 400:.4f}"]
+    assert table_row(live, "2023-11-15") == ["1", "0", "30", f"{sum(answers[2]['predictions']) / 30:.4f}"]
+    assert table_row(live, "/prediction p50")[1:] == ["-", "first run"]
+    # the two live plots after the confusion matrix
+    images = pdf_images(paths["latest"])
+    assert len(images) == 3 and images[0] == (1, 720, 600)  # the confusion matrix, then the two live plots
+    # A second report compares with the first one's period: no traffic since, it says so.
+    second = reporting.generate_report(cfg)
+    text2 = subprocess.run(["pdftotext", "-layout", str(second["latest"]), "-"], capture_output=True, text=True,
+                           check=True).stdout
+    assert re.search(r"No live traffic recorded since the previous report\s+\(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)\.",
+                     text2)

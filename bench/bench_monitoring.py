@@ -1,0 +1,173 @@
+"""Benchmark of online monitoring (issue 8), its anchors measured in the same run.
+
+    .venv/bin/python bench/bench_monitoring.py        (or `make bench`)
+
+Figures, each against its goal:
+- 5-row JSON POST /prediction under gunicorn (gunicorn.conf.py, 2 workers), 8 connections (wrk),
+  monitoring on against monitoring off (the anchor), in alternating rounds: on/off >= 0.95;
+- one flush: the aggregates of monitoring_flush_requests (1000) pending 5-row predictions folded
+  and written to the history database: <= 5 ms;
+- GET /metrics against the server with a day of windows (1440 one-minute windows x 2 workers) in
+  the history database: <= 50 ms.
+Writes bench/results/monitoring.md. Traffic goes to 127.0.0.1 only; every server started is stopped.
+"""
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+import bench_api  # noqa: E402
+import datagen  # noqa: E402
+import deployment  # noqa: E402
+import monitoring  # noqa: E402
+from settings import FEATURES, load_config  # noqa: E402
+
+WORK = HERE / "work" / "monitoring"
+RESULTS = HERE / "results" / "monitoring.md"
+ROUNDS = 3
+COMMAND = ".venv/bin/python bench/bench_monitoring.py"
+
+
+def build_world():
+    bench_api.WORK = WORK  # bench_api's helpers write their logs and scripts there
+    cfg = bench_api.build_world()
+    config = json.loads(cfg.path.read_text())
+    (WORK / "config-off.json").write_text(json.dumps({**config, "monitoring": False}, indent=2))
+    return cfg, load_config(WORK / "config-off.json")
+
+
+def flush_cost(cfg, records, runs=30):
+    """Seconds of Monitor.flush with monitoring_flush_requests pending 5-row predictions."""
+    import numpy as np
+
+    manifest = deployment.current_manifest(cfg.prod_deployment_path)
+    X = np.array([[r[f] for f in FEATURES] for r in records], dtype=np.float64)
+    preds, probs = [0, 1, 0, 0, 1], [0.1, 0.9, 0.2, 0.3, 0.8]
+    mon = monitoring.Monitor(cfg)
+    mon._pid = -1  # no flush thread: this measures flush() alone
+    times = []
+    for _ in range(runs):
+        for _ in range(cfg.monitoring_flush_requests):
+            mon.prediction(X.copy(), preds, probs, manifest)
+            mon.request("/prediction", 200, 0.002, manifest["version"])
+        started = time.perf_counter()
+        mon.flush()
+        times.append(time.perf_counter() - started)
+    mon.close()
+    return times
+
+
+def a_day_of_windows(cfg, records):
+    """1440 one-minute windows ending now, from two workers, written through Monitor.flush."""
+    import numpy as np
+
+    manifest = deployment.current_manifest(cfg.prod_deployment_path)
+    X = np.array([[r[f] for f in FEATURES] for r in records], dtype=np.float64)
+    now = time.time()
+    first = now - now % 60 - 1439 * 60
+    for _ in range(2):
+        t = [first]
+        mon = monitoring.Monitor(cfg, clock=lambda: t[0])
+        mon._pid = -1
+        for k in range(1440):
+            t[0] = first + 60 * k + 1
+            for _ in range(20):
+                mon.prediction(X, [0, 1, 0, 0, 1], [0.1, 0.9, 0.2, 0.3, 0.8], manifest)
+                mon.request("/prediction", 200, 0.002, manifest["version"])
+            mon.flush()
+        mon.close()
+
+
+def timed_gets(url, path, runs=50):
+    import requests
+
+    session = requests.Session()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        resp = session.get(url + path, timeout=10)
+        times.append(time.perf_counter() - started)
+        resp.raise_for_status()
+    return times, resp
+
+
+def main():
+    cfg, cfg_off = build_world()
+    bench_api.ensure_wrk()
+    records = bench_api.five_rows()
+    body = json.dumps({"records": records})
+
+    flushes = flush_cost(cfg, records)
+    a_day_of_windows(cfg, records)
+
+    rounds = {"on": [], "off": []}
+    for _ in range(ROUNDS):
+        for name, c in (("off", cfg_off), ("on", cfg)):
+            with bench_api.gunicorn(f"app:create_app({str(c.path)!r})", f"{name}.log") as (url, _):
+                rounds[name].append(bench_api.wrk(url, body, "/prediction"))
+    with bench_api.gunicorn(f"app:create_app({str(cfg.path)!r})", "metrics.log") as (url, _):
+        metrics_times, metrics_resp = timed_gets(url, "/metrics")
+        monitoring_times, monitoring_resp = timed_gets(url, "/monitoring?windows=1440", runs=10)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name for f in text_string_to_metric_families(metrics_resp.text)}
+    windows = sum(len(v) for v in monitoring_resp.json()["versions"].values())
+
+    ms = [t * 1000 for t in flushes]
+    on_best, off_best = max(r["rps"] for r in rounds["on"]), max(r["rps"] for r in rounds["off"])
+    on_med = statistics.median(r["rps"] for r in rounds["on"])
+    off_med = statistics.median(r["rps"] for r in rounds["off"])
+    metrics_ms = sorted(t * 1000 for t in metrics_times)
+    lines = [
+        "# Online monitoring benchmark",
+        "",
+        f"Measured {datetime.now(timezone.utc).isoformat(timespec='seconds')} on {bench_api.os.cpu_count()} cores "
+        f"({platform.machine()}, Python {platform.python_version()}), by `{COMMAND}` (also `make bench`).",
+        f"Load: wrk -t2 -c{bench_api.CONNECTIONS} -d{bench_api.DURATION}s, POST of 5 JSON records to /prediction under "
+        "gunicorn with gunicorn.conf.py (2 workers), monitoring off (`\"monitoring\": false`, the anchor) and on "
+        f"(the defaults: flush every {cfg.monitoring_flush_seconds:g} s or {cfg.monitoring_flush_requests} requests), "
+        f"{ROUNDS} alternating rounds each. The machine is shared with other developers' work: figures are noisy, "
+        "and both settings meet the same noise.",
+        "",
+        "| round | monitoring off req/s | p99 ms | monitoring on req/s | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for k in range(ROUNDS):
+        off, on = rounds["off"][k], rounds["on"][k]
+        lines.append(f"| {k + 1} | {off['rps']:,.0f} | {off['p99']:.2f} | {on['rps']:,.0f} | {on['p99']:.2f} |")
+    lines += [
+        "",
+        "| figure | measured | goal | met |",
+        "|---|---:|---|---|",
+        f"| throughput on / off, medians of the rounds ({on_med:,.0f} / {off_med:,.0f} req/s) | {on_med / off_med:.3f} "
+        f"| >= 0.95 | {'yes' if on_med / off_med >= 0.95 else 'no'} |",
+        f"| throughput on / off, best rounds ({on_best:,.0f} / {off_best:,.0f} req/s) | {on_best / off_best:.3f} "
+        f"| >= 0.95 | {'yes' if on_best / off_best >= 0.95 else 'no'} |",
+        f"| one flush of {cfg.monitoring_flush_requests} pending 5-row predictions, median of {len(ms)} "
+        f"(max {max(ms):.2f}) | {statistics.median(ms):.2f} ms | <= 5 ms | "
+        f"{'yes' if statistics.median(ms) <= 5 else 'no'} |",
+        f"| GET /metrics with a day of windows ({windows} windows in the database), median of "
+        f"{len(metrics_ms)} (p90 {metrics_ms[int(0.9 * len(metrics_ms))]:.1f}, max {metrics_ms[-1]:.1f}) "
+        f"| {statistics.median(metrics_ms):.1f} ms | <= 50 ms | {'yes' if statistics.median(metrics_ms) <= 50 else 'no'} |",
+        f"| GET /monitoring?windows=1440 (the whole day), median of {len(monitoring_times)} "
+        f"| {statistics.median(monitoring_times) * 1000:.0f} ms | | |",
+        "",
+        f"/metrics families: {', '.join(sorted(families))}.",
+        "",
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
