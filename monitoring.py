@@ -218,6 +218,7 @@ class Monitor:
         self._requests = 0
         self._refs = {}
         self._windows = {}  # (window_start, version) -> cumulative aggregates of this worker
+        self._dirty = set()  # windows changed since the last successful write
         self._pid = None
         self._wake = threading.Event()
         self._thread = None
@@ -279,6 +280,7 @@ class Monitor:
                 return
             if self._pid is not None:  # a fork: the parent's traffic is the parent's to write
                 self._pending, self._windows, self._requests, self._conn = {}, {}, 0, None
+                self._dirty = set()
             self._pid = os.getpid()
             self.worker = _worker_name()
             self._prom = prometheus_metrics(self)
@@ -330,7 +332,7 @@ class Monitor:
         with self._flush_lock:
             with self._lock:
                 pending, self._pending, self._requests = self._pending, {}, 0
-            if not pending:
+            if not pending and not self._dirty:
                 return 0
             if self.worker is None:
                 self.worker = _worker_name()
@@ -358,6 +360,9 @@ class Monitor:
                     prom["rows"].labels(str(version)).inc(slot.rows)
                     prom["exits"].labels(str(version)).inc(slot.exits)
                 changed.append((start, version))
+            # Windows a failed write left behind are written again with these.
+            self._dirty.update(changed)
+            changed = sorted(self._dirty)
             now = time.time()
             if not self.cfg.history_db.parent.is_dir():
                 raise OSError(f"{self.cfg.history_db.parent} does not exist")
@@ -371,6 +376,7 @@ class Monitor:
                       self._windows[(start, version)]["rows"],
                       json.dumps(self._windows[(start, version)], separators=(",", ":")))
                      for start, version in changed])
+            self._dirty.clear()
             # Keep only the windows still open: the others are written whole.
             current = self.clock() - self.clock() % self.window_seconds
             for key in [k for k in self._windows if k[0] < current]:

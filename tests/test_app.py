@@ -392,7 +392,7 @@ def test_fast_path_answers_200s_without_flask(shared):
 
 @pytest.mark.parametrize(("method", "path"), [
     ("post", "/prediction"), ("get", "/scoring"), ("get", "/summarystats"), ("get", "/diagnostics"),
-    ("get", "/openapi.json"), ("get", "/nowhere"),
+    ("get", "/openapi.json"), ("get", "/nowhere"), ("get", "/monitoring"), ("get", "/metrics"),
 ])
 def test_a_token_is_required_when_set(shared, monkeypatch, method, path):
     monkeypatch.setenv("DRAS_API_TOKEN", "s3cret")
@@ -647,6 +647,8 @@ def test_the_openapi_description_matches_real_responses(deployed, monkeypatch):
         ("/diagnostics", "get", {}, 200),
         ("/health", "get", {}, 200),
         ("/openapi.json", "get", {}, 200),
+        ("/monitoring", "get", {}, 200),
+        ("/monitoring", "get", {"query_string": {"windows": "0"}}, 400),
     ]
     for path, method, kwargs, status in calls:
         resp = getattr(client, method)(path, **kwargs)

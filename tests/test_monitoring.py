@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -446,3 +447,20 @@ def test_report_data_and_the_report_section(tmp_path):
                            check=True).stdout
     assert re.search(r"No live traffic recorded since the previous report\s+\(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)\.",
                      text2)
+
+
+def test_a_failed_write_is_written_at_the_next_flush(tmp_path, monkeypatch):
+    cfg = build_world(tmp_path, monitoring_window_seconds=60)
+    app, monitor = fixed_clock_app(cfg)
+    client = app.test_client()
+    client.post("/prediction", json={"records": RECORDS})
+    real = monitor._db
+    monkeypatch.setattr(monitor, "_db", lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")))
+    with pytest.raises(sqlite3.OperationalError):
+        monitor.flush()
+    monkeypatch.setattr(monitor, "_db", real)
+    monitor.clock = lambda: T0 + 61  # the next window: the first one is closed, still unwritten
+    client.post("/prediction", json={"records": RECORDS[:1]})
+    assert monitor.flush() == 2
+    windows = client.get("/monitoring").get_json()["versions"]["1"]
+    assert [(w["window_start"], w["rows"]) for w in windows] == [(T0 + 60, 1), (T0, 2)]
