@@ -41,8 +41,12 @@ BINS = 10
 PSI_FLOOR = 1e-4  # drift.psi's floor for an empty bin
 # Latency buckets of the stored windows: 10 us to 100 s, 20 per decade (12% apart).
 LATENCY_BOUNDS = [round(10 ** (k / 20), 9) for k in range(-100, 41)]
-# The Prometheus histogram's buckets (seconds).
-PROM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The Prometheus histogram's buckets (seconds): some of the bounds above (0.3 ms to 10 s, about
+# 1-2-5), so the flush fills it from the stored buckets, no observe() per request.
+PROM_BUCKETS = tuple(LATENCY_BOUNDS[k + 100] for k in (-70, -66, -60, -54, -46, -40, -34, -26, -20, -14, -6,
+                                                        0, 6, 14, 20))
+# stored bucket index -> Prometheus bucket index (the last one is +Inf)
+TO_PROM = [bisect.bisect_left(PROM_BUCKETS, bound) for bound in LATENCY_BOUNDS] + [len(PROM_BUCKETS)]
 PROM_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CYCLE_FAILURES = ("failed", "interrupted")
 LEVELS = ("ok", "watch", "act")
@@ -182,6 +186,21 @@ def latency_quantile(buckets, q):
     return LATENCY_BOUNDS[items[-1][0]]
 
 
+def _observe(prom, endpoint, status, buckets, seconds):
+    """Add a flush's requests to the Prometheus histogram in bulk: what observe() would have done
+    request by request (same bucket values, same sum), without its cost on the request path."""
+    child = prom["children"].get((endpoint, status))
+    if child is None:
+        child = prom["children"][(endpoint, status)] = prom["latency"].labels(endpoint, str(status))
+    per = {}
+    for b, n in buckets.items():
+        j = TO_PROM[b]
+        per[j] = per.get(j, 0) + n
+    for j, n in per.items():
+        child._buckets[j].inc(n)
+    child._sum.inc(seconds)
+
+
 def _worker_name():
     import uuid
 
@@ -191,11 +210,11 @@ def _worker_name():
 class _Pending:
     """What requests added since the last flush, for one window and model version."""
 
-    __slots__ = ("requests", "latency", "chunks", "rows", "exits", "probability_sum")
+    __slots__ = ("latency", "seconds", "chunks", "rows", "exits", "probability_sum")
 
     def __init__(self):
-        self.requests = {}
-        self.latency = {}
+        self.latency = {}  # (endpoint, status) -> {latency bucket: requests}
+        self.seconds = {}  # (endpoint, status) -> seconds answering them
         self.chunks = []
         self.rows = 0
         self.exits = 0
@@ -219,6 +238,7 @@ class Monitor:
         self._refs = {}
         self._windows = {}  # (window_start, version) -> cumulative aggregates of this worker
         self._dirty = set()  # windows changed since the last successful write
+        self._serving = None  # the model version the worker last served with
         self._pid = None
         self._wake = threading.Event()
         self._thread = None
@@ -241,20 +261,19 @@ class Monitor:
         if self._pid != os.getpid():
             self._start()
         b = bisect.bisect_left(LATENCY_BOUNDS, seconds)
+        if version:
+            self._serving = version
+        key = (endpoint, status)
         with self._lock:
             slot = self._slot(version or 0)
-            key = (endpoint, status)
-            slot.requests[key] = slot.requests.get(key, 0) + 1
-            lat = slot.latency.setdefault(endpoint, {})
+            lat = slot.latency.get(key)
+            if lat is None:
+                lat = slot.latency[key] = {}
+                slot.seconds[key] = 0.0
             lat[b] = lat.get(b, 0) + 1
+            slot.seconds[key] += seconds
             self._requests += 1
             n = self._requests
-        prom = self._prom
-        if prom is not None:
-            child = prom["children"].get((endpoint, status))
-            if child is None:
-                child = prom["children"][(endpoint, status)] = prom["latency"].labels(endpoint, str(status))
-            child.observe(seconds)
         if n >= self.cfg.monitoring_flush_requests:
             self._wake.set()
 
@@ -296,7 +315,8 @@ class Monitor:
             self._wake.wait(self.cfg.monitoring_flush_seconds)
             self._wake.clear()
             try:
-                self.flush()
+                if not self.flush():
+                    self.refresh()  # no traffic here: the other workers' may have moved the status
             except (sqlite3.Error, OSError, ValueError) as exc:
                 logger.warning("monitoring flush failed, will retry: %s", exc)
 
@@ -345,11 +365,12 @@ class Monitor:
                     agg = self._windows[(start, version)] = {
                         "requests": {}, "latency": {}, "rows": 0, "exits": 0, "probability_sum": 0.0,
                         "features": empty_features(ref)}
-                for (ep, status), n in slot.requests.items():
+                for (ep, status), buckets in slot.latency.items():
                     by_status = agg["requests"].setdefault(ep, {})
-                    by_status[str(status)] = by_status.get(str(status), 0) + n
-                for ep, buckets in slot.latency.items():
+                    by_status[str(status)] = by_status.get(str(status), 0) + sum(buckets.values())
                     _add_counts(agg["latency"].setdefault(ep, {}), {str(k): v for k, v in buckets.items()})
+                    if prom is not None:
+                        _observe(prom, ep, status, buckets, slot.seconds[(ep, status)])
                 if slot.chunks:
                     X = slot.chunks[0] if len(slot.chunks) == 1 else np.concatenate(slot.chunks)
                     fold_matrix(agg["features"], X, ref)
@@ -381,16 +402,26 @@ class Monitor:
             current = self.clock() - self.clock() % self.window_seconds
             for key in [k for k in self._windows if k[0] < current]:
                 del self._windows[key]
-            self._update_status(conn, changed)
+            self._update_status(conn)
             return len(changed)
 
-    def _update_status(self, conn, changed):
-        """The drift level of the latest window with enough rows, all workers merged."""
-        versions = {v for _, v in changed if self._refs.get(v)}
-        if not versions:
+    def refresh(self):
+        """Update the drift status from the database (other workers' traffic included)."""
+        with self._flush_lock:
+            if self._serving and self.cfg.history_db.exists():
+                self._update_status(self._db())
+
+    def _update_status(self, conn):
+        """The drift level of the serving version's latest window with enough rows, all workers merged."""
+        version = self._serving
+        if not version:
             return
-        version = max(versions, key=lambda v: max(s for s, vv in changed if vv == v))
-        latest = recent_windows(conn, self.cfg, version=version, limit=3, refs=self._refs)
+        if version not in self._refs:
+            self._refs.update(_refs_for(self.cfg, {version}, None))
+        # The current window and the two before it: an old crossing does not stay degraded forever.
+        now = self.clock()
+        since = now - now % self.window_seconds - 2 * self.window_seconds
+        latest = recent_windows(conn, self.cfg, version=version, limit=3, since=since, refs=self._refs)
         for win in latest:
             if win["rows"] >= self.cfg.monitoring_min_rows and win["psi"]:
                 new = {"level": win["level"], "psi": win["psi"], "window_start": win["window_start"],
@@ -403,6 +434,7 @@ class Monitor:
                                    new["rows"], version)
                 self.status = new
                 return
+        self.status = {"level": "ok", "psi": {}, "window_start": None, "model_version": version, "rows": 0}
 
 
 class Middleware:
@@ -770,3 +802,81 @@ def report_data(cfg, since=None, previous_since=None, until=None) -> dict:
         "latency": _latency(current) if current else None,
         "previous_latency": _latency(previous) if previous else None,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The command: what the API has seen, and a shifted burst for the demo
+# ---------------------------------------------------------------------------------------------
+
+def summary_lines(cfg, limit=5):
+    """The latest windows in words, newest first."""
+    body = windows(cfg, limit=limit)
+    lines = []
+    for version, found in sorted(body["versions"].items()):
+        for w in found:
+            psi = ", ".join(f"{f} {v:.3f}" for f, v in sorted(w["psi"].items())) or "no reference"
+            share = "n/a" if w["exit_share"] is None else f"{w['exit_share']:.3f}"
+            lines.append(f"v{int(version):04d} {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(w['window_start']))} UTC"
+                         f"  {w['requests']} requests, {w['rows']} rows, exit share {share}, PSI {psi}: {w['level']}")
+    return lines or ["no live traffic recorded yet"]
+
+
+def send_burst(url, requests_count, seed=11, token=None):
+    """POST `requests_count` 5-row predictions of covariate-shifted data (datagen) to url/prediction;
+    return the status codes seen, with counts."""
+    import requests
+
+    import datagen
+
+    rows = datagen.generate(5 * requests_count, seed=seed, drift="covariate", strength=2.0)[list(FEATURES)]
+    records = [{k: int(v) for k, v in r.items()} for r in rows.to_dict("records")]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    seen = {}
+    with requests.Session() as session:
+        for k in range(0, len(records), 5):
+            status = session.post(f"{url}/prediction", json={"records": records[k:k + 5]}, headers=headers,
+                                  timeout=10).status_code
+            seen[status] = seen.get(status, 0) + 1
+    return seen
+
+
+def main(argv=None):
+    import argparse
+    import sys
+
+    from settings import ConfigError, load_config, setup_logging
+
+    parser = argparse.ArgumentParser(description="Show the API's latest traffic windows; optionally first send "
+                                                 "a burst of shifted traffic to it (the demo).")
+    parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
+    parser.add_argument("--burst", type=int, metavar="N", help="first send N shifted 5-row predictions to api_url")
+    parser.add_argument("--windows", type=int, default=5, help="windows shown (default 5)")
+    args = parser.parse_args(argv)
+    setup_logging("WARNING")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.burst:
+        import requests
+
+        try:
+            seen = send_burst(cfg.api_url, args.burst, token=os.environ.get("DRAS_API_TOKEN"))
+            print(f"sent {args.burst} shifted 5-row predictions to {cfg.api_url}: "
+                  + ", ".join(f"{n} x {s}" for s, n in sorted(seen.items())))
+            time.sleep(cfg.monitoring_flush_seconds + 1)  # every worker flushes in that time
+            health = requests.get(f"{cfg.api_url}/health", timeout=5).json()
+        except requests.RequestException as exc:
+            print(f"error: the API at {cfg.api_url} did not answer: {exc}", file=sys.stderr)
+            return 1
+        print(f"/health: {health['status']}" + (f" (live drift: PSI "
+              + ", ".join(f"{f} {v:.3f}" for f, v in sorted(health['live_drift']['psi'].items()))
+              + f" over {health['live_drift']['rows']} rows)" if "live_drift" in health else ""))
+    for line in summary_lines(cfg, args.windows):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -254,6 +254,7 @@ def test_a_shifted_stream_shows_in_monitoring_metrics_and_health(tmp_path, caplo
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.getMessage().startswith("live input drift: PSI of ")
     assert "(act threshold 0.20) over 60 rows of model version 1" in warning.getMessage()
+    monitor.flush()  # the request counts of /metrics, like /monitoring, are those flushed
     resp = client.get("/metrics")
     assert resp.status_code == 200 and resp.content_type == "text/plain; version=0.0.4; charset=utf-8"
     samples = metric_samples(resp.get_data(as_text=True))
@@ -464,3 +465,44 @@ def test_a_failed_write_is_written_at_the_next_flush(tmp_path, monkeypatch):
     assert monitor.flush() == 2
     windows = client.get("/monitoring").get_json()["versions"]["1"]
     assert [(w["window_start"], w["rows"]) for w in windows] == [(T0 + 60, 1), (T0, 2)]
+
+
+def test_a_worker_without_traffic_sees_the_others_crossing_and_it_expires(tmp_path):
+    cfg = build_world(tmp_path, monitoring_min_rows=10, monitoring_window_seconds=60)
+    busy, busy_monitor = fixed_clock_app(cfg)
+    idle, idle_monitor = fixed_clock_app(cfg)
+    assert idle.test_client().get("/health").get_json() == {"status": "ok", "model_version": 1}
+    assert idle_monitor.flush() == 1  # its /health request
+    shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 10
+    busy.test_client().post("/prediction", json={"records": shifted})
+    busy_monitor.flush()
+    assert idle_monitor.flush() == 0  # nothing new here: what its flush thread does then
+    assert idle.test_client().get("/health").get_json()["status"] == "ok"
+    idle_monitor.refresh()
+    assert idle.test_client().get("/health").get_json()["status"] == "degraded"
+    idle_monitor.clock = lambda: T0 + 3 * 60 + 1  # three windows later, no traffic since
+    idle_monitor.refresh()
+    assert idle.test_client().get("/health").get_json() == {"status": "ok", "model_version": 1}
+
+
+def test_the_prometheus_histogram_equals_observing_each_request(world):
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    app = app_module.create_app(world)
+    monitor = app.extensions["dras"].monitor
+    registry = CollectorRegistry()
+    reference = Histogram("dras_http_request_duration_seconds", "x", ["endpoint", "status"],
+                          buckets=monitoring.PROM_BUCKETS, registry=registry)
+    for seconds in (0.0004, 0.002, 0.002, 0.001, 0.7, 20.0, 0.00001):
+        monitor.request("/scoring", 503, seconds, 1)
+        reference.labels("/scoring", "503").observe(seconds)
+    monitor.flush()
+    ours = {k: v for k, v in metric_samples(app.test_client().get("/metrics").get_data(as_text=True)).items()
+            if k[0].startswith("dras_http_request_duration_seconds") and ("endpoint", "/scoring") in k[1]
+            and not k[0].endswith("_created")}
+    expected = {k: v for k, v in metric_samples(generate_latest(registry).decode()).items()
+                if not k[0].endswith("_created")}
+    assert ours.keys() == expected.keys() and len(ours) == len(monitoring.PROM_BUCKETS) + 3  # +Inf, count, sum
+    for k, v in expected.items():
+        assert ours[k] == pytest.approx(v, abs=1e-9), k
+    assert expected[("dras_http_request_duration_seconds_count", (("endpoint", "/scoring"), ("status", "503")))] == 7
