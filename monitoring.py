@@ -30,6 +30,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -239,9 +240,13 @@ class Monitor:
         self._windows = {}  # (window_start, version) -> cumulative aggregates of this worker
         self._dirty = set()  # windows changed since the last successful write
         self._serving = None  # the model version the worker last served with
-        self._pid = None
+        self._started = False  # the flush thread of this process
+        self._cur = None  # (start, end, version, slot): the slot requests go to, until a flush
         self._wake = threading.Event()
         self._thread = None
+        # A forked worker (gunicorn's preload_app) starts afresh: its own thread, locks and traffic.
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: me() is not None and me()._forked())
         self._stop = False
         self._conn = None
         self._prom = None
@@ -249,16 +254,20 @@ class Monitor:
     # -- the hot path ------------------------------------------------------------------------
     def _slot(self, version):
         now = self.clock()
+        cur = self._cur
+        if cur is not None and cur[2] == version and cur[0] <= now < cur[1]:
+            return cur[3]
         start = now - now % self.window_seconds
         key = (start, version)
         slot = self._pending.get(key)
         if slot is None:
             slot = self._pending[key] = _Pending()
+        self._cur = (start, start + self.window_seconds, version, slot)
         return slot
 
     def request(self, endpoint, status, seconds, version):
         """Count one answered request (any endpoint)."""
-        if self._pid != os.getpid():
+        if not self._started:
             self._start()
         b = bisect.bisect_left(LATENCY_BOUNDS, seconds)
         if version:
@@ -292,15 +301,18 @@ class Monitor:
             slot.probability_sum += probability_sum
 
     # -- the flush thread --------------------------------------------------------------------
+    def _forked(self):
+        self._lock, self._flush_lock = threading.Lock(), threading.Lock()
+        self._pending, self._windows, self._requests, self._conn, self._cur = {}, {}, 0, None, None
+        self._dirty = set()
+        self._started, self._thread, self.worker = False, None, None
+
     def _start(self):
         """Start this process's flush thread (once per process: after a fork, again)."""
         with self._flush_lock:
-            if self._pid == os.getpid():
+            if self._started:
                 return
-            if self._pid is not None:  # a fork: the parent's traffic is the parent's to write
-                self._pending, self._windows, self._requests, self._conn = {}, {}, 0, None
-                self._dirty = set()
-            self._pid = os.getpid()
+            self._started = True
             self.worker = _worker_name()
             self._prom = prometheus_metrics(self)
             self._wake = threading.Event()
@@ -351,7 +363,7 @@ class Monitor:
         Returns the number of window rows written."""
         with self._flush_lock:
             with self._lock:
-                pending, self._pending, self._requests = self._pending, {}, 0
+                pending, self._pending, self._requests, self._cur = self._pending, {}, 0, None
             if not pending and not self._dirty:
                 return 0
             if self.worker is None:
@@ -683,7 +695,7 @@ def metrics_text(monitor, version):
     """The Prometheus text exposition: live metrics (all workers in multiprocess mode) and state."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    if monitor._pid != os.getpid():
+    if not monitor._started:
         monitor._start()
     registry = CollectorRegistry()
     if os.environ.get(PROM_ENV):

@@ -53,7 +53,7 @@ def flush_cost(cfg, records, runs=30):
     X = np.array([[r[f] for f in FEATURES] for r in records], dtype=np.float64)
     preds, probs = [0, 1, 0, 0, 1], [0.1, 0.9, 0.2, 0.3, 0.8]
     mon = monitoring.Monitor(cfg)
-    mon._pid = -1  # no flush thread: this measures flush() alone
+    mon._started = True  # no flush thread: this measures flush() alone
     times = []
     for _ in range(runs):
         for _ in range(cfg.monitoring_flush_requests):
@@ -110,7 +110,7 @@ def a_day_of_windows(cfg, records):
     for _ in range(2):
         t = [first]
         mon = monitoring.Monitor(cfg, clock=lambda: t[0])
-        mon._pid = -1
+        mon._started = True
         for k in range(1440):
             t[0] = first + 60 * k + 1
             for _ in range(20):
