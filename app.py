@@ -47,6 +47,7 @@ CSV_TYPES = ("text/csv", "application/csv")
 # The dependency table asks the package index; /diagnostics must answer in well under a second.
 INDEX_TIMEOUT = 0.3
 DEPENDENCIES_TTL = 300.0
+SMALL_BATCH = 32  # up to this many JSON rows are computed without numpy
 
 
 SCORE_HELPER = """
@@ -104,8 +105,29 @@ def _check_matrix(X, show, line_offset=None):
     raise InputError(f"column {FEATURES[j]!r}, {where}: value{value} {what}")
 
 
+def _bad_json_value(v):
+    """Why a JSON value is not a usable feature value, or None when it is."""
+    t = type(v)
+    if t is int:
+        if v < 0:
+            return "is negative"
+        return f"is out of range (at most {MAX_VALUE})" if v > MAX_VALUE else None
+    if t is float:
+        if v != v:
+            return "is missing"
+        if v in (math.inf, -math.inf):
+            return "is not a finite number"
+        if v < 0:
+            return "is negative"
+        if v > MAX_VALUE:
+            return f"is out of range (at most {MAX_VALUE})"
+        return None if v.is_integer() else "is not a whole number"
+    return "is missing" if v is None else "is not a number"
+
+
 def rows_from_records(records):
-    """The feature matrix of JSON records (objects with the three features; other keys ignored)."""
+    """The rows (lists of three numbers) of JSON records: objects with the three features, other keys
+    ignored. The first bad value, in row order, is refused with the delivery rules' reasons."""
     if not isinstance(records, list):
         raise InputError('"records" must be a list of objects, one per row')
     if not records:
@@ -120,20 +142,15 @@ def rows_from_records(records):
             missing = next(c for c in FEATURES if c not in rec)
             raise InputError(f"row {i}: missing column {missing!r}") from None
         for j, v in enumerate(row):
-            t = type(v)
-            if t is float or (t is int and -MAX_VALUE <= v <= MAX_VALUE):
+            # The common case first: a non-negative JSON integer within range.
+            if type(v) is int and 0 <= v <= MAX_VALUE:
                 continue
-            if v is None:
-                row[j] = math.nan
-            elif t is int:
-                what = "is negative" if v < 0 else f"is out of range (at most {MAX_VALUE})"
-                raise InputError(f"column {FEATURES[j]!r}, row {i}: value {v} {what}")
-            else:
-                raise InputError(f"column {FEATURES[j]!r}, row {i}: value {json.dumps(v)} is not a number")
+            what = _bad_json_value(v)
+            if what is not None:
+                value = "" if what == "is missing" else f" {json.dumps(v)}"
+                raise InputError(f"column {FEATURES[j]!r}, row {i}: value{value} {what}")
         rows.append(row)
-    X = np.array(rows, dtype=np.float64)
-    _check_matrix(X, lambda i, j: json.dumps(records[i][FEATURES[j]]))
-    return X
+    return rows
 
 
 def _check_field_counts(text, width):
@@ -281,22 +298,44 @@ class Predictor:
                     sd = np.ones(len(FEATURES))
                 self.linear = (np.asarray(mean, dtype=np.float64), np.asarray(sd, dtype=np.float64),
                                classify.coef_.T.copy(), classify.intercept_.copy(), classify.classes_)
+                self.small = (self.linear[0].tolist(), self.linear[1].tolist(), classify.coef_[0].tolist(),
+                              float(classify.intercept_[0]), classify.classes_.tolist())
         except (AttributeError, ValueError, TypeError):
             self.linear = None
 
     def predict(self, X):
-        """(predictions, probabilities of class 1) for the float64 matrix X, as Python lists."""
+        """(predictions, probabilities of class 1) for X (a float64 matrix, or a list of rows), as lists.
+
+        The arithmetic is scikit-learn's: scale, dot product, intercept, then the logistic function
+        (scikit-learn's expit), written so that it never overflows; equal to scikit-learn's to 1e-15.
+        """
         if self.linear is not None:
+            if type(X) is list and len(X) <= SMALL_BATCH:
+                return self._predict_small(X)
             mean, sd, coef, intercept, classes = self.linear
-            z = (((X - mean) / sd) @ coef + intercept).ravel()
-            # scipy.special.expit, as scikit-learn computes it: 1 / (1 + exp(-z)) (equal to 1e-16)
-            with np.errstate(over="ignore"):  # exp(-z) = inf for z < -709: the probability is 0.0
-                probabilities = 1.0 / (1.0 + np.exp(-z))
+            z = (((np.asarray(X, dtype=np.float64) - mean) / sd) @ coef + intercept).ravel()
+            e = np.exp(-np.abs(z))
+            probabilities = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
             return classes[(z > 0).astype(np.intp)].tolist(), probabilities.tolist()
         import pandas as pd
 
-        df = pd.DataFrame(X, columns=list(FEATURES))
+        df = pd.DataFrame(np.asarray(X, dtype=np.float64), columns=list(FEATURES))
         return self.model.predict(df).tolist(), self.model.predict_proba(df)[:, 1].tolist()
+
+    def _predict_small(self, rows):
+        # A few rows: plain Python arithmetic costs less than numpy's per-call overhead.
+        (m0, m1, m2), (s0, s1, s2), (c0, c1, c2), b, (no, yes) = self.small
+        exp = math.exp
+        predictions, probabilities = [], []
+        for x0, x1, x2 in rows:
+            z = (x0 - m0) / s0 * c0 + (x1 - m1) / s1 * c1 + (x2 - m2) / s2 * c2 + b
+            predictions.append(yes if z > 0 else no)
+            if z >= 0:
+                probabilities.append(1.0 / (1.0 + exp(-z)))
+            else:
+                e = exp(z)
+                probabilities.append(e / (1.0 + e))
+        return predictions, probabilities
 
 
 _UNKNOWN = object()
@@ -307,6 +346,7 @@ class ModelStore:
 
     def __init__(self, prod):
         self.prod = Path(prod)
+        self._current = os.fspath(self.prod / "current")
         # The `current` target the predictor was loaded from, and the one that last failed to load
         # (versions are immutable: no need to try it again). Neither is known before the first request.
         self.link = self.failed_link = _UNKNOWN
@@ -316,7 +356,7 @@ class ModelStore:
 
     def _read_link(self):
         try:
-            return os.readlink(self.prod / "current")
+            return os.readlink(self._current)
         except OSError:
             return None
 
@@ -407,6 +447,10 @@ class Service:
             raise InputError("body is not UTF-8 text") from None
         except json.JSONDecodeError as exc:
             raise InputError(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InputError("body is not usable JSON: nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise InputError(f"body is not usable JSON: {exc}") from None
         if not isinstance(doc, dict) or len({"records", "filepath"} & doc.keys()) != 1:
             raise InputError('JSON body must be an object with either "records" (a list of rows) or "filepath"')
         if "records" in doc:

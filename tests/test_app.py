@@ -185,6 +185,10 @@ BAD_INPUTS = [
                      "field 'file') or JSON (Content-Type: application/json)"),
     (JSON, b"{", 400, "body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
     (JSON, b"\xff\xfe", 400, "body is not UTF-8 text"),
+    (JSON, b"[" * 100_000, 400, "body is not usable JSON: nested too deeply"),
+    (JSON, b'{"records": [{"lastmonth_activity": ' + b"9" * 5000 + b"}]}", 400,
+     "body is not usable JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 "
+     "digits; use sys.set_int_max_str_digits() to increase the limit"),
     (JSON, b"[1, 2]", 400, 'JSON body must be an object with either "records" (a list of rows) or "filepath"'),
     (JSON, b'{"rows": []}', 400, 'JSON body must be an object with either "records" (a list of rows) or "filepath"'),
     (JSON, b'{"records": [], "filepath": "a.csv"}', 400,
@@ -731,3 +735,53 @@ def test_a_model_of_another_shape_is_loaded_by_scikit_learn(deployed, tmp_path):
     assert resp.status_code == 200
     assert_answer(resp.get_json(), tree, rows, version=2)
     assert client.get("/scoring").get_json()["model_version"] == 2
+
+
+def test_few_rows_computed_without_numpy_equal_scikit_learn(client, model):
+    df = datagen.generate(30, seed=13)
+    df.loc[0, "number_of_employees"] = 2**53 - 1
+    df.loc[1, "lastmonth_activity"] = 2**53 - 1  # a probability that underflows to 0
+    df.loc[2, "lastyear_activity"] = 2**53 - 1
+    df.loc[3, FEATURES] = 0
+    records = df[list(FEATURES)].to_dict("records")
+    assert len(records) <= app_module.SMALL_BATCH
+    resp = client.post("/prediction", json={"records": records})
+    assert_answer(resp.get_json(), model, df)
+    predictor = client.application.extensions["dras"].predictor()
+    X = df[list(FEATURES)].to_numpy(dtype="float64")
+    assert predictor.predict(X)[0] == predictor.predict(df[list(FEATURES)].values.tolist())[0]
+
+
+def mutations(seed, count):
+    """Seeded garbage: random bytes, and valid bodies with bytes flipped, cut or doubled."""
+    rng = np.random.default_rng(seed)
+    valid = [json.dumps({"records": [ROW, {**ROW, "corporation": "abcd"}]}).encode(),
+             b"corporation,lastmonth_activity,lastyear_activity,number_of_employees\nabcd,1,2,3\nefgh,4,5,6\n"]
+    for i in range(count):
+        base = valid[i % 2]
+        kind = i % 3
+        if kind == 0:
+            yield bytes(rng.integers(0, 256, int(rng.integers(1, 200)), dtype=np.uint8))
+        elif kind == 1:
+            data = bytearray(base)
+            for pos in rng.integers(0, len(data), 3):
+                data[pos] = int(rng.integers(0, 256))
+            yield bytes(data)
+        else:
+            cut = int(rng.integers(1, len(base)))
+            yield base[:cut] + base[cut // 2:]
+
+
+@pytest.mark.parametrize("content_type", [JSON, CSV])
+def test_garbage_never_gets_a_500(client, content_type):
+    statuses = set()
+    for body in mutations(seed=len(content_type), count=150):
+        resp = client.post("/prediction", data=body, headers={"Content-Type": content_type})
+        assert resp.mimetype == "application/json", body
+        payload = resp.get_json()
+        if resp.status_code == 200:
+            assert len(payload["predictions"]) == len(payload["probabilities"]) >= 1
+        else:
+            assert 400 <= resp.status_code < 500 and sorted(payload) == ["error"], (body, payload)
+        statuses.add(resp.status_code)
+    assert 400 in statuses
