@@ -211,12 +211,13 @@ def _worker_name():
 class _Pending:
     """What requests added since the last flush, for one window and model version."""
 
-    __slots__ = ("latency", "seconds", "chunks", "rows", "exits", "probability_sum")
+    __slots__ = ("latency", "seconds", "chunks", "lists", "rows", "exits", "probability_sum")
 
     def __init__(self):
         self.latency = {}  # (endpoint, status) -> {latency bucket: requests}
         self.seconds = {}  # (endpoint, status) -> seconds answering them
-        self.chunks = []
+        self.chunks = []  # feature matrices (numpy), by reference
+        self.lists = []  # rows given as lists (the fast path's few-row JSON requests)
         self.rows = 0
         self.exits = 0
         self.probability_sum = 0.0
@@ -250,6 +251,7 @@ class Monitor:
         self._stop = False
         self._conn = None
         self._prom = None
+        self._error = None
 
     # -- the hot path ------------------------------------------------------------------------
     def _slot(self, version):
@@ -295,7 +297,10 @@ class Monitor:
         probability_sum = math.fsum(probabilities)
         with self._lock:
             slot = self._slot(version)
-            slot.chunks.append(X)
+            if type(X) is list:
+                slot.lists.extend(X)
+            else:
+                slot.chunks.append(X)
             slot.rows += len(X)
             slot.exits += exits
             slot.probability_sum += probability_sum
@@ -329,8 +334,11 @@ class Monitor:
             try:
                 if not self.flush():
                     self.refresh()  # no traffic here: the other workers' may have moved the status
+                self._error = None
             except (sqlite3.Error, OSError, ValueError) as exc:
-                logger.warning("monitoring flush failed, will retry: %s", exc)
+                if str(exc) != self._error:  # once per kind of failure, not every few seconds
+                    logger.warning("monitoring flush failed, will retry: %s", exc)
+                self._error = str(exc)
 
     def close(self):
         """Stop the flush thread after a last flush."""
@@ -350,6 +358,7 @@ class Monitor:
             import history
 
             # The flush thread and a last flush at exit share it, one at a time (_flush_lock).
+            self.cfg.history_db.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.cfg.history_db, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -383,8 +392,9 @@ class Monitor:
                     _add_counts(agg["latency"].setdefault(ep, {}), {str(k): v for k, v in buckets.items()})
                     if prom is not None:
                         _observe(prom, ep, status, buckets, slot.seconds[(ep, status)])
-                if slot.chunks:
-                    X = slot.chunks[0] if len(slot.chunks) == 1 else np.concatenate(slot.chunks)
+                chunks = slot.chunks + ([np.array(slot.lists, dtype=np.float64)] if slot.lists else [])
+                if chunks:
+                    X = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
                     fold_matrix(agg["features"], X, ref)
                 agg["rows"] += slot.rows
                 agg["exits"] += slot.exits
@@ -397,8 +407,6 @@ class Monitor:
             self._dirty.update(changed)
             changed = sorted(self._dirty)
             now = time.time()
-            if not self.cfg.history_db.parent.is_dir():
-                raise OSError(f"{self.cfg.history_db.parent} does not exist")
             conn = self._db()
             with history_transaction(conn):
                 conn.executemany(
