@@ -23,6 +23,7 @@ window, all workers merged. A window with at least `monitoring_min_rows` rows wh
 """
 import atexit
 import bisect
+import itertools
 import json
 import logging
 import math
@@ -294,7 +295,7 @@ class Monitor:
         if version not in self._refs:
             self._refs[version] = model_reference(manifest)
         exits = sum(predictions)
-        probability_sum = math.fsum(probabilities)
+        probability_sum = sum(probabilities)
         with self._lock:
             slot = self._slot(version)
             if type(X) is list:
@@ -392,7 +393,12 @@ class Monitor:
                     _add_counts(agg["latency"].setdefault(ep, {}), {str(k): v for k, v in buckets.items()})
                     if prom is not None:
                         _observe(prom, ep, status, buckets, slot.seconds[(ep, status)])
-                chunks = slot.chunks + ([np.array(slot.lists, dtype=np.float64)] if slot.lists else [])
+                if slot.lists:  # one pass over the rows, no list of lists made into an array
+                    flat = np.fromiter(itertools.chain.from_iterable(slot.lists), dtype=np.float64,
+                                       count=len(FEATURES) * len(slot.lists))
+                    chunks = slot.chunks + [flat.reshape(-1, len(FEATURES))]
+                else:
+                    chunks = slot.chunks
                 if chunks:
                     X = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
                     fold_matrix(agg["features"], X, ref)
