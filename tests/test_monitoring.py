@@ -507,3 +507,24 @@ def test_the_prometheus_histogram_equals_observing_each_request(world):
     for k, v in expected.items():
         assert ours[k] == pytest.approx(v, abs=1e-9), k
     assert expected[("dras_http_request_duration_seconds_count", (("endpoint", "/scoring"), ("status", "503")))] == 7
+
+
+def test_the_status_page_reads_the_real_windows(world):
+    import status
+
+    app, monitor = fixed_clock_app(world)
+    client = app.test_client()
+    r = client.post("/prediction", json={"records": RECORDS})
+    monitor.flush()
+    conn = history.connect(world.history_db)
+    try:
+        found = monitoring.recent_windows(conn, world, limit=60)
+        summary = status.live_traffic(conn, world)
+    finally:
+        conn.close()
+    # the module's world is shared with the tests above: compare with what the windows hold
+    assert summary["windows"] == len(found) >= 1
+    assert summary["rows"] == sum(w["rows"] for w in found)
+    assert summary["requests"] == sum(w["requests"] for w in found)
+    assert summary["psi"] == found[0]["psi"] and summary["level"] == found[0]["level"]
+    assert summary["model_version"] == 1 and sum(r.get_json()["predictions"]) <= summary["rows"]
