@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 .PHONY: setup demo test bench clean-outputs
 
 setup: $(STAMP)
+	@# pdftotext, pdftoppm and pdfimages: the report tests read the PDF back as a person would.
+	@command -v pdftotext >/dev/null || (apt-get update && apt-get install -y poppler-utils)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,8 @@ demo: setup clean-outputs
 	$(PY) scoring.py
 	$(PY) deployment.py
 	$(PY) deployment.py --list
+	$(PY) reporting.py
+	$(PY) diagnostics.py
 
 test: setup
 	$(PY) -m pytest -q

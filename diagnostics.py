@@ -6,6 +6,7 @@ Every function returns plain data (the API serves it as JSON, the report renders
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 REQUIREMENTS = Path(__file__).resolve().parent / "requirements.txt"
 CACHE_SECONDS = 24 * 3600
+# An unreachable index is asked again after a minute, not on every call: the API answers at once.
+FAILURE_CACHE_SECONDS = 60
 
 
 def model_predictions(data, model=None, cfg=None) -> list:
@@ -124,11 +127,18 @@ def _latest_from_index(session, index_url, name, timeout):
     """Newest final release of `name` on a PEP 691 JSON simple index."""
     from packaging.version import InvalidVersion, Version
 
-    resp = session.get(f"{index_url.rstrip('/')}/{name.lower()}/", timeout=timeout,
+    project = re.sub(r"[-_.]+", "-", name).lower()  # the PEP 503 normalized name
+    resp = session.get(f"{index_url.rstrip('/')}/{project}/", timeout=timeout,
                        headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     resp.raise_for_status()
+    try:
+        body = resp.json()
+    except ValueError:
+        raise ValueError("not the JSON simple API") from None
+    if not isinstance(body, dict) or not isinstance(body.get("versions"), list):
+        raise ValueError("no list of versions in the JSON answer")
     versions = []
-    for v in resp.json().get("versions", []):
+    for v in body["versions"]:
         try:
             parsed = Version(v)
         except InvalidVersion:
@@ -140,33 +150,80 @@ def _latest_from_index(session, index_url, name, timeout):
     return str(max(versions))
 
 
+def _index_failure(exc, index_url, timeout) -> str:
+    """One short reason, the same for every package that failed the same way."""
+    import requests
+    from urllib.parse import urlsplit
+
+    host = urlsplit(index_url).netloc or index_url
+    if isinstance(exc, requests.Timeout):
+        return f"package index {host} did not answer within {timeout}s"
+    if isinstance(exc, requests.ConnectionError):
+        return f"package index {host} unreachable: cannot connect"
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"package index {host} answered HTTP {exc.response.status_code}"
+    if isinstance(exc, ValueError):
+        return f"package index {host} answer unusable: {str(exc)[:120]}"
+    return f"package index {host} unusable: {type(exc).__name__}"
+
+
+def _newer(latest, pinned) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(latest) > Version(pinned)
+    except InvalidVersion:
+        return latest != pinned
+
+
+def _read_cache(path):
+    if path is None or not path.exists():
+        return {}
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _fresh(entry, now):
+    """Whether a cache entry still holds: a day for a version, a minute for a failure."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("at"), (int, float)):
+        return False
+    age = now - entry["at"]
+    return 0 <= age < (CACHE_SECONDS if entry.get("latest") else FAILURE_CACHE_SECONDS)
+
+
 def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, timeout=1.5) -> dict:
-    """For each pinned package: pinned, installed and latest version.
+    """For each pinned package: pinned, installed and latest version, and a status.
 
     The latest versions come from the package index, all asked at once with a deadline of
-    `timeout` seconds, and are cached for a day; when the index can't be reached the answer still
-    comes back in time, with "latest" None and the reason given.
+    `timeout` seconds, and are cached (in output_folder_path) for a day; when the index can't be
+    reached the answer still comes back in time, with "latest" None, status "unknown" and the
+    reason given, and that failure is remembered for a minute so repeated calls answer at once.
     """
     import requests
+    from requests.adapters import HTTPAdapter
 
     index_url = index_url or (cfg.package_index_url if cfg is not None else "https://pypi.org/simple")
     pins = read_requirements(requirements)
     cache_path = cfg.output_folder_path / "package_index_cache.json" if cfg is not None else None
-    cache = {}
-    if cache_path is not None and cache_path.exists():
-        try:
-            cache = json.loads(cache_path.read_text())
-        except (json.JSONDecodeError, OSError):
-            cache = {}
+    cache = _read_cache(cache_path)
     now = time.time()
-    fresh = {n: e for n, e in cache.get(index_url, {}).items() if now - e["at"] < CACHE_SECONDS}
-    latest, errors = {n: e["latest"] for n, e in fresh.items()}, {}
-    wanted = [n for n in pins if n not in latest]
+    known = cache.get(index_url) if isinstance(cache.get(index_url), dict) else {}
+    fresh = {n: e for n, e in known.items() if n in pins and _fresh(e, now)}
+    latest = {n: e["latest"] for n, e in fresh.items() if e.get("latest")}
+    errors = {n: e["error"] for n, e in fresh.items() if not e.get("latest")}
+    wanted = [n for n in pins if n not in fresh]
     if wanted:
+        workers = min(16, len(wanted))
         session = requests.Session()
-        pool = ThreadPoolExecutor(max_workers=min(16, len(wanted)))
+        session.mount("http://", HTTPAdapter(pool_maxsize=workers))
+        session.mount("https://", HTTPAdapter(pool_maxsize=workers))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="package-index")
         futures = {pool.submit(_latest_from_index, session, index_url, n, timeout): n for n in wanted}
-        done, not_done = wait(futures, timeout=timeout + 0.2)
+        done, not_done = wait(futures, timeout=timeout)
+        # Threads still waiting on the index are left to their own socket timeout, not waited for.
         pool.shutdown(wait=False, cancel_futures=True)
         for fut in done:
             name = futures[fut]
@@ -174,27 +231,34 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
                 latest[name] = fut.result()
                 fresh[name] = {"latest": latest[name], "at": now}
             except (requests.RequestException, ValueError) as exc:
-                errors[name] = f"package index unreachable or unusable: {type(exc).__name__}: {str(exc)[:160]}"
+                errors[name] = _index_failure(exc, index_url, timeout)
+                fresh[name] = {"latest": None, "error": errors[name], "at": now}
         for fut in not_done:
-            errors[futures[fut]] = f"package index did not answer within {timeout}s"
-        if cache_path is not None and fresh:
+            name = futures[fut]
+            errors[name] = _index_failure(requests.Timeout(), index_url, timeout)
+            fresh[name] = {"latest": None, "error": errors[name], "at": now}
+        if cache_path is not None:
             import atomicfiles
 
-            cache[index_url] = fresh
-            atomicfiles.write_text(cache_path, json.dumps(cache, sort_keys=True))
+            cache[index_url] = {**known, **fresh}
+            try:
+                atomicfiles.write_text(cache_path, json.dumps(cache, sort_keys=True))
+            except OSError as exc:  # a read-only output folder costs the cache, not the answer
+                logger.warning("cannot write the package index cache %s: %s", cache_path, exc)
     packages = []
     for name, pinned in pins.items():
         installed = _installed(name)
         entry = {"package": name, "pinned": pinned, "installed": installed, "latest": latest.get(name)}
-        if name in errors:
-            entry["status"] = "unknown"
-            entry["reason"] = errors[name]
-        elif installed != pinned:
+        if installed != pinned:
             entry["status"] = "not as pinned"
-        elif entry["latest"] is not None and entry["latest"] != pinned:
+        elif name in errors:
+            entry["status"] = "unknown"
+        elif _newer(entry["latest"], pinned):
             entry["status"] = "outdated"
         else:
             entry["status"] = "up to date"
+        if name in errors:
+            entry["reason"] = errors[name]
         packages.append(entry)
     return {"index": index_url, "packages": packages}
 

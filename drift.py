@@ -127,34 +127,110 @@ def feature_drift(reference, new, features=FEATURES, psi_threshold=0.2, level=0.
             "psi_threshold": psi_threshold, "correction": "benjamini-hochberg"}
 
 
-def significance_decision(reference_true, reference_pred, new_true, new_pred, level=0.05, rounds=2000, seed=0) -> dict:
+# Rows that are actual or predicted leavers are the only ones F1 counts; with fewer than this in
+# either sample a non-significant result says nothing, so it is reported as "not enough evidence".
+MIN_COUNTED_ROWS = 10
+
+
+def confusion_cells(y_true, y_pred):
+    """Counts of (true positives, false positives, false negatives, true negatives) as an int64 array."""
+    t = np.asarray(y_true).astype(np.int64, copy=False).ravel()
+    p = np.asarray(y_pred).astype(np.int64, copy=False).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"{t.size} labels but {p.size} predictions")
+    if t.size and (t.min() < 0 or t.max() > 1 or p.min() < 0 or p.max() > 1):
+        raise ValueError("labels and predictions must be 0 or 1")
+    # Code 3 = true 1 predicted 1, 1 = true 0 predicted 1, 2 = true 1 predicted 0, 0 = true 0 predicted 0.
+    tn, fp, fn, tp = np.bincount(2 * t + p, minlength=4)
+    return np.array([tp, fp, fn, tn], dtype=np.int64)
+
+
+def f1_from_cells(cells):
+    """F1 = 2 TP / (2 TP + FP + FN) along the last axis; 0 where nothing is counted (sklearn's zero_division=0)."""
+    cells = np.asarray(cells, dtype=np.float64)
+    tp, fp, fn = cells[..., 0], cells[..., 1], cells[..., 2]
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+
+
+def significance_decision(reference_true, reference_pred, new_true, new_pred, level=0.05, rounds=2000, seed=0,
+                          min_counted_rows=MIN_COUNTED_ROWS) -> dict:
     """Whether the drop in F1 from the reference rows to the new rows is statistically significant.
 
-    Returns drift (True, False, or None for "not enough evidence"), statistic, p_value,
-    interval and reason.
+    A one-sided permutation test over rows: under "nothing changed" the reference and new rows are
+    exchangeable, so splitting the pooled rows at random into groups of the two observed sizes gives the
+    drop's null distribution; p is the share of splits with a drop at least the observed one (plus one,
+    so it is never 0). The interval is a percentile bootstrap of the drop, resampling each sample at its
+    own size. Both work on the four confusion counts, so the cost does not grow with the rows.
+
+    Returns drift (True, False, or None for "not enough evidence"), statistic (the drop, reference F1
+    minus new F1), p_value, interval ([low, high] at confidence 1 - level), reference_f1, new_f1,
+    reference_rows, new_rows, level, rounds, method and reason (in words).
     """
-    raise NotImplementedError("the significance test is being built (issue 7)")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, not {level!r}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, not {rounds!r}")
+    ref, new = confusion_cells(reference_true, reference_pred), confusion_cells(new_true, new_pred)
+    n_ref, n_new = int(ref.sum()), int(new.sum())
+    counted_ref, counted_new = int(ref[:3].sum()), int(new[:3].sum())
+    out = {"drift": None, "statistic": None, "p_value": None, "interval": None, "reference_f1": None,
+           "new_f1": None, "reference_rows": n_ref, "new_rows": n_new, "level": float(level),
+           "rounds": int(rounds), "method": "permutation test, bootstrap interval"}
+    ref_f1, new_f1 = float(f1_from_cells(ref)), float(f1_from_cells(new))
+    out.update(reference_f1=ref_f1, new_f1=new_f1)
+    if counted_ref == 0 or counted_new == 0:
+        which = "reference" if counted_ref == 0 else "new"
+        out["reason"] = (f"not enough evidence: the {which} rows hold no actual or predicted leaver, "
+                         f"so F1 is undefined ({n_ref} reference rows, {n_new} new rows)")
+        return out
+    drop = ref_f1 - new_f1
+    rng = np.random.default_rng(seed)
+    perm_ref = rng.multivariate_hypergeometric(ref + new, n_ref, size=rounds)
+    perm_drop = f1_from_cells(perm_ref) - f1_from_cells(ref + new - perm_ref)
+    # A split that ties the observed drop counts against drift; the tolerance absorbs rounding.
+    p_value = float((1 + np.count_nonzero(perm_drop >= drop - 1e-12)) / (rounds + 1))
+    boot = (f1_from_cells(rng.multinomial(n_ref, ref / n_ref, size=rounds))
+            - f1_from_cells(rng.multinomial(n_new, new / n_new, size=rounds)))
+    low, high = (float(q) for q in np.quantile(boot, [level / 2, 1 - level / 2]))
+    significant = p_value < level
+    out.update(statistic=drop, p_value=p_value, interval=[low, high])
+    words = (f"F1 {'fell' if drop > 0 else 'rose' if drop < 0 else 'stayed'} from {ref_f1:.2f} to {new_f1:.2f} "
+             f"(drop {drop:.2f}, {1 - level:.0%} interval {low:.2f} to {high:.2f}, p = {p_value:.3f})")
+    if significant:
+        out.update(drift=True, reason=f"{words}: significant at {level:g}")
+    elif min(counted_ref, counted_new) < min_counted_rows:
+        out["reason"] = (f"not enough evidence: {words}, not significant at {level:g}, and only "
+                         f"{min(counted_ref, counted_new)} {'reference' if counted_ref <= counted_new else 'new'} "
+                         f"rows are actual or predicted leavers ({min_counted_rows} needed to call it no drift)")
+    else:
+        out.update(drift=False, reason=f"{words}: not significant at {level:g}")
+    return out
 
 
 def score_drift(test, model, new_rows, reference_rows, *, deployed_f1, history=(), level=0.05, rounds=2000,
-                min_history=3, seed=0) -> dict:
+                min_history=3, seed=0, extra_reference_rows=None) -> dict:
     """The cycle's score-drift decision for the deployed `model` on the labelled `new_rows`.
 
     `reference_rows` are the labelled rows the deployed score stands for (the test data); the
-    `significance` test compares the model's outcomes on them with its outcomes on the new rows.
-    Both are DataFrames with the features and `exited`, complete rows only.
+    `significance` test compares the model's outcomes on them, plus on `extra_reference_rows` when
+    given (labelled rows the model was not trained on, or its training rows: see the README's drift
+    section), with its outcomes on the new rows. All are DataFrames with the features and `exited`,
+    complete rows only.
     """
-    from sklearn.metrics import f1_score
-
     from settings import TARGET
 
     new_pred = model.predict(new_rows[list(FEATURES)].astype("float64"))
-    new_f1 = float(f1_score(new_rows[TARGET].astype("int64"), new_pred, zero_division=0))
+    # The same value as sklearn's f1_score(zero_division=0), from four counts: a hundred times faster.
+    new_f1 = float(f1_from_cells(confusion_cells(new_rows[TARGET].to_numpy(dtype="int64"), new_pred)))
 
     def significance():
-        ref_pred = model.predict(reference_rows[list(FEATURES)].astype("float64"))
-        return significance_decision(reference_rows[TARGET].to_numpy(), ref_pred, new_rows[TARGET].to_numpy(),
-                                     new_pred, level=level, rounds=rounds, seed=seed)
+        parts = [reference_rows] if extra_reference_rows is None else [reference_rows, extra_reference_rows]
+        ref_true = np.concatenate([p[TARGET].to_numpy(dtype="int64") for p in parts])
+        ref_pred = np.concatenate([model.predict(p[list(FEATURES)].astype("float64")) for p in parts if len(p)]
+                                  or [np.zeros(0, dtype="int64")])
+        return significance_decision(ref_true, ref_pred, new_rows[TARGET].to_numpy(), new_pred,
+                                     level=level, rounds=rounds, seed=seed)
 
     out = decide(test, new_f1=new_f1, deployed_f1=deployed_f1, history=history, min_history=min_history,
                  significance=significance)
