@@ -212,6 +212,15 @@ def slices_for_config(cfg, model, df, manifest):
     return slices_for_rows(model, df, definitions, cfg.slice_margin, cfg.slice_min_rows)
 
 
+def report_audit(manifest):
+    """What the report shows of a deployed version: its model card (markdown), cross-validated
+    score and slices, or None when the version was deployed without an audit."""
+    if not manifest or "audit" not in manifest:
+        return None
+    return {"markdown": model_card(manifest), "cross_validation": cross_validation_for_deployment(manifest),
+            "slices": slices_for_deployment(manifest)}
+
+
 # ---------------------------------------------------------------- facts recorded at training
 
 def feature_ranges(X) -> dict:

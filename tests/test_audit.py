@@ -376,6 +376,7 @@ def test_a_card_without_recorded_facts_says_so(tmp_path):
     assert section(card, "Drift decision") == ["First deployment / deployed by hand, no drift check."]
     assert "The ingested files were not recorded." in card
     assert audit.code_version(repo=tmp_path) == {"commit": None, "dirty": None}
+    assert audit.report_audit(manifest) is None  # deployed before audits: the report says none is provided
 
 
 def test_f1_swing_by_hand():
