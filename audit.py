@@ -341,8 +341,10 @@ def _cv_line(cv) -> str:
 
 
 def _drift_section(cycle) -> list:
-    if not cycle:
+    if cycle is None or cycle == {}:
         return [NO_DRIFT_CHECK.capitalize() + "."]
+    if not isinstance(cycle, dict):  # only the cycle's id was passed
+        return [f"Deployed by monitoring cycle {cycle}, which passed no drift decision to the deployment."]
     lines = []
     score = cycle.get("score_drift")
     if isinstance(score, dict):

@@ -322,6 +322,14 @@ def test_the_card_renders_the_cycles_drift_decision(trained):
     ]
 
 
+def test_a_cycle_id_alone_is_not_a_drift_decision(trained):
+    cfg, _, _ = trained
+    deployment.deploy_from_config(cfg, extra={"cycle": 7, "drift_test": "raw"})
+    card = (cfg.prod_deployment_path / "modelcard.md").read_text()
+    assert section(card, "Drift decision") == [
+        "Deployed by monitoring cycle 7, which passed no drift decision to the deployment."]
+
+
 def test_the_card_follows_the_serving_version_on_redeploy_and_rollback(trained):
     cfg, _, _ = trained
     prod = cfg.prod_deployment_path
