@@ -324,7 +324,9 @@ def deployment_audit(training, recent=None) -> dict:
 # ---------------------------------------------------------------- the model card
 
 def _f(x, digits=4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
+    if x is None:
+        return "n/a"
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
 
 
 def _when(at) -> str:
