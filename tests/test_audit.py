@@ -421,3 +421,18 @@ def test_audit_config_defaults(tmp_path):
     assert cfg.slices == {"number_of_employees": {"bands": 3}, "lastmonth_activity": {"bands": 3}}
     fixed = load_config(make_config(tmp_path, slices={"lastyear_activity": {"edges": [100, 1000]}}))
     assert fixed.slices == {"lastyear_activity": {"edges": [100.0, 1000.0]}}
+
+
+def test_a_new_delivery_is_cut_on_the_deployed_models_slices(trained):
+    cfg, meta, _ = trained
+    deployment.deploy_from_config(cfg)
+    model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
+    delivery = datagen.generate(300, seed=21, drift="covariate", strength=1.0)
+    result = audit.slices_for_config(cfg, model, delivery, manifest)
+    assert [s["label"] for s in result["slices"]] == [s["label"] for s in meta["evaluation"]["slices"]["slices"]]
+    assert [s["rows"] for s in result["slices"][:3]] == [
+        int(n) for n in np.bincount(np.searchsorted(meta["slice_definitions"][0]["edges"],
+                                                    delivery["number_of_employees"], side="right"), minlength=3)]
+    assert result["overall"] == scoring.metrics(delivery["exited"].to_numpy(),
+                                                model.predict(delivery[list(audit.FEATURES)].astype("float64")))
+    assert audit.slices_for_config(cfg, model, delivery, {"training": {}}) is None
