@@ -6,6 +6,7 @@ Every function returns plain data (the API serves it as JSON, the report renders
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -29,7 +30,8 @@ FAILURE_CACHE_SECONDS = 60
 def model_predictions(data, model=None, cfg=None) -> list:
     """The model's 0/1 predictions for `data` (a DataFrame or a CSV path), one per row, in order.
 
-    `model` defaults to the deployed one (hash-checked) of `cfg`.
+    `model` defaults to the deployed one (hash-checked) of `cfg`. Raises ValueError, naming the
+    row or column, when a feature is absent, not a number or missing.
     """
     import pandas as pd
 
@@ -39,7 +41,18 @@ def model_predictions(data, model=None, cfg=None) -> list:
         model, _ = deployment.load_deployed(cfg.prod_deployment_path)
     if not isinstance(data, pd.DataFrame):
         data = pd.read_csv(data)
-    X = data[list(FEATURES)].astype("float64")
+    absent = [c for c in FEATURES if c not in data.columns]
+    if absent:
+        raise ValueError(f"missing column(s): {', '.join(absent)}")
+    try:
+        X = data[list(FEATURES)].astype("float64")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"a feature value is not a number: {exc}") from None
+    gaps = X.isna()
+    if gaps.to_numpy().any():
+        row = int(gaps.any(axis=1).to_numpy().nonzero()[0][0])
+        col = next(c for c in FEATURES if gaps[c].iloc[row])
+        raise ValueError(f"row {row + 1} has no value for {col!r}: the model cannot predict it")
     return [int(p) for p in model.predict(X)]
 
 
@@ -123,17 +136,56 @@ def _installed(name):
         return None
 
 
-def _latest_from_index(session, index_url, name, timeout):
+_SSL_CONTEXT = None
+
+
+def _ssl_context():
+    """One TLS context for every ask, built on first use: loading the CA bundle takes ~0.1 s."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        import ssl
+
+        cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+        if not cafile:
+            try:
+                import certifi
+
+                cafile = certifi.where()
+            except ImportError:
+                cafile = None
+        _SSL_CONTEXT = ssl.create_default_context(cafile=cafile)
+    return _SSL_CONTEXT
+
+
+class _IndexTimeout(Exception):
+    """The index did not answer in time."""
+
+
+def _latest_from_index(index_url, name, timeout):
     """Newest final release of `name` on a PEP 691 JSON simple index."""
+    import gzip
+    import urllib.error
+    import urllib.request
+
     from packaging.version import InvalidVersion, Version
 
     project = re.sub(r"[-_.]+", "-", name).lower()  # the PEP 503 normalized name
-    resp = session.get(f"{index_url.rstrip('/')}/{project}/", timeout=timeout,
-                       headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    resp.raise_for_status()
+    request = urllib.request.Request(f"{index_url.rstrip('/')}/{project}/", headers={
+        "Accept": "application/vnd.pypi.simple.v1+json", "Accept-Encoding": "gzip"})
+    context = _ssl_context() if request.type == "https" else None
     try:
-        body = resp.json()
-    except ValueError:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
+            data = resp.read()
+            if resp.headers.get("Content-Encoding") == "gzip":
+                data = gzip.decompress(data)
+    except TimeoutError:  # a read that outlived the timeout
+        raise _IndexTimeout() from None
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the connection open
+        raise
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
         raise ValueError("not the JSON simple API") from None
     if not isinstance(body, dict) or not isinstance(body.get("versions"), list):
         raise ValueError("no list of versions in the JSON answer")
@@ -141,7 +193,7 @@ def _latest_from_index(session, index_url, name, timeout):
     for v in body["versions"]:
         try:
             parsed = Version(v)
-        except InvalidVersion:
+        except (InvalidVersion, TypeError):
             continue
         if not parsed.is_prerelease and not parsed.is_devrelease:
             versions.append(parsed)
@@ -152,16 +204,19 @@ def _latest_from_index(session, index_url, name, timeout):
 
 def _index_failure(exc, index_url, timeout) -> str:
     """One short reason, the same for every package that failed the same way."""
-    import requests
+    import urllib.error
     from urllib.parse import urlsplit
 
     host = urlsplit(index_url).netloc or index_url
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"package index {host} answered HTTP {exc.code}"
+    if isinstance(exc, _IndexTimeout) or (isinstance(exc, urllib.error.URLError)
+                                          and isinstance(exc.reason, TimeoutError)):
         return f"package index {host} did not answer within {timeout}s"
-    if isinstance(exc, requests.ConnectionError):
+    if isinstance(exc, urllib.error.URLError) and "CERTIFICATE" in str(exc.reason).upper():
+        return f"package index {host} unreachable: its TLS certificate was refused"
+    if isinstance(exc, (urllib.error.URLError, ConnectionError)):
         return f"package index {host} unreachable: cannot connect"
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        return f"package index {host} answered HTTP {exc.response.status_code}"
     if isinstance(exc, ValueError):
         return f"package index {host} answer unusable: {str(exc)[:120]}"
     return f"package index {host} unusable: {type(exc).__name__}"
@@ -202,9 +257,6 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
     reached the answer still comes back in time, with "latest" None, status "unknown" and the
     reason given, and that failure is remembered for a minute so repeated calls answer at once.
     """
-    import requests
-    from requests.adapters import HTTPAdapter
-
     index_url = index_url or (cfg.package_index_url if cfg is not None else "https://pypi.org/simple")
     pins = read_requirements(requirements)
     cache_path = cfg.output_folder_path / "package_index_cache.json" if cfg is not None else None
@@ -213,16 +265,23 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
     known = cache.get(index_url) if isinstance(cache.get(index_url), dict) else {}
     fresh = {n: e for n, e in known.items() if n in pins and _fresh(e, now)}
     latest = {n: e["latest"] for n, e in fresh.items() if e.get("latest")}
-    errors = {n: e["error"] for n, e in fresh.items() if not e.get("latest")}
+    errors = {n: str(e.get("error") or "package index failed (cached)") for n, e in fresh.items()
+              if not e.get("latest")}
     wanted = [n for n in pins if n not in fresh]
+    if wanted and index_url.startswith("https:"):
+        try:
+            _ssl_context()  # once, before the threads, within the deadline
+        except OSError as exc:  # ssl.SSLError too: an unreadable or broken CA bundle
+            for name in wanted:
+                errors[name] = f"cannot check the package index: no usable CA bundle ({exc})"
+            wanted = []
     if wanted:
-        workers = min(16, len(wanted))
-        session = requests.Session()
-        session.mount("http://", HTTPAdapter(pool_maxsize=workers))
-        session.mount("https://", HTTPAdapter(pool_maxsize=workers))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="package-index")
-        futures = {pool.submit(_latest_from_index, session, index_url, n, timeout): n for n in wanted}
-        done, not_done = wait(futures, timeout=timeout)
+        import http.client
+
+        deadline = time.monotonic() + timeout
+        pool = ThreadPoolExecutor(max_workers=min(16, len(wanted)), thread_name_prefix="package-index")
+        futures = {pool.submit(_latest_from_index, index_url, n, timeout): n for n in wanted}
+        done, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         # Threads still waiting on the index are left to their own socket timeout, not waited for.
         pool.shutdown(wait=False, cancel_futures=True)
         for fut in done:
@@ -230,12 +289,13 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
             try:
                 latest[name] = fut.result()
                 fresh[name] = {"latest": latest[name], "at": now}
-            except (requests.RequestException, ValueError) as exc:
+            # URLError and HTTPError are OSErrors; a server that speaks no HTTP raises HTTPException.
+            except (OSError, ValueError, http.client.HTTPException, _IndexTimeout) as exc:
                 errors[name] = _index_failure(exc, index_url, timeout)
                 fresh[name] = {"latest": None, "error": errors[name], "at": now}
         for fut in not_done:
             name = futures[fut]
-            errors[name] = _index_failure(requests.Timeout(), index_url, timeout)
+            errors[name] = _index_failure(_IndexTimeout(), index_url, timeout)
             fresh[name] = {"latest": None, "error": errors[name], "at": now}
         if cache_path is not None:
             import atomicfiles

@@ -195,8 +195,10 @@ def significance_decision(reference_true, reference_pred, new_true, new_pred, le
     low, high = (float(q) for q in np.quantile(boot, [level / 2, 1 - level / 2]))
     significant = p_value < level
     out.update(statistic=drop, p_value=p_value, interval=[low, high])
-    words = (f"F1 {'fell' if drop > 0 else 'rose' if drop < 0 else 'stayed'} from {ref_f1:.2f} to {new_f1:.2f} "
-             f"(drop {drop:.2f}, {1 - level:.0%} interval {low:.2f} to {high:.2f}, p = {p_value:.3f})")
+    moved = f"stayed at {ref_f1:.2f}" if drop == 0 else \
+        f"{'fell' if drop > 0 else 'rose'} from {ref_f1:.2f} to {new_f1:.2f}"
+    shown = "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
+    words = f"F1 {moved} (drop {drop:.2f}, {1 - level:.0%} interval {low:.2f} to {high:.2f}, {shown})"
     if significant:
         out.update(drift=True, reason=f"{words}: significant at {level:g}")
     elif min(counted_ref, counted_new) < min_counted_rows:

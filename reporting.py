@@ -61,7 +61,8 @@ def _deployed(cfg):
     version_dir = deployment.current_dir(cfg.prod_deployment_path)
     listed = version_dir / "ingestedfiles.txt"
     files = [n for n in listed.read_text(encoding="utf-8").splitlines() if n] if listed.exists() else []
-    return model, manifest, files
+    card = version_dir / "modelcard.md"
+    return model, manifest, files, (str(card) if card.exists() else None)
 
 
 def _scores_on_test(cfg, model):
@@ -111,18 +112,20 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
     """Everything the report shows, as plain data. Raises ReportError when there is nothing to report on."""
     import diagnostics
 
-    model, manifest, files = _deployed(cfg)
+    model, manifest, files, card = _deployed(cfg)
     metrics, matrix = _scores_on_test(cfg, model)
     model_sha = manifest["files"]["trainedmodel.pkl"]["sha256"]
     past = _history(cfg, model_sha)
     if dependencies is None:
-        dependencies = diagnostics.outdated_packages_list(cfg, timeout=1.0)
+        dependencies = diagnostics.outdated_packages_list(cfg, timeout=2.0)
     summaries = past["summaries"]
     training = manifest.get("training", {})
     if audit is None:
         import audit as audit_module
 
         audit = audit_module.report_audit(manifest)
+        if audit is not None:
+            audit["from_card"] = True
     return {
         "generated_at": datetime.now(timezone.utc),
         "model": {
@@ -133,6 +136,7 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
             "sha256": model_sha,
             "params": training.get("params"),
             "files": [{"name": n, "rows": past["file_rows"].get(n)} for n in files],
+            "card": card,
         },
         "test_data": str(cfg.test_data_file),
         "metrics": metrics,
@@ -217,6 +221,9 @@ def missing_trend_png(summaries) -> bytes:
     # A floor of 1% keeps a run of zeros on the axis, not floating in an empty band.
     peak = max((s["missing"].get(col) or 0.0) for s in summaries for col in COLUMNS)
     ax.set_ylim(0, max(1.0, peak * 1.15))
+    if peak == 0:
+        ax.text(0.5, 0.5, "no missing values in any of these runs", transform=ax.transAxes, ha="center",
+                va="center", color="dimgray")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _png(fig)
@@ -505,7 +512,11 @@ def _audit_section(doc, data, W):
     doc.heading("Model card and slice audit")
     if not isinstance(audit, dict) or not ({"markdown", "sections"} & set(audit)):
         doc.para("No model card or slice audit has been provided for this model.")
+        if data["model"]["card"]:
+            doc.para(f"The deployed version's model card is in {data['model']['card']}.")
         return
+    if audit.get("from_card") and data["model"]["card"]:
+        doc.para(f"The deployed version's model card is in {data['model']['card']}. It reads:")
     if audit.get("markdown"):
         _markdown(doc, str(audit["markdown"]), W)
     sections = audit.get("sections") or []
@@ -520,6 +531,9 @@ def _audit_section(doc, data, W):
 
 
 def _trends_section(doc, data, W):
+    from reportlab.platypus import KeepTogether
+
+    start = len(doc.story)
     doc.heading("Trends")
     deps = [d for d in data["deployments"] if d["f1"] is not None]
     if len(deps) > 1:
@@ -539,6 +553,8 @@ def _trends_section(doc, data, W):
         doc.image(timing_trend_png(timings), W)
     else:
         doc.para("Step timings: one run so far; a trend needs two runs of a step.")
+    # Lines of words stay on one page; plots that cannot all fit still flow on.
+    doc.story[start:] = [KeepTogether(doc.story[start:])]
 
 
 def render_pdf(data, confusion) -> bytes:

@@ -11,6 +11,7 @@ traffic leaves the machine). Writes bench/results/report.md.
 """
 import dataclasses
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -135,6 +136,8 @@ def main():
     server.shutdown()
     server.server_close()
 
+    load = os.getloadavg()
+
     def verdict(value, goal):
         return "met" if value <= goal else "MISSED"
 
@@ -143,7 +146,8 @@ def main():
         "",
         f"A model trained on {ROWS:,} seeded rows (`datagen.generate({ROWS}, seed=7)`), scored on "
         f"{TEST_ROWS:,} test rows, deployed; the package index a local fake on 127.0.0.1. "
-        f"Machine: 2 cores shared with other developers' work, so figures vary between runs.",
+        f"Machine: 2 cores shared with other developers' work, so figures vary between runs; load "
+        f"average at the end of this run: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min).",
         "",
         "| figure | measured | goal | verdict |",
         "|---|---|---|---|",

@@ -97,7 +97,7 @@ def test_identical_samples_are_no_drift():
     assert out["p_value"] > 0.4  # about half the random splits do at least as badly
     low, high = out["interval"]
     assert low < 0 < high
-    assert out["reason"] == (f"F1 stayed from 0.89 to 0.89 (drop 0.00, 95% interval {low:.2f} to {high:.2f}, "
+    assert out["reason"] == (f"F1 stayed at 0.89 (drop 0.00, 95% interval {low:.2f} to {high:.2f}, "
                              f"p = {out['p_value']:.3f}): not significant at 0.05")
     assert (out["reference_rows"], out["new_rows"], out["level"], out["rounds"]) == (1000, 1000, 0.05, 2000)
 
@@ -112,7 +112,7 @@ def test_a_large_clear_drop_is_drift():
     low, high = out["interval"]
     assert 0.33 < low < 0.4 < high < 0.47
     assert out["reason"] == (f"F1 fell from 0.90 to 0.50 (drop 0.40, 95% interval {low:.2f} to {high:.2f}, "
-                             f"p = 0.000): significant at 0.05")
+                             f"p < 0.001): significant at 0.05")
 
 
 def test_a_rise_is_not_drift():
@@ -309,16 +309,18 @@ def test_harness_small_configuration():
     bench = load_bench()
     sizes = ((2000, 200, 500),)
     conditions = (("none", 0.0), ("concept", 0.5))
-    results = bench.simulate(trials=6, rounds=200, sizes=sizes, conditions=conditions)
+    results = bench.simulate(trials=6, rounds=200, sizes=sizes, conditions=conditions, none_trials=8)
     assert list(results) == [(sizes[0], conditions[0]), (sizes[0], conditions[1])]
     strong = results[(sizes[0], ("concept", 0.5))]
-    assert set(strong) == set(bench.COLUMNS)
+    assert set(strong) == {"trials", *bench.COLUMNS}
     # F1 falls from about 0.85 to 0.45: every test, every reference, every trial sees it.
+    assert strong["trials"] == 6
     assert all(strong[c] == (1.0, 0.0) for c in bench.COLUMNS)
     none = results[(sizes[0], ("none", 0.0))]
-    assert all(0 <= called <= 1 and 0 <= unsure <= 1 for called, unsure in none.values())
-    assert bench.simulate(trials=6, rounds=200, sizes=sizes, conditions=conditions[:1]) == \
+    assert none["trials"] == 8
+    assert all(0 <= none[c][0] <= 1 and 0 <= none[c][1] <= 1 for c in bench.COLUMNS)
+    assert bench.simulate(trials=6, rounds=200, sizes=sizes, conditions=conditions[:1], none_trials=8) == \
         {(sizes[0], conditions[0]): none}  # seeded: the same again
     text = bench.render(results, 6, 200, None, "cmd", 1.0)
-    assert "| 2000, 200, 500 | concept 0.5 | 100.0% | 100.0% | 100.0% | 100.0% | 100.0% | 100.0% |" in text
+    assert "| 2000, 200, 500 | concept 0.5 | 6 | 100.0% | 100.0% | 100.0% | 100.0% | 100.0% | 100.0% |" in text
     assert "| detection of concept 0.25 at least 95%" not in text  # concept 0.25 was not simulated

@@ -3,6 +3,7 @@ import pickle
 import re
 import socket
 import subprocess
+from contextlib import closing
 
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_
 import datagen
 import deployment
 import drift
+import history
 import ingestion
 import reporting
 import scoring
@@ -248,3 +250,30 @@ def test_cli_without_a_deployed_model_is_one_line(world):
     proc = run_script("reporting.py", "--config", world.path)
     assert proc.returncode == 2
     assert proc.stderr == f"error: no report: no model is deployed in {world.prod_deployment_path}\n"
+
+
+def test_the_audit_place_points_at_the_deployed_model_card(world1):
+    card = world1.prod_deployment_path / "versions" / "v0001" / "modelcard.md"
+    text = pdf_text(reporting.generate_report(world1)["latest"])
+    audit_text = section(text, "Model card and slice audit", "Trends")
+    assert "Model card: client attrition model v0001" in audit_text  # shown, not only named
+    assert card.exists()  # deployment writes it
+    # A long path wraps inside the column rather than run off the page: compare without the wraps.
+    assert "".join(f"The deployed version's model card is in {card}.".split()) in "".join(audit_text.split())
+
+
+def test_report_after_a_rollback_covers_the_serving_model(world1):
+    df = datagen.generate(150, seed=2, drift="concept", strength=0.6)
+    df.to_csv(world1.input_folder_path / "b.csv", index=False)
+    pipeline(world1)
+    with closing(history.connect(world1.history_db)) as conn:
+        deployment.rollback(world1.prod_deployment_path, conn=conn)
+    truth = deployed_truth(world1)  # v0001 serves again
+    paths = reporting.generate_report(world1)
+    assert re.fullmatch(r"report-v0001-\d{8}T\d{6}Z\.pdf", paths["pdf"].name)
+    text = pdf_text(paths["latest"])
+    assert table_row(text, "Version") == ["v0001"]
+    assert "Compared with the previous deployment, v0002 (deploy," in text
+    assert table_row(section(text, "Scores on the test data", "Ingested data"), "F1")[0] == f"{truth['f1']:.4f}"
+    # Three deployment events (deploy, deploy, rollback): the F1 trend is drawn.
+    assert len(pdf_images(paths["latest"])) == 4
