@@ -1,11 +1,13 @@
 # make demo: set-up, then the whole story on the sample data.
 # make test: set-up, then the tests.
+# make serve: the API under gunicorn on 127.0.0.1:$(PORT), one worker per core.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PORT ?= 8000
 
-.PHONY: setup demo test bench clean-outputs
+.PHONY: setup demo test bench clean-outputs serve
 
 setup: $(STAMP)
 	@# pdftotext, pdftoppm and pdfimages: the report tests read the PDF back as a person would.
@@ -34,3 +36,6 @@ test: setup
 
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+serve: setup
+	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py

@@ -80,8 +80,11 @@ def current_manifest(prod):
     return None if vdir is None else read_manifest(vdir)
 
 
-def load_version(version_dir):
-    """Unpickle a version's model after checking its SHA-256 against the manifest; return (model, manifest)."""
+def load_version(version_dir, loads=pickle.loads):
+    """Unpickle a version's model after checking its SHA-256 against the manifest; return (model, manifest).
+
+    `loads` turns the checked bytes into the model (the API passes one that needs no scikit-learn).
+    """
     manifest = read_manifest(version_dir)
     path = Path(version_dir) / "trainedmodel.pkl"
     try:
@@ -93,7 +96,7 @@ def load_version(version_dir):
     if digest != expected:
         raise DeploymentError(f"{path} does not match its manifest (sha256 {digest[:12]}, expected {expected[:12]})")
     try:
-        model = pickle.loads(data)
+        model = loads(data)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
         raise DeploymentError(f"{path} cannot be unpickled: {exc}") from None
     return model, manifest

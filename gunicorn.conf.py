@@ -1,0 +1,31 @@
+"""gunicorn settings for `make serve`: the API on the loopback interface, one worker per core.
+
+    PORT         the port (default 8000); the address is always 127.0.0.1
+    DRAS_CONFIG  the config file (default: config.json beside app.py)
+    WEB_CONCURRENCY  the number of workers (default: the number of cores)
+"""
+import os
+
+bind = f"127.0.0.1:{int(os.environ.get('PORT', '8000'))}"
+workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
+wsgi_app = f"app:create_app({os.environ.get('DRAS_CONFIG')!r})"
+# gthread keeps connections alive between requests (the sync worker closes each one), which is
+# what clients that call the API repeatedly, and the benchmark, do. One thread: the work is CPU-bound.
+worker_class = "gthread"
+threads = 1
+keepalive = 5
+timeout = 30
+graceful_timeout = 10
+# The app is built in the master and shared copy-on-write by the workers; each worker loads the
+# model itself on its first request (and again whenever the deployed version changes).
+preload_app = True
+accesslog = None
+errorlog = "-"
+loglevel = "info"
+
+
+def on_starting(server):
+    """The app's own loggers (model loads, failed loads) to stderr, like the scripts'."""
+    from settings import setup_logging
+
+    setup_logging()
