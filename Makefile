@@ -12,6 +12,8 @@ PORT ?= 8000
 setup: $(STAMP)
 	@# pdftotext, pdftoppm and pdfimages: the report tests read the PDF back as a person would.
 	@command -v pdftotext >/dev/null || (apt-get update && apt-get install -y poppler-utils)
+	@# chromium, headless: the status page's tests look at it in a real browser; make demo screenshots it.
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

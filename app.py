@@ -34,6 +34,7 @@ from werkzeug.exceptions import HTTPException
 import audit
 import deployment
 import diagnostics
+import status as status_page  # the status page (status.py); `status` is a common local name here
 from settings import FEATURES, Config, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -650,7 +651,12 @@ def create_app(config=None, fast_path=True):
 
     @app.before_request
     def check_token():
-        if request.endpoint != "health" and not service.authorized(request.headers.get("Authorization")):
+        header = request.headers.get("Authorization")
+        # --- status page (status.py): a browser sends the token as a cookie or ?token= on / only ---
+        if header is None:
+            header = status_page.bearer_from_browser(request)
+        # --- end status page ---
+        if request.endpoint != "health" and not service.authorized(header):
             resp = jsonify(error=f"a valid bearer token is required (Authorization: Bearer ..., set by {TOKEN_ENV})")
             resp.status_code = 401
             resp.headers["WWW-Authenticate"] = 'Bearer realm="dras"'
@@ -721,6 +727,10 @@ def create_app(config=None, fast_path=True):
     def internal_error(exc):
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify(error="internal server error"), 500
+
+    # --- status page (status.py): GET / and the files it links to ---
+    app.register_blueprint(status_page.bp)
+    # --- end status page ---
 
     if fast_path:
         app.wsgi_app = FastPrediction(app.wsgi_app, service, app)

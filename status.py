@@ -1,0 +1,655 @@
+"""The status page: the whole system at a glance, in a browser.
+
+    gather(cfg)       the page's facts as plain data: the deployed model, the last cycles, the
+                      next scheduled cycle, the F1 and PSI trends, slice flags, live traffic, links
+    blueprint         GET / renders templates/status.html from gather(); GET /files/<name> serves
+                      the latest report.pdf, apireturns.txt and modelcard.md (those names only)
+    python status.py --url URL --out DIR
+                      screenshots of a running page at 1280 and 390 pixels wide (headless Chromium)
+
+Every fact is read defensively: a fresh install, a table or a manifest key that does not exist yet
+shows as "no data yet" on the page, never as an error. The page reads the history database
+read-only, with a handful of indexed queries, so it costs the same with 10 or 10,000 cycles.
+
+Under the bearer-token option (DRAS_API_TOKEN) the page is protected like every other endpoint.
+A browser cannot send an Authorization header from the address bar, so `/?token=TOKEN` checks the
+token, stores it in an HttpOnly, SameSite=Strict cookie and redirects to `/`; the cookie is
+accepted on this blueprint's routes only (never on /prediction).
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, send_file
+
+import deployment
+from settings import FEATURES
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+CRONJOB = HERE / "cronjob.txt"
+BLUEPRINT = "status"
+COOKIE = "dras_token"
+REFRESH_SECONDS = 60
+CYCLE_ROWS = 20
+TREND_POINTS = 50
+TRAFFIC_WINDOWS = 60
+# The monitoring cycle's own log: a cycle with nothing to do is only logged there, not in the database.
+CYCLE_LOG = "cycles.jsonl"
+# The fixed files GET /files/<name> may serve: name -> (Config attribute of the folder, media type).
+FILES = {
+    "report.pdf": ("output_model_path", "application/pdf"),
+    "apireturns.txt": ("output_model_path", "text/plain"),
+    "modelcard.md": ("prod_deployment_path", "text/plain"),
+}
+PSI_WATCH, PSI_ACT = 0.1, 0.2
+# Chromium, headless, with nothing of its own that talks to the network.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--mute-audio", "--disable-extensions", "--disable-default-apps",
+                  "--disable-domain-reliability", "--no-pings", "--disable-client-side-phishing-detection",
+                  "--no-default-browser-check", "--disable-breakpad",
+                  "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate,"
+                  "AutofillServerCommunication,DialMediaRouteProvider",
+                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+SCREEN_WIDTHS = {"wide": (1280, 1600), "narrow": (390, 2400)}
+
+bp = Blueprint(BLUEPRINT, __name__, template_folder="templates")
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts
+# ---------------------------------------------------------------------------------------------
+
+def _iso(epoch):
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(float(epoch), timezone.utc).isoformat(timespec="seconds")
+
+
+def _epoch(value):
+    """Seconds since the epoch of an ISO 8601 text or a number; None when it is neither."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            t = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    return None
+
+
+def _number(value):
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
+
+
+def _dig(doc, *keys):
+    for key in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def _connect_ro(path):
+    """The history database opened read-only, or None when there is none: a GET never creates it."""
+    if not Path(path).exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        logger.warning("status page: cannot open %s: %s", path, exc)
+        return None
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _tables(conn):
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def deployed_model(cfg):
+    """The serving version's facts from its manifest: (facts or None, a reason when None)."""
+    try:
+        manifest = deployment.current_manifest(cfg.prod_deployment_path)
+    except deployment.DeploymentError as exc:
+        return None, f"the deployed version's manifest cannot be read: {exc}"
+    if manifest is None:
+        return None, "no model is deployed yet"
+    metrics = manifest.get("metrics") or {}
+    cv = _dig(manifest, "audit", "cross_validation") or _dig(manifest, "training", "cross_validation")
+    cross = None
+    if isinstance(cv, dict):
+        cross = {"folds": cv.get("folds"), "note": cv.get("note"),
+                 "f1_mean": _number(_dig(cv, "f1", "mean")), "f1_std": _number(_dig(cv, "f1", "std"))}
+    training = manifest.get("training") or {}
+    return {
+        "version": manifest.get("version"),
+        "deployed_at": manifest.get("deployed_at"),
+        "f1": _number(metrics.get("f1")),
+        "precision": _number(metrics.get("precision")),
+        "recall": _number(metrics.get("recall")),
+        "test_rows": metrics.get("rows"),
+        "training_rows": training.get("training_rows"),
+        "cross_validation": cross,
+        "drift_test": manifest.get("drift_test"),
+        "cycle": manifest.get("cycle"),
+    }, None
+
+
+def slice_flags(cfg):
+    """The deployed model's slices of the test data with their flags, or None when not recorded."""
+    try:
+        manifest = deployment.current_manifest(cfg.prod_deployment_path)
+    except deployment.DeploymentError:
+        return None
+    slices = _dig(manifest, "audit", "slices") or _dig(manifest, "training", "evaluation", "slices")
+    if not isinstance(slices, dict) or not isinstance(slices.get("slices"), list):
+        return None
+    rows = [{"label": s.get("label"), "rows": s.get("rows"), "f1": _number(s.get("f1")),
+             "flag": s.get("flag")} for s in slices["slices"] if isinstance(s, dict)]
+    return {"rows": rows, "overall_f1": _number(_dig(slices, "overall", "f1")),
+            "margin": _number(slices.get("margin")), "min_rows": slices.get("min_rows"),
+            "flagged": sum(1 for r in rows if r["flag"])}
+
+
+def _cycle_summary(row):
+    """One cycles row as the page shows it."""
+    try:
+        rec = json.loads(row["record"])
+    except (TypeError, json.JSONDecodeError):
+        rec = {}
+    if not isinstance(rec, dict):
+        rec = {}
+    ingestion = rec.get("ingestion") if isinstance(rec.get("ingestion"), dict) else {}
+    quarantined = ingestion.get("quarantined") or []
+    score = rec.get("score_drift") if isinstance(rec.get("score_drift"), dict) else None
+    feature = rec.get("feature_drift") if isinstance(rec.get("feature_drift"), dict) else None
+    if score is not None:
+        drift = f"{'drift' if score.get('drift') else 'no drift'} ({score.get('used') or '?'} test)"
+    elif feature is not None:
+        drift = "feature drift" if feature.get("any") else "no feature drift"
+    else:
+        drift = None
+    previous, deployed = rec.get("previous_version"), rec.get("deployed_version")
+    evidence = []
+    if score is not None and score.get("reason"):
+        evidence.append(f"Score drift ({score.get('used')} test): {score['reason']}")
+        if score.get("fallback"):
+            evidence.append(str(score["fallback"]))
+    if feature is not None:
+        parts = []
+        for name, v in (feature.get("features") or {}).items():
+            if isinstance(v, dict) and _number(v.get("psi")) is not None:
+                parts.append(f"{name} PSI {v['psi']:.3f}")
+        drifted = feature.get("drifted") or []
+        evidence.append(f"Feature drift: {', '.join(drifted) if drifted else 'none'}"
+                        + (f" ({'; '.join(parts)})" if parts else ""))
+    if isinstance(rec.get("gate"), dict) and rec["gate"].get("reason"):
+        evidence.append(f"Promotion gate: {rec['gate']['reason']}")
+    for q in quarantined:
+        if isinstance(q, dict):
+            evidence.append(f"Quarantined {q.get('name')}: {q.get('reason')}")
+    return {
+        "id": row["id"],
+        "at": _iso(row["started_at"]),
+        "finished": _iso(row["finished_at"]),
+        "decision": row["decision"] or rec.get("decision") or "unfinished",
+        "new_files": len(rec.get("new_files") or []),
+        "new_file_names": list(rec.get("new_files") or []),
+        "quarantined": len(quarantined),
+        "drift": drift,
+        "deployed": deployed if deployed is not None and deployed != previous else None,
+        "serving": deployed,
+        "errors": [str(e) for e in rec.get("errors") or []],
+        "evidence": evidence,
+        "seconds": _number(rec.get("seconds")),
+        "psi": {name: _number(v.get("psi")) for name, v in (feature.get("features") or {}).items()
+                if isinstance(v, dict)} if feature else None,
+    }
+
+
+def recent_cycles(conn, limit=CYCLE_ROWS):
+    """The last `limit` cycles recorded in the history database, newest first."""
+    rows = conn.execute("SELECT id, started_at, finished_at, decision, record FROM cycles"
+                        " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    return [_cycle_summary(r) for r in rows]
+
+
+def last_check(cfg):
+    """The last line of the cycle log (a cycle with nothing to do is only logged): {at, decision} or None."""
+    path = cfg.log_folder_path / CYCLE_LOG
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in reversed(tail.splitlines()):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("decision"):
+            return {"at": rec.get("finished_at") or rec.get("started_at"), "decision": rec["decision"]}
+    return None
+
+
+def f1_per_deployment(conn, limit=TREND_POINTS):
+    """The test F1 of the last `limit` deployments, oldest first: [{version, f1, at}]."""
+    rows = conn.execute("SELECT version, f1, at FROM deployments WHERE action = 'deploy' AND f1 IS NOT NULL"
+                        " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    return [{"version": r["version"], "f1": r["f1"], "at": _iso(r["at"])} for r in reversed(rows)]
+
+
+def psi_per_cycle(conn, limit=TREND_POINTS):
+    """Per feature, the PSI of each of the last `limit` cycles that measured feature drift, oldest first."""
+    points = []
+    for row in conn.execute("SELECT id, started_at, finished_at, decision, record FROM cycles ORDER BY id DESC LIMIT ?",
+                            (limit,)).fetchall():
+        c = _cycle_summary(row)
+        if c["psi"] and any(v is not None for v in c["psi"].values()):
+            points.append({"cycle": c["id"], "at": c["at"], "psi": c["psi"]})
+    return list(reversed(points))
+
+
+def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT):
+    """Live traffic over `windows` (online monitoring's summarized windows, newest first), or None.
+
+    Each window is a dict as monitoring.summarize returns it: window_start, window_seconds,
+    model_version, requests, rows, exits, latency_p50 and latency_p99 (seconds), psi {feature:
+    value} and level ("ok", "watch" or "act").
+    """
+    windows = [w for w in windows or [] if isinstance(w, dict)]
+    if not windows:
+        return None
+    latest = windows[0]
+    rows = sum(int(w.get("rows") or 0) for w in windows)
+    exits = sum(int(w.get("exits") or 0) for w in windows)
+    starts = [_number(w.get("window_start")) for w in windows]
+    ends = [(_number(w.get("window_start")) or 0) + (_number(w.get("window_seconds")) or 0) for w in windows
+            if _number(w.get("window_start")) is not None]
+
+    def ms(seconds):
+        return None if _number(seconds) is None else seconds * 1000
+
+    psi = latest.get("psi") if isinstance(latest.get("psi"), dict) else {}
+    return {
+        "windows": len(windows),
+        "since": _iso(min((t for t in starts if t is not None), default=None)),
+        "until": _iso(max(ends, default=None)),
+        "requests": sum(int(w.get("requests") or 0) for w in windows),
+        "rows": rows,
+        "exit_share": exits / rows if rows else None,
+        "p50_ms": ms(latest.get("latency_p50")),
+        "p99_ms": ms(latest.get("latency_p99")),
+        "model_version": latest.get("model_version"),
+        "level": latest.get("level"),
+        "psi": {name: _number(v) for name, v in psi.items()},
+        "watch": watch, "act": act,
+    }
+
+
+def live_traffic(conn, cfg, limit=TRAFFIC_WINDOWS):
+    """The last `limit` windows online monitoring (monitoring.py) recorded, summed; None before it has any."""
+    try:
+        import monitoring
+    except ImportError:  # online monitoring is not installed with this code
+        return None
+    try:
+        found = monitoring.recent_windows(conn, cfg, limit=limit)
+    except (AttributeError, KeyError, ValueError, sqlite3.Error) as exc:
+        logger.warning("status page: live traffic unreadable: %s", exc)
+        return None
+    return traffic_summary(found, getattr(cfg, "psi_watch", PSI_WATCH), getattr(cfg, "psi_act", PSI_ACT))
+
+
+_TRIGGERS = {}
+
+
+def next_cycle(now=None, path=None):
+    """The schedule in cronjob.txt and its next run: {expr, next} or {error}; None without cronjob.txt."""
+    path = CRONJOB if path is None else path
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return {"error": f"cannot read {Path(path).name}: {exc.strerror}"}
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")), None)
+    if line is None or len(line.split()) < 6:
+        return {"error": f"{Path(path).name} holds no crontab line"}
+    expr = " ".join(line.split()[:5])
+    trigger = _TRIGGERS.get(expr)
+    if trigger is None:
+        from apscheduler.triggers.cron import CronTrigger  # only when there is a schedule to read
+
+        try:
+            trigger = CronTrigger.from_crontab(expr)
+        except ValueError as exc:
+            return {"error": f"{Path(path).name}: {exc}"}
+        _TRIGGERS[expr] = trigger
+    now = datetime.now(timezone.utc) if now is None else now
+    when = trigger.get_next_fire_time(None, now.astimezone(trigger.timezone))
+    return {"expr": expr, "next": when.astimezone(timezone.utc).isoformat(timespec="seconds") if when else None}
+
+
+def links(cfg):
+    """The report, the API returns, the model card and the API description, each with whether it exists."""
+    out = []
+    for name, (folder, _) in FILES.items():
+        path = getattr(cfg, folder) / name
+        try:
+            st = path.stat()
+        except OSError:
+            out.append({"name": name, "href": f"files/{name}", "available": False, "at": None})
+            continue
+        out.append({"name": name, "href": f"files/{name}", "available": True, "at": _iso(st.st_mtime),
+                    "bytes": st.st_size})
+    out.append({"name": "openapi.json", "href": "openapi.json", "available": True, "at": None})
+    return out
+
+
+def gather(cfg, now=None, cronjob=None) -> dict:
+    """Everything the status page shows, as plain data (see the module docstring)."""
+    now = datetime.now(timezone.utc) if now is None else now
+    model, model_note = deployed_model(cfg)
+    facts = {
+        "now": now.isoformat(timespec="seconds"),
+        "model": model, "model_note": model_note,
+        "slices": slice_flags(cfg) if model else None,
+        "cycles": [], "last_cycle": None, "last_check": last_check(cfg),
+        "f1_trend": [], "psi_trend": [], "traffic": None,
+        "schedule": next_cycle(now, cronjob),
+        "links": links(cfg),
+        "history": "absent",
+    }
+    check, conn_finished = facts["last_check"], None
+    conn = _connect_ro(cfg.history_db)
+    if conn is None:
+        return facts
+    try:
+        tables = _tables(conn)
+        facts["history"] = "present"
+        if "cycles" in tables:
+            facts["cycles"] = recent_cycles(conn)
+            facts["last_cycle"] = facts["cycles"][0] if facts["cycles"] else None
+            row = conn.execute("SELECT finished_at, started_at FROM cycles ORDER BY id DESC LIMIT 1").fetchone()
+            conn_finished = (row[0] or row[1]) if row else None
+            facts["psi_trend"] = psi_per_cycle(conn)
+        if "deployments" in tables:
+            facts["f1_trend"] = f1_per_deployment(conn)
+        facts["traffic"] = live_traffic(conn, cfg)
+    except sqlite3.Error as exc:
+        logger.warning("status page: reading %s failed: %s", cfg.history_db, exc)
+        facts["history"] = f"unreadable: {exc}"
+    finally:
+        conn.close()
+    if check and facts["last_cycle"]:
+        # Show the logged check only when it is newer than the last recorded cycle (the log's
+        # times are whole seconds, the database's are not: the cycle's own line is never newer).
+        last = conn_finished
+        if _epoch(check["at"]) is None or last is None or _epoch(check["at"]) <= last:
+            facts["last_check"] = None
+    return facts
+
+
+# ---------------------------------------------------------------------------------------------
+# Presentation: charts and wording, from the facts
+# ---------------------------------------------------------------------------------------------
+
+def line_chart(series, y_max=None, thresholds=(), width=640, height=220):
+    """Geometry of an SVG line chart: series is [(name, [(label, value or None), ...])], same labels.
+
+    Returns the view box, one polyline and its points per series, y ticks, the first and last
+    x labels and horizontal threshold lines, all in SVG user units; None when nothing to draw.
+    """
+    values = [v for _, pts in series for _, v in pts if v is not None]
+    if not values:
+        return None
+    left, right, top, bottom = 58, 16, 12, 34
+    n = max(len(pts) for _, pts in series)
+    top_value = y_max if y_max is not None else max(max(values), *(t for t, _ in thresholds)) * 1.15 or 1.0
+    step = _nice_step(top_value / 4)
+    top_value = math.ceil(top_value / step - 1e-9) * step
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(i):
+        return left + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
+
+    def y(v):
+        return top + plot_h * (1 - min(v, top_value) / top_value)
+
+    lines = []
+    for k, (name, pts) in enumerate(series):
+        coords = [(round(x(i), 1), round(y(v), 1), label, v) for i, (label, v) in enumerate(pts) if v is not None]
+        lines.append({"name": name, "index": k, "points": " ".join(f"{a},{b}" for a, b, _, _ in coords),
+                      "dots": [{"x": a, "y": b, "label": lab, "value": v} for a, b, lab, v in coords]})
+    labels = series[0][1]
+    ticks = [{"y": round(y(t * step), 1), "text": _tick_text(t * step, step)}
+             for t in range(int(round(top_value / step)) + 1)]
+    return {
+        "width": width, "height": height, "left": left, "right": width - right, "top": top,
+        "bottom": top + plot_h, "lines": lines, "ticks": ticks,
+        "first": {"x": round(x(0), 1), "text": labels[0][0]} if labels else None,
+        "last": {"x": round(x(len(labels) - 1), 1), "text": labels[-1][0]} if len(labels) > 1 else None,
+        "thresholds": [{"y": round(y(t), 1), "text": text} for t, text in thresholds if t <= top_value],
+    }
+
+
+def _nice_step(raw):
+    if raw <= 0:
+        return 1.0
+    mag = 10 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+
+
+def _tick_text(value, step):
+    text = f"{step:g}"
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return f"{value:.{decimals}f}"
+
+
+def ago(iso, now):
+    """'5 min ago', 'in 3 min' and the like, between two ISO 8601 times."""
+    t, n = _epoch(iso), _epoch(now)
+    if t is None or n is None:
+        return ""
+    d = t - n
+    words = "in {}" if d > 0 else "{} ago"
+    d = abs(d)
+    if d < 90:
+        span = f"{int(round(d))} s"
+    elif d < 90 * 60:
+        span = f"{int(round(d / 60))} min"
+    elif d < 36 * 3600:
+        span = f"{d / 3600:.1f} h"
+    else:
+        span = f"{d / 86400:.1f} days"
+    return words.format(span)
+
+
+def shown_time(iso):
+    """An ISO 8601 time as 'YYYY-MM-DD HH:MM UTC'."""
+    t = _epoch(iso)
+    if t is None:
+        return iso or ""
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def view(facts) -> dict:
+    """The template's context: the facts plus the charts drawn from them."""
+    f1 = facts["f1_trend"]
+    f1_chart = line_chart([("test F1", [(f"v{p['version']}", p["f1"]) for p in f1])], y_max=1.0) if f1 else None
+    psi = facts["psi_trend"]
+    psi_chart = None
+    if psi:
+        names = [n for n in FEATURES if any(n in p["psi"] for p in psi)]
+        names += sorted({n for p in psi for n in p["psi"]} - set(names))
+        psi_chart = line_chart([(n, [(f"cycle {p['cycle']}", p["psi"].get(n)) for p in psi]) for n in names],
+                               thresholds=((PSI_WATCH, "watch 0.1"), (PSI_ACT, "act 0.2")))
+    return {"facts": facts, "f1_chart": f1_chart, "psi_chart": psi_chart, "refresh": REFRESH_SECONDS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes
+# ---------------------------------------------------------------------------------------------
+
+def bearer_from_browser(req):
+    """The Authorization value a browser stands for on this blueprint's routes (the cookie or ?token=)."""
+    if req.blueprint != BLUEPRINT:
+        return None
+    token = req.args.get("token") or req.cookies.get(COOKIE)
+    return f"Bearer {token}" if token else None
+
+
+def _service():
+    return current_app.extensions["dras"]
+
+
+@bp.after_request
+def headers(resp):
+    # Nothing from outside, ever: the page and its files may load only from this server.
+    resp.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:;"
+                                               " form-action 'none'; base-uri 'none'; frame-ancestors 'self'")
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.get("/")
+def page():
+    service = _service()
+    token = request.args.get("token")
+    if token is not None:
+        # The app checked the token before this view: keep it in a cookie and drop it from the address bar.
+        resp = redirect(request.script_root + "/", code=303)
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path=request.script_root or "/",
+                        secure=request.is_secure)
+        return resp
+    started = time.perf_counter()
+    facts = gather(service.cfg)
+    html = render_template("status.html", **view(facts), ago=ago, shown_time=shown_time)
+    logger.debug("status page in %.1f ms", (time.perf_counter() - started) * 1000)
+    return html
+
+
+@bp.get("/files/<name>")
+def files(name):
+    if name not in FILES:
+        abort(404)
+    folder, mimetype = FILES[name]
+    cfg = _service().cfg
+    path = getattr(cfg, folder) / name
+    if not path.is_file():
+        return jsonify(error=f"{name} has not been produced yet"), 404
+    return send_file(path, mimetype=mimetype, max_age=0, conditional=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Headless Chromium: screenshots for `make demo` (and the browser tests)
+# ---------------------------------------------------------------------------------------------
+
+class BrowserError(Exception):
+    """Chromium is missing, cannot start, or failed on the page."""
+
+
+def chromium():
+    """The Chromium executable, or raise BrowserError saying how to install it."""
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise BrowserError("chromium is not installed (make setup installs it: apt-get install -y chromium)")
+
+
+def run_chromium(url, *args, width=1280, height=1600, timeout=60, netlog=None):
+    """Run headless Chromium on `url` with `args` (--dump-dom, --screenshot=...) and a fresh profile.
+
+    Returns its stdout. Raises BrowserError with Chromium's own words when it fails.
+    """
+    exe = chromium()
+    with tempfile.TemporaryDirectory(prefix="dras-chromium-") as profile:
+        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+               *([f"--log-net-log={netlog}"] if netlog else []), *args, url]
+        try:
+            # Its own process group: on a timeout, the browser's helper processes go with it.
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=profile,
+                                    start_new_session=True)
+        except OSError as exc:
+            raise BrowserError(f"chromium cannot start: {exc}") from None
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise BrowserError(f"chromium did not finish within {timeout}s on {url}") from None
+    if proc.returncode != 0:
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
+        raise BrowserError(f"chromium exited with {proc.returncode}: {tail}")
+    return stdout
+
+
+def _check_page(url, timeout=10):
+    """Raise BrowserError unless `url` answers 200 (Chromium would screenshot its error page)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        raise BrowserError(f"{url} answered {exc.code}: {exc.read(300).decode('utf-8', 'replace').strip()}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise BrowserError(f"{url} cannot be reached: {getattr(exc, 'reason', exc)}") from None
+
+
+def screenshots(url, out_dir, widths=SCREEN_WIDTHS):
+    """Save the page at `url` as status-<name>.png in out_dir for each width; return the paths."""
+    chromium()
+    _check_page(url)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (width, height) in widths.items():
+        path = out_dir / f"status-{name}.png"
+        run_chromium(url, f"--screenshot={path}", width=width, height=height)
+        if not path.exists():
+            raise BrowserError(f"chromium wrote no screenshot of {url}")
+        paths.append(path)
+    return paths
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Save screenshots of the running status page (headless Chromium).")
+    parser.add_argument("--url", default="http://127.0.0.1:8000/", help="the page's address")
+    parser.add_argument("--out", required=True, help="folder for status-wide.png and status-narrow.png")
+    args = parser.parse_args(argv)
+    try:
+        for path in screenshots(args.url, args.out):
+            print(f"screenshot: {path}")
+    except BrowserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
