@@ -41,6 +41,7 @@ SCHEMA = {
     "package_index_url": (str, "https://pypi.org/simple"),
     "max_request_bytes": (int, 16 * 1024 * 1024),
     "cv_folds": (int, 5),
+    "cv_max_rows": (int, 100_000),
     "slices": (dict, None),
     "slice_margin": (float, 0.1),
     "slice_min_rows": (int, 10),
@@ -87,6 +88,7 @@ class Config:
     package_index_url: str
     max_request_bytes: int
     cv_folds: int
+    cv_max_rows: int
     slices: dict
     slice_margin: float
     slice_min_rows: int
@@ -203,6 +205,8 @@ def load_config(path=None) -> Config:
         raise ConfigError("config key 'keep_versions' must be at least 2, so a rollback has somewhere to go")
     if not 0 < values["drift_significance_level"] < 1:
         raise ConfigError("config key 'drift_significance_level' must be between 0 and 1")
+    if values["cv_max_rows"] < 0:
+        raise ConfigError("config key 'cv_max_rows' must be 0 (every row) or a positive number of rows")
     if values["cv_folds"] == 1 or values["cv_folds"] < 0:
         raise ConfigError("config key 'cv_folds' must be 0 (off) or at least 2")
     if not 0 <= values["slice_margin"] <= 1:

@@ -436,3 +436,20 @@ def test_a_new_delivery_is_cut_on_the_deployed_models_slices(trained):
     assert result["overall"] == scoring.metrics(delivery["exited"].to_numpy(),
                                                 model.predict(delivery[list(audit.FEATURES)].astype("float64")))
     assert audit.slices_for_config(cfg, model, delivery, {"training": {}}) is None
+
+
+def test_cross_validation_on_many_rows_uses_a_stratified_sample():
+    import datagen
+    from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
+
+    from training import build_model, training_frame
+
+    X, y = training_frame(datagen.generate(3000, seed=8))
+    params = {"C": 1.0, "max_iter": 1000, "class_weight": None, "random_state": 0}
+    cv = audit.cross_validation(build_model(params), X, y, folds=3, seed=4, max_rows=1000)
+    Xs, _, ys, _ = train_test_split(X, y, train_size=1000, stratify=y, random_state=4)
+    by_hand = cross_validate(build_model(params), Xs, ys, cv=StratifiedKFold(3, shuffle=True, random_state=4),
+                             scoring="f1")
+    assert cv["rows"] == 1000
+    assert cv["note"] == "on a stratified sample of 1000 of 3000 rows"
+    assert cv["f1"]["folds"] == [float(v) for v in by_hand["test_score"]]
