@@ -324,6 +324,11 @@ class Cycle:
                 rounds=cfg.drift_bootstrap_rounds, min_history=cfg.drift_min_history, seed=0,
                 extra_reference_rows=held_out_df)
         self.record["score_drift"] = decision
+        with self.step("slices"):
+            import audit
+
+            # The new rows cut on the deployed model's recorded slices: the report can then show a slice worsening.
+            self.record["slices_new"] = audit.slices_for_config(cfg, model, complete, manifest)
         if decision.get("fallback"):
             logger.info("drift test: %s", decision["fallback"])
         logger.info("score drift (%s): %s", decision["used"], decision["reason"])
