@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: setup demo test bench clean-outputs serve
+.PHONY: setup demo test bench clean-outputs serve cron-install cron-uninstall
 
 setup: $(STAMP)
 	@# pdftotext, pdftoppm and pdfimages: the report tests read the PDF back as a person would.
@@ -25,19 +25,29 @@ clean-outputs:
 	find production_deployment -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 
 demo: setup clean-outputs
-	$(PY) ingestion.py --input-folder practicedata
-	$(PY) training.py
-	$(PY) scoring.py
-	$(PY) deployment.py
-	$(PY) deployment.py --list
-	$(PY) reporting.py
-	$(PY) diagnostics.py
+	scripts/demo.sh
 
 test: setup
 	$(PY) -m pytest -q
 
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# cronjob.txt with its placeholders filled: every ten minutes, absolute paths, logging to logs/cron.log.
+CRON_MARK := $(CURDIR)/fullprocess.py
+CRON_LINE = sed -e 's|@PYTHON@|$(CURDIR)/$(PY)|g' -e 's|@REPO@|$(CURDIR)|g' cronjob.txt
+
+cron-install:
+	@command -v crontab >/dev/null || (apt-get update && apt-get install -y cron)
+	@test -x $(PY) || $(MAKE) setup
+	@(crontab -l 2>/dev/null | grep -vF '$(CRON_MARK)'; $(CRON_LINE)) | crontab -
+	@echo "installed in the crontab of $$(id -un):"
+	@crontab -l | grep -F '$(CRON_MARK)'
+
+cron-uninstall:
+	@command -v crontab >/dev/null || (apt-get update && apt-get install -y cron)
+	@(crontab -l 2>/dev/null | grep -vF '$(CRON_MARK)' || true) | crontab -
+	@echo "removed the monitoring cycle from the crontab of $$(id -un)"
 
 serve: setup
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py

@@ -31,6 +31,7 @@ import numpy as np
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+import audit
 import deployment
 import diagnostics
 import monitoring
@@ -509,7 +510,10 @@ class Service:
                               or p.directory is None)
                 self._scores = {key: self._score_here(p) if in_process else self._score_in_helper(p)}
             result = self._scores[key]
-        return {"model_version": p.version, **result}
+        # The audit recorded at training (cross-validated score, slices of the test data with flags).
+        return {"model_version": p.version, **result,
+                "cross_validation": audit.cross_validation_for_deployment(p.manifest),
+                "slices": audit.slices_for_deployment(p.manifest)}
 
     def _score_here(self, p):
         import scoring

@@ -1,7 +1,9 @@
-"""Writing files so that a reader, or a crash, never sees one half-written."""
-import hashlib
+"""Writing files so that a reader, or a crash, never sees one half-written.
+
+hashlib and tempfile are imported where used: the monitoring cycle's idle path imports this
+module and must stay fast.
+"""
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -15,6 +17,8 @@ def _fsync_dir(folder: Path):
 
 def write_bytes(path, data: bytes):
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -36,6 +40,8 @@ def write_text(path, text: str):
 
 def write_with(path, writer):
     """Call `writer(tmp_path)` to produce the file, then move it into place atomically."""
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -52,6 +58,8 @@ def write_with(path, writer):
 
 
 def sha256_file(path) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

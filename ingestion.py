@@ -12,9 +12,7 @@ Rules (README, "Ingestion rules"):
 pandas is imported inside the functions that parse, so that looking for new files (the monitoring
 cycle's frequent "nothing to do" path) stays fast.
 """
-import argparse
 import csv
-import hashlib
 import io
 import logging
 import os
@@ -53,6 +51,7 @@ class IngestResult:
     skipped: list = field(default_factory=list)       # names already ingested (same content)
     total_rows: int = 0
     seconds: float = 0.0
+    frames: dict = field(default_factory=dict, repr=False)  # sha256 -> parsed rows of each ingested file
 
     def as_dict(self):
         return {"ingested": self.ingested, "quarantined": self.quarantined, "skipped": self.skipped,
@@ -192,12 +191,12 @@ def _first_bad_value(pd, text, na_values) -> str:
     return "values that are not whole non-negative numbers"
 
 
-def read_finaldata(path):
-    """Read finaldata.csv with the schema's dtypes (nullable integers keep missing values)."""
+def read_finaldata(path, nrows=None):
+    """Read finaldata.csv (its first `nrows` rows, if given) with the schema's dtypes (nullable integers keep missing values)."""
     import pandas as pd
 
     return pd.read_csv(path, dtype={"corporation": "str", **{c: "Int64" for c in NUMERIC}},
-                       keep_default_na=False, na_values={c: [""] for c in COLUMNS})
+                       keep_default_na=False, na_values={c: [""] for c in COLUMNS}, nrows=nrows)
 
 
 def summarize(df) -> tuple:
@@ -244,6 +243,8 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
     Good files are merged with what was ingested before and deduplicated; bad files are
     quarantined. Returns what happened to each file.
     """
+    import hashlib  # here, not at the top: the cycle's idle path imports this module
+
     import pandas as pd
 
     started = time.perf_counter()
@@ -291,6 +292,7 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
                     history.record_json(conn, "ingested_files", name=path.name, sha256=digest,
                                         rows=len(df), folder=str(path.parent), at=now)
                     result.ingested.append({"name": path.name, "sha256": digest, "rows": len(df)})
+                    result.frames[digest] = df
                 history.record_json(conn, "summaries", at=now, rows=len(merged), stats=stats, missing=missing)
                 history.record_timing(conn, "ingestion", time.perf_counter() - started, now)
             write_ingested_list(conn, cfg.ingested_list)
@@ -308,6 +310,8 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
 
 
 def main(argv=None):
+    import argparse  # here, not at the top: the cycle's idle path imports this module
+
     parser = argparse.ArgumentParser(description="Ingest new delivery files into finaldata.csv.")
     parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
     parser.add_argument("--input-folder", help="ingest from this folder instead of input_folder_path")

@@ -120,6 +120,12 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
         dependencies = diagnostics.outdated_packages_list(cfg, timeout=2.0)
     summaries = past["summaries"]
     training = manifest.get("training", {})
+    if audit is None:
+        import audit as audit_module
+
+        audit = audit_module.report_audit(manifest)
+        if audit is not None:
+            audit["from_card"] = True
     return {
         "generated_at": datetime.now(timezone.utc),
         "model": {
@@ -507,6 +513,36 @@ def _drift_section(doc, data, W):
         doc.para("No feature-drift result in this cycle's record.")
 
 
+def _markdown_table(doc, lines, W):
+    rows = [[c.strip().replace("`", "").replace("**", "") for c in line.strip().strip("|").split("|")]
+            for line in lines if not set(line.replace("|", "").strip()) <= set("-: ")]
+    longest = [min(max(len(r[i]) for r in rows), 40) + 4 for i in range(len(rows[0]))]
+    doc.table(rows, [W * n / sum(longest) for n in longest], numeric_from=None)
+
+
+def _markdown(doc, text, W):
+    """The model card's markdown (headings, bullets, pipe tables, paragraphs) as report flowables."""
+    lines, i = text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("|"):
+            j = i
+            while j < len(lines) and lines[j].strip().startswith("|"):
+                j += 1
+            _markdown_table(doc, lines[i:j], W)
+            doc.space(2)
+            i = j
+            continue
+        plain = line.replace("`", "").replace("**", "")
+        if line.startswith("#"):
+            doc.para(plain.lstrip("#").strip(), doc.lead)
+        elif line.startswith("- "):
+            doc.para("\u2022 " + plain[2:], doc.small)
+        elif line:
+            doc.para(plain, doc.small)
+        i += 1
+
+
 def _audit_section(doc, data, W):
     audit = data["audit"]
     doc.heading("Model card and slice audit")
@@ -515,10 +551,10 @@ def _audit_section(doc, data, W):
         if data["model"]["card"]:
             doc.para(f"The deployed version's model card is in {data['model']['card']}.")
         return
+    if audit.get("from_card") and data["model"]["card"]:
+        doc.para(f"The deployed version's model card is in {data['model']['card']}. It reads:")
     if audit.get("markdown"):
-        for line in str(audit["markdown"]).splitlines():
-            if line.strip():
-                doc.para(line.strip(), doc.small)
+        _markdown(doc, str(audit["markdown"]), W)
     sections = audit.get("sections") or []
     if isinstance(sections, dict):
         sections = [{"title": k, "text": v} for k, v in sections.items()]

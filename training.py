@@ -100,7 +100,8 @@ def run(cfg, conn=None):
     df = read_finaldata(cfg.finaldata)
     model = train(df, cfg.model)
     X, y = training_frame(df)
-    cv = audit.cross_validation(build_model(cfg.model), X, y, cfg.cv_folds, seed=cfg.model["random_state"])
+    cv = audit.cross_validation(build_model(cfg.model), X, y, cfg.cv_folds, seed=cfg.model["random_state"],
+                                max_rows=cfg.cv_max_rows)
     definitions = audit.slice_definitions(cfg.slices, X)
     evaluation = audit.evaluate_test(model, cfg.test_data_file, definitions, cfg.slice_margin, cfg.slice_min_rows)
     if "error" in evaluation:

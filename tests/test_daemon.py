@@ -1,0 +1,205 @@
+"""The cycle as real processes: two at once, one SIGKILLed mid-work and rerun, the daemon under SIGTERM.
+
+The processes run the real fullprocess.main with `publish` replaced by a stand-in that appends
+what it was asked to publish to output_folder_path/published.jsonl (the report and the API
+returns are tested by their own modules and by the end-to-end test).
+"""
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+import deployment
+import fullprocess
+import ingestion
+from conftest import REPO, write_delivery
+
+WRAPPER = """
+import json, sys
+import fullprocess
+
+def publish(cfg, record):
+    with open(cfg.output_folder_path / "published.jsonl", "a") as f:
+        f.write(json.dumps({"version": record["deployed_version"], "decision": record["decision"]}) + "\\n")
+    return {"report": "stand-in", "apireturns": "stand-in"}
+
+fullprocess.publish = publish
+sys.exit(fullprocess.main(sys.argv[1:]))
+"""
+
+
+def cycle_cmd(cfg, *args):
+    return [sys.executable, "-c", WRAPPER, "--config", str(cfg.path), *args]
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def run(cfg, *args, timeout=120):
+    return subprocess.run(cycle_cmd(cfg, *args), cwd=cfg.base, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def published(cfg):
+    path = cfg.output_folder_path / "published.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def decisions(cfg):
+    with sqlite3.connect(cfg.history_db) as conn:
+        return conn.execute("SELECT decision, finished_at IS NOT NULL FROM cycles ORDER BY id").fetchall()
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_two_cycles_at_once_one_works_one_exits(world):
+    write_delivery(world, "first.csv", rows=20000, seed=1)
+    procs = [subprocess.Popen(cycle_cmd(world), cwd=world.base, env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    locked = [err for _, err in outs if "another cycle holds" in err]
+    worked = [err for _, err in outs if "cycle finished: cold start: deployed" in err]
+    assert len(locked) == 1 and len(worked) == 1
+    assert "step:" not in locked[0]
+    assert decisions(world) == [(fullprocess.COLD_START, 1)]
+    assert published(world) == [{"version": 1, "decision": fullprocess.COLD_START}]
+    assert len(ingestion.read_finaldata(world.finaldata)) == 20000
+
+
+def expected_finaldata(cfg, names):
+    frames = [ingestion.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n in names]
+    return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+
+
+def assert_consistent(cfg, names):
+    """finaldata, the history and production agree, whatever happened before."""
+    final = ingestion.read_finaldata(cfg.finaldata)
+    assert final.to_csv(index=False) == expected_finaldata(cfg, names).to_csv(index=False)
+    with sqlite3.connect(cfg.history_db) as conn:
+        files = conn.execute("SELECT name, sha256 FROM ingested_files ORDER BY id").fetchall()
+        summary_rows = conn.execute("SELECT rows FROM summaries ORDER BY id DESC LIMIT 1").fetchone()[0]
+        last = conn.execute("SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
+        unfinished = conn.execute("SELECT count(*) FROM cycles WHERE finished_at IS NULL").fetchone()[0]
+    assert files == [(n, sha(cfg.input_folder_path / n)) for n in names]
+    assert summary_rows == len(final)
+    assert unfinished == 0
+    model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
+    current = deployment.current_dir(cfg.prod_deployment_path)
+    for name, meta in manifest["files"].items():
+        assert sha(current / name) == meta["sha256"], name
+    assert last == (manifest["version"], manifest["files"]["trainedmodel.pkl"]["sha256"])
+    return manifest
+
+
+def stand_in(cfg, record):
+    """The in-process twin of WRAPPER's publish."""
+    with open(cfg.output_folder_path / "published.jsonl", "a") as f:
+        f.write(json.dumps({"version": record["deployed_version"], "decision": record["decision"]}) + "\n")
+    return {"report": "stand-in", "apireturns": "stand-in"}
+
+
+# Killed right after the step starts: mid-ingestion (finaldata written or not, history not yet),
+# mid-training (the drift decision made but not recorded), mid-deployment (a version folder half
+# built, or built but not serving, or serving but not in the history).
+@pytest.mark.parametrize("stage", ["ingestion", "training", "deployment"])
+def test_a_cycle_killed_mid_work_is_finished_by_the_next(world, stage):
+    write_delivery(world, "first.csv", rows=2000, seed=1)
+    assert fullprocess.run_cycle(world, publisher=stand_in)["decision"] == fullprocess.COLD_START
+    write_delivery(world, "shifted.csv", rows=8000, seed=2, drift="concept", strength=1.0)
+    seen = []
+    with subprocess.Popen(cycle_cmd(world), cwd=world.base, env=env(), stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stderr:
+            seen.append(line)
+            if f"step: {stage}" in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    again = run(world)
+    assert again.returncode == 0, again.stderr
+    manifest = assert_consistent(world, ["first.csv", "shifted.csv"])
+    # the drifted delivery was decided on and the model retrained on everything
+    assert manifest["version"] >= 2
+    assert manifest["training"]["training_rows"] == 10000
+    assert (world.prod_deployment_path / "ingestedfiles.txt").read_text() == "first.csv\nshifted.csv\n"
+    assert published(world)[-1]["version"] == manifest["version"]
+    rows = decisions(world)
+    assert rows[0] == (fullprocess.COLD_START, 1)
+    assert all(done for _, done in rows)
+    assert rows[-1][0] in (fullprocess.REDEPLOYED, fullprocess.PUBLISHED, fullprocess.NO_DRIFT)
+    assert fullprocess.run_cycle(world, publisher=stand_in)["decision"] == fullprocess.NO_NEW_DATA
+    assert decisions(world) == rows
+    assert_consistent(world, ["first.csv", "shifted.csv"])
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_daemon_runs_cycles_and_stops_on_sigterm(world):
+    write_delivery(world, "first.csv", rows=200, seed=1)
+    log = world.log_folder_path / "cycles.jsonl"
+    proc = subprocess.Popen(cycle_cmd(world, "--daemon", "--schedule", "*/1 * * * * *"), cwd=world.base,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # the first scheduled cycle does the cold start; a later one finds nothing to do
+        assert wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines[0]["decision"] == fullprocess.COLD_START
+    assert {line["decision"] for line in lines[1:]} == {fullprocess.NO_NEW_DATA}
+    assert "daemon started: schedule '*/1 * * * * *'" in err
+    assert "received SIGTERM: stopping after any running cycle" in err
+    assert err.rstrip().endswith("daemon stopped")
+    assert published(world) == [{"version": 1, "decision": fullprocess.COLD_START}]
+
+
+def test_the_daemon_logs_a_failing_cycle_and_keeps_going(world):
+    world.test_data_file.write_text("corporation,exited\n")  # every cycle fails at scoring
+    write_delivery(world, "first.csv", rows=200, seed=1)
+    log = world.log_folder_path / "cycles.jsonl"
+    proc = subprocess.Popen(cycle_cmd(world, "--daemon", "--schedule", "*/1 * * * * *"), cwd=world.base,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {line["decision"] for line in lines} == {fullprocess.FAILED}
+    assert "scheduled cycle failed: ScoringError: test data" in err
+    assert "received SIGINT" in err
+    assert deployment.current_manifest(world.prod_deployment_path) is None
+
+
+def test_the_daemon_refuses_a_bad_schedule(world):
+    result = run(world, "--daemon", "--schedule", "every minute")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: a schedule has 5 crontab fields (or 6, seconds first), not 2: 'every minute'")

@@ -1,0 +1,553 @@
+"""The monitoring cycle's decisions, in-process with a recording publisher, and its crash recovery."""
+import json
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+import deployment
+import fullprocess
+import ingestion
+from conftest import make_config, write_delivery
+from settings import FEATURES, TARGET, load_config
+
+
+class Publisher:
+    """Stands in for reporting + apicalls: remembers each record it was asked to publish."""
+
+    def __init__(self, fail=False):
+        self.records = []
+        self.fail = fail
+
+    def __call__(self, cfg, record):
+        self.records.append(json.loads(json.dumps(record, default=str)))
+        if self.fail:
+            raise OSError("disk full while writing the report")
+        return {"report": str(cfg.output_folder_path / "report.pdf"), "apireturns": "apireturns.txt"}
+
+
+@pytest.fixture
+def published(monkeypatch):
+    pub = Publisher()
+    monkeypatch.setattr(fullprocess, "publish", pub)
+    return pub
+
+
+def cycles(cfg):
+    with sqlite3.connect(cfg.history_db) as conn:
+        return [(r[0], r[1], json.loads(r[2])) for r in
+                conn.execute("SELECT id, decision, record FROM cycles ORDER BY id")]
+
+
+def log_lines(cfg):
+    return [json.loads(line) for line in (cfg.log_folder_path / "cycles.jsonl").read_text().splitlines()]
+
+
+def deployed_version(cfg):
+    return deployment.current_manifest(cfg.prod_deployment_path)["version"]
+
+
+def f1_on(model, df):
+    df = df.dropna()
+    return float(f1_score(df[TARGET].astype("int64"), model.predict(df[list(FEATURES)].astype("float64")),
+                          zero_division=0))
+
+
+def cold_start(cfg, published, rows=200, seed=1):
+    write_delivery(cfg, "first.csv", rows=rows, seed=seed)
+    rec = fullprocess.run_cycle(cfg)
+    assert rec["decision"] == fullprocess.COLD_START
+    return rec
+
+
+def test_no_data_yet(world, published):
+    rec = fullprocess.run_cycle(world)
+    assert rec["decision"] == fullprocess.NO_DATA_YET
+    assert rec["errors"] == []
+    assert deployment.current_manifest(world.prod_deployment_path) is None
+    assert published.records == []
+    assert cycles(world) == []  # nothing happened: logged, not recorded
+    assert [line["decision"] for line in log_lines(world)] == ["no data yet"]
+
+
+def test_cold_start_ingests_trains_deploys_and_publishes(world, published):
+    rec = cold_start(world, published)
+    assert rec["new_files"] == ["first.csv"]
+    assert rec["deployed_version"] == 1 and rec["previous_version"] is None
+    assert rec["published_version"] == 1
+    assert len(ingestion.read_finaldata(world.finaldata)) == 200
+    assert (world.prod_deployment_path / "ingestedfiles.txt").read_text() == "first.csv\n"
+    # the publisher saw the finished decision and the version it is publishing
+    assert len(published.records) == 1
+    assert published.records[0]["decision"] == fullprocess.COLD_START
+    assert published.records[0]["deployed_version"] == 1
+    assert [(c[0], c[1]) for c in cycles(world)] == [(1, fullprocess.COLD_START)]
+    assert log_lines(world)[-1]["decision"] == fullprocess.COLD_START
+
+
+def test_no_new_data_does_nothing(world, published):
+    cold_start(world, published)
+    before = world.finaldata.read_bytes()
+    rec = fullprocess.run_cycle(world)
+    assert rec["decision"] == fullprocess.NO_NEW_DATA
+    assert rec["new_files"] == [] and rec["errors"] == []
+    assert deployed_version(world) == 1
+    assert world.finaldata.read_bytes() == before
+    assert len(published.records) == 1
+    assert [c[1] for c in cycles(world)] == [fullprocess.COLD_START]
+    assert [line["decision"] for line in log_lines(world)] == [fullprocess.COLD_START, fullprocess.NO_NEW_DATA]
+
+
+def test_concept_drift_retrains_redeploys_and_publishes(world, published):
+    cold_start(world, published)
+    deployed_f1 = float((world.prod_deployment_path / "latestscore.txt").read_text())
+    old_model, _ = deployment.load_deployed(world.prod_deployment_path)
+    path = write_delivery(world, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(world)
+    new_f1 = f1_on(old_model, ingestion.parse_delivery(path.read_bytes()))
+    assert new_f1 < deployed_f1
+    assert rec["decision"] == fullprocess.REDEPLOYED
+    sd = rec["score_drift"]
+    assert (sd["test"], sd["used"], sd["drift"], sd["new_rows"]) == ("raw", "raw", True, 300)
+    assert sd["new_f1"] == new_f1 and sd["deployed_f1"] == deployed_f1
+    assert rec["new_rows"] == {"rows": 300, "complete": 300}
+    assert set(rec["feature_drift"]["features"]) == set(FEATURES)
+    import audit
+
+    _, first_manifest = deployment.load_version(world.prod_deployment_path / "versions" / "v0001")
+    definitions = first_manifest["training"]["slice_definitions"]
+    assert rec["slices_new"] == audit.slices_for_rows(old_model, ingestion.parse_delivery(path.read_bytes()),
+                                                      definitions, world.slice_margin, world.slice_min_rows)
+    assert sum(s["rows"] for s in rec["slices_new"]["slices"] if s["feature"] == "number_of_employees") == 300
+    assert (rec["previous_version"], rec["deployed_version"], rec["published_version"]) == (1, 2, 2)
+    assert deployed_version(world) == 2
+    assert (world.prod_deployment_path / "ingestedfiles.txt").read_text() == "first.csv\nshifted.csv\n"
+    assert len(ingestion.read_finaldata(world.finaldata)) == 500
+    assert [r["deployed_version"] for r in published.records] == [1, 2]
+    assert published.records[1]["score_drift"]["drift"] is True
+    # the new model is the one trained on everything
+    _, manifest = deployment.load_deployed(world.prod_deployment_path)
+    assert manifest["training"]["training_rows"] == 500
+    assert manifest["cycle"]["id"] == rec["cycle_id"]
+    assert manifest["cycle"]["decision"] == fullprocess.REDEPLOYED
+    assert manifest["cycle"]["score_drift"] == rec["score_drift"]
+    card = (world.prod_deployment_path / "modelcard.md").read_text()
+    assert "- Score drift: **drift** (test `raw`)" in card
+
+
+def test_tie_is_not_drift_and_the_delivery_is_ingested_once(world, published):
+    cold_start(world, published)
+    # the test data itself as a delivery: the deployed model scores exactly its deployed score
+    write_delivery(world, "same.csv", text=world.test_data_file.read_bytes())
+    rec = fullprocess.run_cycle(world)
+    assert rec["decision"] == fullprocess.NO_DRIFT
+    sd = rec["score_drift"]
+    assert sd["new_f1"] == sd["deployed_f1"] and sd["drift"] is False
+    assert sd["reason"].startswith(f"new F1 {sd['new_f1']:.4f} is equal to the deployed score")
+    assert deployed_version(world) == 1
+    assert len(published.records) == 1
+    rows = len(ingestion.read_finaldata(world.finaldata))
+    again = fullprocess.run_cycle(world)
+    assert again["decision"] == fullprocess.NO_NEW_DATA
+    assert len(ingestion.read_finaldata(world.finaldata)) == rows
+    with sqlite3.connect(world.history_db) as conn:
+        assert conn.execute("SELECT count(*) FROM ingested_files WHERE name = 'same.csv'").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("test", ["parametric", "nonparametric"])
+def test_statistical_tests_fall_back_to_raw_with_little_history(tmp_path, published, test):
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, drift_test=test, drift_min_history=3))
+    import datagen
+
+    datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
+    cold_start(cfg, published)
+    write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(cfg)
+    sd = rec["score_drift"]
+    assert (sd["test"], sd["used"], sd["history_size"]) == (test, "raw", 1)
+    assert sd["fallback"] == f"1 score(s) of history, 3 needed for the {test} test: used the raw comparison"
+    assert rec["decision"] == fullprocess.REDEPLOYED
+
+
+@pytest.mark.parametrize(("test", "earlier", "drift"), [
+    ("parametric", (0.95, 0.10), False),     # a spread history: a big drop is within mean - 2 sd
+    ("parametric", (0.80, 0.81), True),      # a tight history: the same drop is drift
+    ("nonparametric", (0.95, 0.10), False),
+    ("nonparametric", (0.80, 0.81), True),
+])
+def test_statistical_tests_use_the_deployment_history(tmp_path, published, test, earlier, drift):
+    import numpy as np
+
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, drift_test=test, drift_min_history=3))
+    import datagen
+
+    datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
+    cold_start(cfg, published)
+    deployed_f1 = float((cfg.prod_deployment_path / "latestscore.txt").read_text())
+    # two earlier deployments, long ago (they cover nothing ingested since)
+    with sqlite3.connect(cfg.history_db) as conn:
+        real = conn.execute("SELECT version, action, model_sha256, f1 FROM deployments").fetchall()
+        conn.execute("DELETE FROM deployments")
+        conn.executemany("INSERT INTO deployments (at, version, action, model_sha256, f1) VALUES (?, ?, ?, ?, ?)",
+                         [(1.0, 98, "deploy", "x", earlier[0]), (2.0, 99, "rollback", "z", 0.0),
+                          (2.5, 99, "deploy", "y", earlier[1]), (3.0, *real[0])])
+    write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(cfg)
+    sd = rec["score_drift"]
+    history = np.array([earlier[0], earlier[1], deployed_f1])  # rollbacks are not scores of history
+    if test == "parametric":
+        threshold = history.mean() - 2 * history.std(ddof=1)
+    else:
+        q1, q3 = np.percentile(history, [25, 75])
+        threshold = q1 - 1.5 * (q3 - q1)
+    assert (sd["used"], sd["history_size"], sd["fallback"]) == (test, 3, None)
+    assert sd["threshold"] == pytest.approx(threshold, abs=1e-12)
+    assert sd["new_f1"] < deployed_f1
+    assert sd["drift"] is drift and bool(sd["new_f1"] < threshold) is drift
+    assert rec["decision"] == (fullprocess.REDEPLOYED if drift else fullprocess.NO_DRIFT)
+    assert deployed_version(cfg) == (2 if drift else 1)
+
+
+def gate_world(tmp_path, gate):
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, promotion_gate=gate, feature_drift_triggers_retrain=True))
+    import datagen
+
+    datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
+    return cfg
+
+
+def labelled_by_deployed(cfg, n=400):
+    """Covariate-drifted rows labelled by the deployed model: it scores F1 1.0 on them."""
+    import datagen
+
+    model, _ = deployment.load_deployed(cfg.prod_deployment_path)
+    df = datagen.generate(n, seed=5, drift="covariate", strength=1.5)
+    df[TARGET] = model.predict(df[list(FEATURES)].astype("float64"))
+    df.to_csv(cfg.input_folder_path / "moved.csv", index=False)
+    return df
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_feature_drift_triggers_retraining_and_the_gate_decides(tmp_path, published, gate):
+    cfg = gate_world(tmp_path, gate)
+    cold_start(cfg, published)
+    labelled_by_deployed(cfg)
+    rec = fullprocess.run_cycle(cfg)
+    fd = rec["feature_drift"]
+    assert fd["any"] is True and "lastmonth_activity" in fd["drifted"]
+    assert rec["score_drift"]["new_f1"] == 1.0 and rec["score_drift"]["drift"] is False
+    assert rec["drift"] is True
+    assert rec["retrained"]["training_rows"] == 600
+    if gate:
+        retrained = ingestion.read_finaldata(cfg.finaldata)
+        import scoring
+
+        model = scoring.load_pickle(cfg.model_file)
+        expected = f1_on(model, ingestion.parse_delivery((cfg.input_folder_path / "moved.csv").read_bytes()))
+        assert expected < 1.0 and len(retrained) == 600
+        assert rec["gate"] == {"passed": False, "retrained_f1": expected, "deployed_f1": 1.0, "rows": 400,
+                               "reason": f"retrained model's F1 {expected:.4f} on the 400 new rows is lower than "
+                                         "the deployed model's 1.0000"}
+        assert rec["decision"] == fullprocess.GATE_KEPT
+        assert deployed_version(cfg) == 1
+        assert len(published.records) == 1
+    else:
+        assert "gate" not in rec
+        assert rec["decision"] == fullprocess.REDEPLOYED
+        assert deployed_version(cfg) == 2
+        assert len(published.records) == 2
+
+
+def test_bad_files_are_quarantined_and_the_good_ones_go_on(world, published):
+    cold_start(world, published)
+    write_delivery(world, "broken.csv", text="corporation,exited\nabcd,1\n")
+    write_delivery(world, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(world)
+    assert rec["new_files"] == ["broken.csv", "shifted.csv"]
+    assert [q["name"] for q in rec["ingestion"]["quarantined"]] == ["broken.csv"]
+    assert rec["pending_files"] == ["shifted.csv"]
+    assert rec["decision"] == fullprocess.REDEPLOYED
+    assert not (world.input_folder_path / "broken.csv").exists()
+
+
+def test_only_bad_files(world, published):
+    cold_start(world, published)
+    write_delivery(world, "broken.csv", text="corporation,exited\nabcd,1\n")
+    rec = fullprocess.run_cycle(world)
+    assert rec["decision"] == fullprocess.NO_USABLE_ROWS and rec["errors"] == []
+    assert deployed_version(world) == 1
+    assert fullprocess.run_cycle(world)["decision"] == fullprocess.NO_NEW_DATA
+
+
+def test_a_failing_cycle_keeps_the_deployment_and_the_next_one_finishes(world, published):
+    cold_start(world, published)
+    good_test = world.test_data_file.read_bytes()
+    write_delivery(world, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
+    world.test_data_file.write_text("corporation,exited\n")
+    assert fullprocess.main(["--config", str(world.path)]) == 1
+    (_, decision, rec), = [c for c in cycles(world) if c[0] == 2]
+    assert decision == fullprocess.FAILED
+    assert rec["errors"][0].startswith("ScoringError: test data")
+    assert deployed_version(world) == 1
+    deployment.load_deployed(world.prod_deployment_path)
+    # the delivery is ingested (once) but still owes its drift decision
+    world.test_data_file.write_bytes(good_test)
+    rec = fullprocess.run_cycle(world)
+    assert rec["new_files"] == [] and rec["pending_files"] == ["shifted.csv"]
+    assert rec["decision"] == fullprocess.REDEPLOYED and deployed_version(world) == 2
+
+
+def test_a_failed_publish_is_retried_by_the_next_cycle(world, monkeypatch):
+    failing = Publisher(fail=True)
+    monkeypatch.setattr(fullprocess, "publish", failing)
+    write_delivery(world, "first.csv", rows=200, seed=1)
+    rec = fullprocess.run_cycle(world)
+    assert rec["decision"] == fullprocess.COLD_START
+    assert rec["errors"] == ["unexpected OSError: disk full while writing the report"]
+    assert rec["published_version"] is None and deployed_version(world) == 1
+    ok = Publisher()
+    monkeypatch.setattr(fullprocess, "publish", ok)
+    rec = fullprocess.run_cycle(world)
+    assert rec["decision"] == fullprocess.PUBLISHED and rec["errors"] == []
+    assert [r["deployed_version"] for r in ok.records] == [1]
+    assert fullprocess.run_cycle(world)["decision"] == fullprocess.NO_NEW_DATA
+
+
+def test_a_held_lock_means_exit_zero_at_once(world, published):
+    write_delivery(world, "first.csv", rows=50, seed=1)
+    with fullprocess.cycle_lock(world.output_folder_path) as held:
+        assert held is True
+        assert fullprocess.run_cycle(world) == {"decision": "locked", "errors": []}
+        assert fullprocess.main(["--config", str(world.path)]) == 0
+    assert not world.history_db.exists() or cycles(world) == []
+    assert fullprocess.run_cycle(world)["decision"] == fullprocess.COLD_START
+
+
+def test_manual_deployment_counts_as_decided(world, published):
+    """Ingested and deployed by hand (as `make demo` does first): the cycle then has nothing to do."""
+    import scoring
+    import training
+
+    write_delivery(world, "first.csv", rows=200, seed=1)
+    ingestion.ingest(world)
+    training.run(world)
+    scoring.run(world)
+    deployment.deploy_from_config(world)
+    rec = fullprocess.run_cycle(world)
+    assert rec["decision"] == fullprocess.NO_NEW_DATA
+    assert published.records == []
+
+
+def test_missing_values_are_kept_and_scored_on_complete_rows(world, published):
+    cold_start(world, published)
+    path = write_delivery(world, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
+    text = path.read_text().splitlines()
+    fields = text[1].split(",")
+    fields[1] = ""
+    text[1] = ",".join(fields)
+    path.write_text("\n".join(text) + "\n")
+    rec = fullprocess.run_cycle(world)
+    assert rec["new_rows"] == {"rows": 300, "complete": 299}
+    assert rec["score_drift"]["new_rows"] == 299
+
+
+def test_the_significance_test_is_passed_through(tmp_path, published):
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=500))
+    import datagen
+
+    datagen.generate(400, seed=301).to_csv(cfg.test_data_file, index=False)
+    cold_start(cfg, published, rows=1000)
+    write_delivery(cfg, "shifted.csv", rows=500, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(cfg)
+    sd = rec["score_drift"]
+    assert (sd["test"], sd["used"], sd["rounds"], sd["level"], sd["new_rows"]) == ("significance", "significance",
+                                                                                     500, 0.05, 500)
+    assert sd["p_value"] < 0.05 and sd["drift"] is True
+    assert rec["decision"] == fullprocess.REDEPLOYED
+
+
+def pdf_text(path):
+    import subprocess
+
+    return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@contextmanager
+def serving(cfg, port):
+    """`gunicorn -c gunicorn.conf.py` for cfg on 127.0.0.1:port (the config's api_url), one worker; killed after."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from conftest import REPO
+
+    log = open(cfg.base / "gunicorn.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "--chdir",
+                             str(REPO)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PORT": str(port), "DRAS_CONFIG": str(cfg.path), "WEB_CONCURRENCY": "1"})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except (urllib.error.URLError, OSError):
+                assert proc.poll() is None and time.monotonic() < deadline, (cfg.base / "gunicorn.log").read_text()
+                time.sleep(0.1)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
+    """Real processes and modules: a cold start while the API is down (its returns made in-process),
+    then the API under gunicorn and a drifted delivery: redeployed, reported, and the running API,
+    now serving the new version, answers the returns."""
+    from conftest import run_script
+    from test_server import free_port
+
+    port = free_port()
+    cfg = load_config(make_config(world.base, api_url=f"http://127.0.0.1:{port}",
+                                  package_index_url=f"http://127.0.0.1:{free_port()}/simple"))
+    write_delivery(cfg, "first.csv", rows=300, seed=1)
+    assert fullprocess.main(["--config", str(cfg.path)]) == 0  # in-process, with the real publish
+    first = log_lines(cfg)[-1]
+    assert first["decision"] == fullprocess.COLD_START
+    assert "Decision: cold start: deployed" in pdf_text(cfg.output_model_path / "report.pdf")
+    returns = Path(first["published"]["apireturns"]).read_text().splitlines()
+    assert returns[1].startswith(f"# via: in-process (the server at http://127.0.0.1:{port} did not answer")
+    with serving(cfg, port):
+        write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
+        second = run_script("fullprocess.py", "--config", cfg.path, "--verbose")
+    assert second.returncode == 0, second.stderr
+    rec = log_lines(cfg)[-1]
+    assert rec["decision"] == fullprocess.REDEPLOYED and rec["deployed_version"] == 2
+    assert second.stdout.splitlines()[:2] == ["decision: drift: redeployed", "new files: shifted.csv"]
+    assert set(rec["published"]) == {"report", "report_copy", "confusion_matrix", "apireturns"}
+    pdf = rec["published"]["report"]
+    assert pdf == str(cfg.output_model_path / "report.pdf")
+    assert rec["published"]["report_copy"].startswith(str(cfg.output_model_path / "reports" / "report-v0002-"))
+    assert f"report: {pdf}" in second.stdout.splitlines()
+    text = pdf_text(pdf)
+    assert "Decision: drift: redeployed" in text
+    assert f"New F1 {rec['score_drift']['new_f1']:.4f}" in " ".join(text.split())
+    assert "v0002" in text
+    returns = Path(rec["published"]["apireturns"]).read_text()
+    assert returns.splitlines()[1] == f"# via: the server at http://127.0.0.1:{port}"
+    assert '"model_version": 2' in returns
+    assert f"apireturns: {rec['published']['apireturns']}" in second.stdout.splitlines()
+
+
+HEAVY = ("numpy", "pandas", "sklearn", "scipy", "reportlab", "matplotlib", "flask", "apscheduler")
+
+
+def test_the_idle_cycle_imports_no_heavy_library(world, published):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cold_start(world, published)
+    result = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "fullprocess.py"), "--config",
+                             str(world.path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "ingestion" in imported and "history" in imported
+    assert sorted(imported & set(HEAVY)) == []
+    assert "no new data in" in result.stderr
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], (None, False, None, False)),
+    (["--config", "c.json"], ("c.json", False, None, False)),
+    (["--config=c.json"], ("c.json", False, None, False)),
+    (["-v", "--config", "c.json"], ("c.json", False, None, True)),
+    (["--daemon", "--schedule", "*/5 * * * *"], (None, True, "*/5 * * * *", False)),
+])
+def test_command_line(argv, expected):
+    args, _ = fullprocess.parse_args(argv)
+    assert (args.config, args.daemon, args.schedule, args.verbose) == expected
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--schedule", "* * * * *"], "--schedule needs --daemon"),
+    (["--config"], "argument --config: expected one argument"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_command_line_mistakes(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        fullprocess.parse_args(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+
+
+def test_a_bad_config_is_one_line(tmp_path):
+    from conftest import run_script
+
+    (tmp_path / "config.json").write_text('{"input_folder_path": "x"}')
+    result = run_script("fullprocess.py", "--config", tmp_path / "config.json")
+    assert result.returncode == 2
+    assert result.stderr == "error: missing config key 'output_folder_path'\n"
+
+
+def test_significance_reference_includes_held_out_deliveries(tmp_path, published):
+    """Deliveries that caused no redeploy are labelled rows the deployed model never saw: they join
+    the test data as the significance test's reference (README, "Which reference")."""
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=500))
+    import datagen
+
+    datagen.generate(400, seed=301).to_csv(cfg.test_data_file, index=False)
+    cold_start(cfg, published, rows=1000)
+    write_delivery(cfg, "calm.csv", rows=200, seed=9)
+    calm = fullprocess.run_cycle(cfg)
+    assert calm["held_out_rows"] == 0 and calm["score_drift"]["reference_rows"] == 400
+    assert calm["decision"] == fullprocess.NO_DRIFT and deployed_version(cfg) == 1
+    write_delivery(cfg, "shifted.csv", rows=500, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(cfg)
+    assert rec["held_out_rows"] == 200
+    assert (rec["score_drift"]["reference_rows"], rec["score_drift"]["new_rows"]) == (600, 500)
+    assert rec["decision"] == fullprocess.REDEPLOYED
+    # after the redeploy the model has seen everything: nothing is held out any more
+    write_delivery(cfg, "later.csv", rows=100, seed=10, drift="concept", strength=1.0)
+    assert fullprocess.run_cycle(cfg)["held_out_rows"] == 0
+
+
+def test_not_enough_evidence_redeploys_nothing(tmp_path, published):
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=200))
+    import datagen
+
+    datagen.generate(5, seed=301).to_csv(cfg.test_data_file, index=False)
+    cold_start(cfg, published, rows=56)
+    write_delivery(cfg, "few.csv", rows=3, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(cfg)
+    assert rec["score_drift"]["drift"] is None and rec["score_drift"]["used"] == "significance"
+    assert rec["decision"] == fullprocess.NOT_ENOUGH_EVIDENCE and rec["errors"] == []
+    assert deployed_version(cfg) == 1 and len(published.records) == 1
+    assert fullprocess.run_cycle(cfg)["decision"] == fullprocess.NO_NEW_DATA
