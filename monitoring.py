@@ -736,14 +736,17 @@ class _Forward:
 # ---------------------------------------------------------------------------------------------
 
 def crossings_since(cfg, since, until=None) -> dict:
-    """Whether live traffic crossed the watch or act threshold in windows since `since` (epoch seconds)."""
+    """Whether live traffic crossed the watch or act threshold in the windows that end after `since`
+    (epoch seconds): a window still open when the last cycle finished counts for the next one."""
     conn = _connect_ro(cfg)
     found = []
     if conn is not None:
         try:
-            found = recent_windows(conn, cfg, since=since, until=until, limit=1_000_000)
+            found = recent_windows(conn, cfg, since=since - cfg.monitoring_window_seconds, until=until,
+                                   limit=1_000_000)
         finally:
             conn.close()
+    found = [w for w in found if w["window_start"] + w["window_seconds"] > since]
     worst = "ok"
     features = {}
     for w in found:

@@ -25,7 +25,7 @@ import deployment
 import history
 import monitoring
 from conftest import REPO
-from settings import FEATURES
+from settings import FEATURES, load_config
 
 T0 = 1_699_999_200.0  # a fixed clock, in the past, on an hour: every request of a test falls in one known window
 RECORDS = [
@@ -528,3 +528,34 @@ def test_the_status_page_reads_the_real_windows(world):
     assert summary["requests"] == sum(w["requests"] for w in found)
     assert summary["psi"] == found[0]["psi"] and summary["level"] == found[0]["level"]
     assert summary["model_version"] == 1 and sum(r.get_json()["predictions"]) <= summary["rows"]
+
+
+# --- the monitoring cycle ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option", [False, True])
+def test_the_cycle_records_live_drift_and_may_retrain_on_it(tmp_path, monkeypatch, option):
+    import datagen
+    import fullprocess
+    from conftest import make_config, write_delivery
+
+    monkeypatch.setattr(fullprocess, "publish", lambda cfg, record: {})
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, monitoring_min_rows=10, monitoring_window_seconds=60,
+                                  live_drift_triggers_retrain=option, package_index_url="http://127.0.0.1:9/simple"))
+    datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
+    write_delivery(cfg, "first.csv", rows=200, seed=1)
+    assert fullprocess.run_cycle(cfg)["decision"] == fullprocess.COLD_START
+    app = app_module.create_app(cfg)
+    shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 10
+    assert app.test_client().post("/prediction", json={"records": shifted}).status_code == 200
+    app.extensions["dras"].monitor.flush()
+    # the test data itself as the new delivery: no score drift (a tie), so only live drift may retrain
+    write_delivery(cfg, "same.csv", text=cfg.test_data_file.read_bytes())
+    rec = fullprocess.run_cycle(cfg)
+    assert rec["score_drift"]["drift"] is False
+    live = rec["live_drift"]
+    assert (live["windows"], live["rows"], live["level"], live["act"]) == (1, 10, "act", True)
+    assert rec["drift"] is option
+    assert rec["decision"] == (fullprocess.REDEPLOYED if option else fullprocess.NO_DRIFT)
+    assert deployment.current_manifest(cfg.prod_deployment_path)["version"] == (2 if option else 1)
