@@ -588,7 +588,7 @@ class Service:
             body["error"] = self.models.error
             return body, 503
         # Live input drift at the act level: degraded, still answering (never down).
-        live = self.monitor.status if self.monitor is not None else None
+        live = self.monitor.current_status(body["model_version"]) if self.monitor is not None else None
         if live is not None and live["level"] == "act" and live["model_version"] == body["model_version"]:
             body["status"] = "degraded"
             body["live_drift"] = {k: live[k] for k in ("level", "psi", "window_start", "rows")}

@@ -242,6 +242,7 @@ class Monitor:
         self._windows = {}  # (window_start, version) -> cumulative aggregates of this worker
         self._dirty = set()  # windows changed since the last successful write
         self._serving = None  # the model version the worker last served with
+        self._refreshed = -math.inf  # time.monotonic() of the last status update
         self._started = False  # the flush thread of this process
         self._cur = None  # (start, end, version, slot): the slot requests go to, until a flush
         self._wake = threading.Event()
@@ -437,8 +438,21 @@ class Monitor:
             if self._serving and self.cfg.history_db.exists():
                 self._update_status(self._db())
 
+    def current_status(self, version=None):
+        """The drift status, read again when older than monitoring_flush_seconds: a worker that has
+        seen no traffic lately still reports what the others saw (/health; a WAL read never waits)."""
+        if version:
+            self._serving = version
+        if time.monotonic() - self._refreshed > self.cfg.monitoring_flush_seconds:
+            try:
+                self.refresh()
+            except sqlite3.Error as exc:
+                logger.warning("monitoring status unreadable: %s", exc)
+        return self.status
+
     def _update_status(self, conn):
         """The drift level of the serving version's latest window with enough rows, all workers merged."""
+        self._refreshed = time.monotonic()
         version = self._serving
         if not version:
             return

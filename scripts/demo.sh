@@ -59,6 +59,16 @@ step "5. Another cycle: nothing new, done in milliseconds"
 step "6. Deployed versions (* serving)"
 "$PY" deployment.py --list
 
+step "6b. Online monitoring: a burst of shifted traffic (clients unlike the training data); does the system notice?"
+if [ -f "$API_PID" ]; then
+    # 200 five-row predictions of covariate-shifted rows, then /health and the latest windows.
+    "$PY" monitoring.py --burst 200 || echo "(the burst could not be sent: see logs/gunicorn.log)"
+    "$PY" reporting.py | head -1
+    echo "(the report's last section, \"Live traffic\", shows the crossing)"
+else
+    echo "(no API running: no live traffic to watch)"
+fi
+
 step "7. Stopping the API"
 stop_api
 trap - EXIT

@@ -559,3 +559,14 @@ def test_the_cycle_records_live_drift_and_may_retrain_on_it(tmp_path, monkeypatc
     assert rec["drift"] is option
     assert rec["decision"] == (fullprocess.REDEPLOYED if option else fullprocess.NO_DRIFT)
     assert deployment.current_manifest(cfg.prod_deployment_path)["version"] == (2 if option else 1)
+
+
+def test_health_of_a_worker_that_never_had_traffic_reads_the_others(tmp_path):
+    cfg = build_world(tmp_path, monitoring_min_rows=10, monitoring_window_seconds=60)
+    busy, busy_monitor = fixed_clock_app(cfg)
+    fresh, _ = fixed_clock_app(cfg)  # a second worker: no request before /health
+    shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 10
+    busy.test_client().post("/prediction", json={"records": shifted})
+    busy_monitor.flush()
+    body = fresh.test_client().get("/health").get_json()
+    assert (body["status"], body["live_drift"]["rows"], body["live_drift"]["window_start"]) == ("degraded", 10, T0)
