@@ -807,17 +807,21 @@ def report_data(cfg, since=None, previous_since=None, until=None) -> dict:
     current, previous = {}, {}
     if conn is not None:
         try:
+            # A window belongs to the period it ends in: one still open at the previous report is this one's.
+            slack = cfg.monitoring_window_seconds
             where, args = ["window_start < ?"], [until]
             if since is not None:
                 where.append("window_start >= ?")
-                args.append(since)
-            current = _merged(conn, where, args, 1_000_000)
+                args.append(since - slack)
+            current = {k: v for k, v in _merged(conn, where, args, 1_000_000).items()
+                       if since is None or k[0] + v[0] > since}
             if since is not None:
                 where, args = ["window_start < ?"], [since]
                 if previous_since is not None:
                     where.append("window_start >= ?")
-                    args.append(previous_since)
-                previous = _merged(conn, where, args, 1_000_000)
+                    args.append(previous_since - slack)
+                previous = {k: v for k, v in _merged(conn, where, args, 1_000_000).items()
+                            if k[0] + v[0] <= since and (previous_since is None or k[0] + v[0] > previous_since)}
         finally:
             conn.close()
     refs = _refs_for(cfg, {k[1] for k in current}, None)

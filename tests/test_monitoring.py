@@ -430,6 +430,10 @@ def test_report_data_and_the_report_section(tmp_path):
     later = monitoring.report_data(cfg, since=base + day, previous_since=base, until=base + 2 * day)
     assert [d["day"] for d in later["days"]] == ["2023-11-15"]
     assert later["previous_latency"]["requests"] == 2
+    # a window still open at the previous report belongs to this one
+    open_at = monitoring.report_data(cfg, since=base + day + 30, previous_since=base, until=base + 2 * day)
+    assert [w["window_start"] for w in open_at["windows"]] == [base + day]
+    assert open_at["previous_latency"]["requests"] == 2
 
     paths = reporting.generate_report(cfg)
     text = subprocess.run(["pdftotext", "-layout", str(paths["latest"]), "-"], capture_output=True, text=True,
