@@ -31,8 +31,10 @@ import numpy as np
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+import audit
 import deployment
 import diagnostics
+import monitoring
 import status as status_page  # the status page (status.py); `status` is a common local name here
 from settings import FEATURES, Config, ConfigError, load_config, setup_logging
 
@@ -413,6 +415,7 @@ class Service:
         self._scores = {}
         self._dependencies = (0.0, None)
         self._lock = threading.Lock()
+        self.monitor = None  # monitoring.Monitor, when online monitoring is on
 
     # -- access --------------------------------------------------------------------------------
     def authorized(self, header):
@@ -432,6 +435,8 @@ class Service:
     def answer(self, X):
         p = self.predictor()
         predictions, probabilities = p.predict(X)
+        if self.monitor is not None:
+            self.monitor.prediction(X, predictions, probabilities, p.manifest)
         return {"predictions": predictions, "probabilities": probabilities, "model_version": p.version}
 
     def predict_json(self, body: bytes):
@@ -505,7 +510,10 @@ class Service:
                               or p.directory is None)
                 self._scores = {key: self._score_here(p) if in_process else self._score_in_helper(p)}
             result = self._scores[key]
-        return {"model_version": p.version, **result}
+        # The audit recorded at training (cross-validated score, slices of the test data with flags).
+        return {"model_version": p.version, **result,
+                "cross_validation": audit.cross_validation_for_deployment(p.manifest),
+                "slices": audit.slices_for_deployment(p.manifest)}
 
     def _score_here(self, p):
         import scoring
@@ -579,6 +587,11 @@ class Service:
         if self.models.error is not None:
             body["error"] = self.models.error
             return body, 503
+        # Live input drift at the act level: degraded, still answering (never down).
+        live = self.monitor.current_status(body["model_version"]) if self.monitor is not None else None
+        if live is not None and live["level"] == "act" and live["model_version"] == body["model_version"]:
+            body["status"] = "degraded"
+            body["live_drift"] = {k: live[k] for k in ("level", "psi", "window_start", "rows")}
         return body, 200
 
 
@@ -718,6 +731,25 @@ def create_app(config=None, fast_path=True):
     def openapi():
         return jsonify(spec)
 
+    # -- online monitoring (monitoring.py) ---------------------------------------------------
+    monitor = monitoring.Monitor(cfg)
+
+    def serving_version():
+        p = service.models.predictor
+        return p.version if p is not None else None
+
+    @app.get("/monitoring")
+    def monitoring_route():
+        limit = request.args.get("windows", "60")
+        if not limit.isdigit() or not 1 <= int(limit) <= 10000:
+            raise InputError(f"windows must be a whole number from 1 to 10000, not {limit!r}")
+        return jsonify(monitoring.windows(cfg, limit=int(limit), refs=monitor._refs))
+
+    @app.get("/metrics")
+    def metrics_route():
+        return monitoring.metrics_text(monitor, serving_version()), 200, {
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+
     @app.errorhandler(InputError)
     def input_error(exc):
         return jsonify(error=exc.message), exc.status
@@ -758,6 +790,10 @@ def create_app(config=None, fast_path=True):
     # Load the serving version now: under gunicorn (preload_app) the workers inherit it, and
     # scikit-learn with it, from the master instead of each loading it on its first request.
     service.models.get()
+    if cfg.monitoring:
+        service.monitor = monitor
+        app.wsgi_app = monitoring.Middleware(app.wsgi_app, monitor, {
+            r.rule for r in app.url_map.iter_rules() if r.endpoint != "static"}, serving_version)
     return app
 
 

@@ -325,6 +325,11 @@ class Cycle:
                 rounds=cfg.drift_bootstrap_rounds, min_history=cfg.drift_min_history, seed=0,
                 extra_reference_rows=held_out_df)
         self.record["score_drift"] = decision
+        with self.step("slices"):
+            import audit
+
+            # The new rows cut on the deployed model's recorded slices: the report can then show a slice worsening.
+            self.record["slices_new"] = audit.slices_for_config(cfg, model, complete, manifest)
         if decision.get("fallback"):
             logger.info("drift test: %s", decision["fallback"])
         logger.info("score drift (%s): %s", decision["used"], decision["reason"])
@@ -425,6 +430,14 @@ def _fail(rec, reason):
         rec["decision"] = FAILED
 
 
+def _live_drift(cfg, conn):
+    """monitoring.crossings_since the last finished cycle (at most the last day when none finished)."""
+    import monitoring
+
+    last = conn.execute("SELECT MAX(finished_at) FROM cycles WHERE finished_at IS NOT NULL").fetchone()[0]
+    return monitoring.crossings_since(cfg, last if last is not None else time.time() - 86400)
+
+
 def _work(cyc, cycle_id, candidates, manifest, covered, published):
     import deployment
     import ingestion
@@ -475,14 +488,19 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
                 score_says = bool(decision and decision["drift"])
                 feature = rec["feature_drift"]
                 feature_says = bool(cfg.feature_drift_triggers_retrain and feature and feature["any"])
-                rec["drift"] = score_says or feature_says
-                if decision is None and not feature_says:
+                # Online monitoring: live inputs past psi_act since the last cycle (monitoring.py).
+                rec["live_drift"] = _live_drift(cfg, conn)
+                live_says = bool(cfg.live_drift_triggers_retrain and rec["live_drift"]["act"])
+                rec["drift"] = score_says or feature_says or live_says
+                if decision is None and not (feature_says or live_says):
                     rec["decision"] = NO_USABLE_ROWS
                 elif not rec["drift"]:
                     rec["decision"] = NOT_ENOUGH_EVIDENCE if decision and decision["drift"] is None else NO_DRIFT
                 else:
                     if feature_says and not score_says:
                         logger.info("feature drift in %s triggers retraining", ", ".join(feature["drifted"]))
+                    if live_says and not (score_says or feature_says):
+                        logger.info("live input drift past psi_act since the last cycle triggers retraining")
                     cyc.save(cycle_id)
                     cyc.retrain()
                     if cfg.promotion_gate and len(complete) and not cyc.gate(complete, decision["new_f1"]):

@@ -29,3 +29,33 @@ def on_starting(server):
     from settings import setup_logging
 
     setup_logging()
+
+
+# --- online monitoring (monitoring.py) -------------------------------------------------------
+# prometheus-client's multiprocess mode: each worker writes its metrics to files in this folder and
+# /metrics sums them. It must be set before any worker imports prometheus_client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dras-metrics-")
+    _OWN_METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+else:  # the operator's folder: last run's files would be counted again
+    import glob
+
+    for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(_stale)
+    _OWN_METRICS_DIR = None
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges stop counting (its counters still do)."""
+    import monitoring
+
+    monitoring.worker_exited(worker.pid)
+
+
+def on_exit(server):
+    if _OWN_METRICS_DIR:
+        import shutil
+
+        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)

@@ -120,6 +120,12 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
         dependencies = diagnostics.outdated_packages_list(cfg, timeout=2.0)
     summaries = past["summaries"]
     training = manifest.get("training", {})
+    if audit is None:
+        import audit as audit_module
+
+        audit = audit_module.report_audit(manifest)
+        if audit is not None:
+            audit["from_card"] = True
     return {
         "generated_at": datetime.now(timezone.utc),
         "model": {
@@ -144,7 +150,19 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
         "dependencies": dependencies,
         "cycle": cycle,
         "audit": audit,
+        "live": _live_traffic(cfg),
     }
+
+
+def _live_traffic(cfg):
+    """monitoring.report_data since the previous report (the last recorded "report" timing)."""
+    import monitoring
+
+    with closing(history.connect(cfg.history_db)) as conn:
+        reports = [r[0] for r in conn.execute("SELECT at FROM step_timings WHERE step = 'report'"
+                                              " ORDER BY id DESC LIMIT 2")]
+    return monitoring.report_data(cfg, since=reports[0] if reports else None,
+                                  previous_since=reports[1] if len(reports) > 1 else None)
 
 
 # ---------------------------------------------------------------- drawing
@@ -232,6 +250,30 @@ def timing_trend_png(timings) -> bytes:
         ax.set_yscale("log")
     ax.set_xlabel("run of the step")
     ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _png(fig)
+
+
+def live_share_png(windows, thresholds) -> bytes:
+    fig, ax = _trend_figure("share of rows", "Predicted exit share per window (live traffic)")
+    xs = [datetime.fromtimestamp(w["window_start"], timezone.utc) for w in windows]
+    ax.plot(xs, [w["exit_share"] if w["exit_share"] is not None else float("nan") for w in windows],
+            marker=".", color="tab:blue")
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def live_psi_png(windows, thresholds) -> bytes:
+    fig, ax = _trend_figure("PSI against training", "Input PSI per feature per window (live traffic)")
+    xs = [datetime.fromtimestamp(w["window_start"], timezone.utc) for w in windows]
+    for col in FEATURES:
+        ax.plot(xs, [w["psi"].get(col, float("nan")) for w in windows], marker=".", label=col)
+    ax.axhline(thresholds["psi_watch"], color="tab:orange", linestyle="--", linewidth=1, label="watch")
+    ax.axhline(thresholds["psi_act"], color="tab:red", linestyle="--", linewidth=1, label="act")
+    peak = max([v for w in windows for v in w["psi"].values()] + [thresholds["psi_act"]])
+    if peak > 5:
+        ax.set_yscale("symlog", linthresh=0.1)
+    fig.autofmt_xdate()
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _png(fig)
 
@@ -471,6 +513,36 @@ def _drift_section(doc, data, W):
         doc.para("No feature-drift result in this cycle's record.")
 
 
+def _markdown_table(doc, lines, W):
+    rows = [[c.strip().replace("`", "").replace("**", "") for c in line.strip().strip("|").split("|")]
+            for line in lines if not set(line.replace("|", "").strip()) <= set("-: ")]
+    longest = [min(max(len(r[i]) for r in rows), 40) + 4 for i in range(len(rows[0]))]
+    doc.table(rows, [W * n / sum(longest) for n in longest], numeric_from=None)
+
+
+def _markdown(doc, text, W):
+    """The model card's markdown (headings, bullets, pipe tables, paragraphs) as report flowables."""
+    lines, i = text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("|"):
+            j = i
+            while j < len(lines) and lines[j].strip().startswith("|"):
+                j += 1
+            _markdown_table(doc, lines[i:j], W)
+            doc.space(2)
+            i = j
+            continue
+        plain = line.replace("`", "").replace("**", "")
+        if line.startswith("#"):
+            doc.para(plain.lstrip("#").strip(), doc.lead)
+        elif line.startswith("- "):
+            doc.para("\u2022 " + plain[2:], doc.small)
+        elif line:
+            doc.para(plain, doc.small)
+        i += 1
+
+
 def _audit_section(doc, data, W):
     audit = data["audit"]
     doc.heading("Model card and slice audit")
@@ -479,10 +551,10 @@ def _audit_section(doc, data, W):
         if data["model"]["card"]:
             doc.para(f"The deployed version's model card is in {data['model']['card']}.")
         return
+    if audit.get("from_card") and data["model"]["card"]:
+        doc.para(f"The deployed version's model card is in {data['model']['card']}. It reads:")
     if audit.get("markdown"):
-        for line in str(audit["markdown"]).splitlines():
-            if line.strip():
-                doc.para(line.strip(), doc.small)
+        _markdown(doc, str(audit["markdown"]), W)
     sections = audit.get("sections") or []
     if isinstance(sections, dict):
         sections = [{"title": k, "text": v} for k, v in sections.items()]
@@ -521,6 +593,40 @@ def _trends_section(doc, data, W):
     doc.story[start:] = [KeepTogether(doc.story[start:])]
 
 
+def _live_section(doc, data, W):
+    """Online monitoring: what the API saw since the previous report (monitoring.report_data)."""
+    live = data.get("live")
+    doc.heading("Live traffic (online monitoring)")
+    if not live or not live["days"]:
+        doc.para("No live traffic recorded " + (f"since the previous report ({_stamp(live['since'])})."
+                                                if live and live["since"] else "yet."))
+        return
+    t = live["thresholds"]
+    doc.para(("Since the previous report, " + _stamp(live["since"]) if live["since"] else "All recorded traffic")
+             + f", until {_stamp(live['until'])}. Windows with at least {t['min_rows']} rows are judged: PSI "
+             f"{t['psi_watch']} watch, {t['psi_act']} act. Windows crossing: {live['windows_crossing']['watch']} "
+             f"at watch, {live['windows_crossing']['act']} at act.")
+    doc.table([["day (UTC)", "requests", "errors", "rows predicted", "predicted exit share"]]
+              + [[d["day"], f"{d['requests']:,d}", f"{d['errors']:,d}", f"{d['rows']:,d}",
+                  _fmt(d["exit_share"])] for d in live["days"]], [0.2 * W, 0.18 * W, 0.14 * W, 0.2 * W, 0.25 * W])
+    cur, prev = live["latency"], live["previous_latency"]
+    rows = [["latency (ms)", "this period", "previous period", "change"]]
+    for key, name in (("prediction_p50", "/prediction p50"), ("prediction_p99", "/prediction p99"),
+                      ("p50", "all requests p50"), ("p99", "all requests p99")):
+        a = cur[key] * 1000 if cur and cur[key] is not None else None
+        b = prev[key] * 1000 if prev and prev[key] is not None else None
+        rows.append([name, _fmt(a, ".2f"), _fmt(b, ".2f", none="-"), change(a, b, 2)])
+    doc.table(rows, [0.3 * W, 0.2 * W, 0.2 * W, 0.2 * W])
+    windows = live["windows"]
+    if len(windows) > 1:
+        doc.image(live_share_png(windows, t), W)
+        doc.image(live_psi_png(windows, t), W)
+    else:
+        w = windows[0]
+        doc.para(f"One window so far: exit share {_fmt(w['exit_share'])}, PSI "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in sorted(w["psi"].items())) + "; a trend needs two.")
+
+
 def render_pdf(data, confusion) -> bytes:
     """The report as PDF bytes."""
     from reportlab.lib.pagesizes import A4
@@ -555,6 +661,7 @@ def render_pdf(data, confusion) -> bytes:
     _drift_section(doc, data, W)
     _audit_section(doc, data, W)
     _trends_section(doc, data, W)
+    _live_section(doc, data, W)
     pdf.build(doc.story, onFirstPage=footer, onLaterPages=footer)
     return buf.getvalue()
 

@@ -41,9 +41,19 @@ SCHEMA = {
     "package_index_url": (str, "https://pypi.org/simple"),
     "max_request_bytes": (int, 16 * 1024 * 1024),
     "cv_folds": (int, 5),
+    "cv_max_rows": (int, 100_000),
     "slices": (dict, None),
     "slice_margin": (float, 0.1),
     "slice_min_rows": (int, 10),
+    # online monitoring (monitoring.py)
+    "monitoring": (bool, True),
+    "monitoring_flush_seconds": (float, 5.0),
+    "monitoring_flush_requests": (int, 1000),
+    "monitoring_window_seconds": (float, 60.0),
+    "monitoring_min_rows": (int, 100),
+    "psi_watch": (float, 0.1),
+    "psi_act": (float, 0.2),
+    "live_drift_triggers_retrain": (bool, False),
 }
 # The slices every audit reports unless config.json names others: three size bands and three
 # activity bands, at the terciles of the training data.
@@ -87,9 +97,18 @@ class Config:
     package_index_url: str
     max_request_bytes: int
     cv_folds: int
+    cv_max_rows: int
     slices: dict
     slice_margin: float
     slice_min_rows: int
+    monitoring: bool
+    monitoring_flush_seconds: float
+    monitoring_flush_requests: int
+    monitoring_window_seconds: float
+    monitoring_min_rows: int
+    psi_watch: float
+    psi_act: float
+    live_drift_triggers_retrain: bool
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -203,6 +222,8 @@ def load_config(path=None) -> Config:
         raise ConfigError("config key 'keep_versions' must be at least 2, so a rollback has somewhere to go")
     if not 0 < values["drift_significance_level"] < 1:
         raise ConfigError("config key 'drift_significance_level' must be between 0 and 1")
+    if values["cv_max_rows"] < 0:
+        raise ConfigError("config key 'cv_max_rows' must be 0 (every row) or a positive number of rows")
     if values["cv_folds"] == 1 or values["cv_folds"] < 0:
         raise ConfigError("config key 'cv_folds' must be 0 (off) or at least 2")
     if not 0 <= values["slice_margin"] <= 1:
@@ -210,6 +231,12 @@ def load_config(path=None) -> Config:
     if values["slice_min_rows"] < 1:
         raise ConfigError("config key 'slice_min_rows' must be at least 1")
     values["slices"] = _checked_slices(values["slices"])
+    if values["monitoring_flush_seconds"] <= 0 or values["monitoring_window_seconds"] <= 0:
+        raise ConfigError("config keys 'monitoring_flush_seconds' and 'monitoring_window_seconds' must be positive")
+    if values["monitoring_flush_requests"] < 1:
+        raise ConfigError("config key 'monitoring_flush_requests' must be at least 1")
+    if not 0 < values["psi_watch"] <= values["psi_act"]:
+        raise ConfigError("config keys 'psi_watch' and 'psi_act' must satisfy 0 < psi_watch <= psi_act")
     for key in PATH_KEYS + ("quarantine_folder_path", "log_folder_path"):
         p = Path(values[key]).expanduser()
         values[key] = p if p.is_absolute() else (path.parent / p).resolve()

@@ -74,6 +74,21 @@ def save_model(model, path, metadata):
     return digest
 
 
+def monitoring_reference(cfg, model, X):
+    """monitoring.reference of the training rows, with the predicted exit share on the test data
+    (on the training rows when the test data cannot be read)."""
+    import monitoring
+    import scoring
+
+    try:
+        X_test, _ = scoring.read_labelled(cfg.test_data_file)
+    except scoring.ScoringError:
+        X_test = X.iloc[:0]
+    share, on = (float(model.predict(X_test).mean()), "test data") if len(X_test) else (
+        float(model.predict(X).mean()), "training data")
+    return monitoring.reference(X.to_numpy(), share, on)
+
+
 def run(cfg, conn=None):
     """Train on finaldata.csv and save trainedmodel.pkl; return the metadata written."""
     from ingestion import read_finaldata
@@ -85,7 +100,8 @@ def run(cfg, conn=None):
     df = read_finaldata(cfg.finaldata)
     model = train(df, cfg.model)
     X, y = training_frame(df)
-    cv = audit.cross_validation(build_model(cfg.model), X, y, cfg.cv_folds, seed=cfg.model["random_state"])
+    cv = audit.cross_validation(build_model(cfg.model), X, y, cfg.cv_folds, seed=cfg.model["random_state"],
+                                max_rows=cfg.cv_max_rows)
     definitions = audit.slice_definitions(cfg.slices, X)
     evaluation = audit.evaluate_test(model, cfg.test_data_file, definitions, cfg.slice_margin, cfg.slice_min_rows)
     if "error" in evaluation:
@@ -108,6 +124,8 @@ def run(cfg, conn=None):
             "code_version": audit.code_version(),
             "libraries": library_versions(),
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            # The training histograms the API's live inputs are compared with (monitoring.py).
+            "monitoring": monitoring_reference(cfg, model, X),
         }
         digest = save_model(model, cfg.model_file, metadata)
         seconds = time.perf_counter() - started

@@ -59,7 +59,26 @@ step "5. Another cycle: nothing new, done in milliseconds"
 step "6. Deployed versions (* serving)"
 "$PY" deployment.py --list
 
-step "7. Stopping the API"
+# --- online monitoring (monitoring.py): shifted traffic, and the system noticing ---
+step "6b. Online monitoring: a burst of shifted traffic (clients unlike the training data); does the system notice?"
+if [ -f "$API_PID" ]; then
+    # 200 five-row predictions of covariate-shifted rows, then /health and the latest windows.
+    "$PY" monitoring.py --burst 200 || echo "(the burst could not be sent: see logs/gunicorn.log)"
+    "$PY" reporting.py | head -1
+    echo "(the report's last section, \"Live traffic\", shows the crossing)"
+else
+    echo "(no API running: no live traffic to watch)"
+fi
+# --- end online monitoring ---
+
+# --- status page (status.py): the page's address and its screenshots ---
+step "7. The status page at $API_URL/"
+if [ -f "$API_PID" ]; then
+    "$PY" status.py --url "$API_URL/" --out "$(config output_model_path)" || echo "(no screenshots: see the line above)"
+fi
+# --- end status page ---
+
+step "8. Stopping the API"
 stop_api
 trap - EXIT
 
@@ -73,4 +92,5 @@ cat <<TABLE
   models/report.pdf, models/reports/               the PDF report of each deployed version (drift results inside)
   production_deployment/modelcard.md               the serving model's card, with the cycle's drift decision
   models/                                          the latest trained model and its score
+  models/status-wide.png, status-narrow.png        the status page; live at $API_URL/ while the API runs (make serve)
 TABLE

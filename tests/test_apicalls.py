@@ -30,9 +30,10 @@ def served(tmp_path_factory):
 
 
 def expected_bodies(cfg):
-    model = deployment.load_deployed(cfg.prod_deployment_path)[0]
+    model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
     X, y = scoring.read_labelled(cfg.test_data_file)
-    return model, {"model_version": 1, **scoring.score_model(model, X, y)}
+    return model, {"model_version": 1, **scoring.score_model(model, X, y),
+                   "cross_validation": manifest["audit"]["cross_validation"], "slices": manifest["audit"]["slices"]}
 
 
 def check_returns(cfg, text, how):

@@ -397,7 +397,7 @@ def test_fast_path_answers_200s_without_flask(shared):
 
 @pytest.mark.parametrize(("method", "path"), [
     ("post", "/prediction"), ("get", "/scoring"), ("get", "/summarystats"), ("get", "/diagnostics"),
-    ("get", "/openapi.json"), ("get", "/nowhere"),
+    ("get", "/openapi.json"), ("get", "/nowhere"), ("get", "/monitoring"), ("get", "/metrics"),
 ])
 def test_a_token_is_required_when_set(shared, monkeypatch, method, path):
     monkeypatch.setenv("DRAS_API_TOKEN", "s3cret")
@@ -449,9 +449,14 @@ def snapshot(root):
 
 
 def test_scoring_is_the_deployed_models_score_read_only_and_cached(deployed, monkeypatch):
-    model = deployment.load_deployed(deployed.prod_deployment_path)[0]
+    model, manifest = deployment.load_deployed(deployed.prod_deployment_path)
     X, y = scoring.read_labelled(deployed.test_data_file)
-    want = {"model_version": 1, **scoring.score_model(model, X, y)}
+    # The score on the test data, and the audit recorded at training: cross-validated score, slices.
+    want = {"model_version": 1, **scoring.score_model(model, X, y),
+            "cross_validation": manifest["audit"]["cross_validation"], "slices": manifest["audit"]["slices"]}
+    assert want["cross_validation"]["folds"] == 5
+    assert want["slices"]["overall"]["f1"] == want["f1"]
+    assert len(want["slices"]["slices"]) == 6
     before = snapshot(deployed.base)
     reads = []
     real = scoring.read_labelled
@@ -652,6 +657,8 @@ def test_the_openapi_description_matches_real_responses(deployed, monkeypatch):
         ("/diagnostics", "get", {}, 200),
         ("/health", "get", {}, 200),
         ("/openapi.json", "get", {}, 200),
+        ("/monitoring", "get", {}, 200),
+        ("/monitoring", "get", {"query_string": {"windows": "0"}}, 400),
     ]
     for path, method, kwargs, status in calls:
         resp = getattr(client, method)(path, **kwargs)
@@ -702,10 +709,11 @@ print(json.dumps(out))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     prediction, csv_status, scored, *statuses, heavy = json.loads(done.stdout)
-    model = deployment.load_deployed(shared.prod_deployment_path)[0]
+    model, manifest = deployment.load_deployed(shared.prod_deployment_path)
     assert_answer(prediction, model, pd.DataFrame([ROW]))
     X, y = scoring.read_labelled(shared.test_data_file)
-    assert scored == {"model_version": 1, **scoring.score_model(model, X, y)}
+    assert scored == {"model_version": 1, **scoring.score_model(model, X, y),
+                      "cross_validation": manifest["audit"]["cross_validation"], "slices": manifest["audit"]["slices"]}
     assert [csv_status, *statuses] == [200, 200, 200, 200]
     assert heavy == []
 

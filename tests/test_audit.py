@@ -322,6 +322,14 @@ def test_the_card_renders_the_cycles_drift_decision(trained):
     ]
 
 
+def test_a_cycle_id_alone_is_not_a_drift_decision(trained):
+    cfg, _, _ = trained
+    deployment.deploy_from_config(cfg, extra={"cycle": 7, "drift_test": "raw"})
+    card = (cfg.prod_deployment_path / "modelcard.md").read_text()
+    assert section(card, "Drift decision") == [
+        "Deployed by monitoring cycle 7, which passed no drift decision to the deployment."]
+
+
 def test_the_card_follows_the_serving_version_on_redeploy_and_rollback(trained):
     cfg, _, _ = trained
     prod = cfg.prod_deployment_path
@@ -376,6 +384,7 @@ def test_a_card_without_recorded_facts_says_so(tmp_path):
     assert section(card, "Drift decision") == ["First deployment / deployed by hand, no drift check."]
     assert "The ingested files were not recorded." in card
     assert audit.code_version(repo=tmp_path) == {"commit": None, "dirty": None}
+    assert audit.report_audit(manifest) is None  # deployed before audits: the report says none is provided
 
 
 def test_f1_swing_by_hand():
@@ -412,3 +421,35 @@ def test_audit_config_defaults(tmp_path):
     assert cfg.slices == {"number_of_employees": {"bands": 3}, "lastmonth_activity": {"bands": 3}}
     fixed = load_config(make_config(tmp_path, slices={"lastyear_activity": {"edges": [100, 1000]}}))
     assert fixed.slices == {"lastyear_activity": {"edges": [100.0, 1000.0]}}
+
+
+def test_a_new_delivery_is_cut_on_the_deployed_models_slices(trained):
+    cfg, meta, _ = trained
+    deployment.deploy_from_config(cfg)
+    model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
+    delivery = datagen.generate(300, seed=21, drift="covariate", strength=1.0)
+    result = audit.slices_for_config(cfg, model, delivery, manifest)
+    assert [s["label"] for s in result["slices"]] == [s["label"] for s in meta["evaluation"]["slices"]["slices"]]
+    assert [s["rows"] for s in result["slices"][:3]] == [
+        int(n) for n in np.bincount(np.searchsorted(meta["slice_definitions"][0]["edges"],
+                                                    delivery["number_of_employees"], side="right"), minlength=3)]
+    assert result["overall"] == scoring.metrics(delivery["exited"].to_numpy(),
+                                                model.predict(delivery[list(audit.FEATURES)].astype("float64")))
+    assert audit.slices_for_config(cfg, model, delivery, {"training": {}}) is None
+
+
+def test_cross_validation_on_many_rows_uses_a_stratified_sample():
+    import datagen
+    from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
+
+    from training import build_model, training_frame
+
+    X, y = training_frame(datagen.generate(3000, seed=8))
+    params = {"C": 1.0, "max_iter": 1000, "class_weight": None, "random_state": 0}
+    cv = audit.cross_validation(build_model(params), X, y, folds=3, seed=4, max_rows=1000)
+    Xs, _, ys, _ = train_test_split(X, y, train_size=1000, stratify=y, random_state=4)
+    by_hand = cross_validate(build_model(params), Xs, ys, cv=StratifiedKFold(3, shuffle=True, random_state=4),
+                             scoring="f1")
+    assert cv["rows"] == 1000
+    assert cv["note"] == "on a stratified sample of 1000 of 3000 rows"
+    assert cv["f1"]["folds"] == [float(v) for v in by_hand["test_score"]]

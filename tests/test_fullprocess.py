@@ -115,6 +115,13 @@ def test_concept_drift_retrains_redeploys_and_publishes(world, published):
     assert sd["new_f1"] == new_f1 and sd["deployed_f1"] == deployed_f1
     assert rec["new_rows"] == {"rows": 300, "complete": 300}
     assert set(rec["feature_drift"]["features"]) == set(FEATURES)
+    import audit
+
+    _, first_manifest = deployment.load_version(world.prod_deployment_path / "versions" / "v0001")
+    definitions = first_manifest["training"]["slice_definitions"]
+    assert rec["slices_new"] == audit.slices_for_rows(old_model, ingestion.parse_delivery(path.read_bytes()),
+                                                      definitions, world.slice_margin, world.slice_min_rows)
+    assert sum(s["rows"] for s in rec["slices_new"]["slices"] if s["feature"] == "number_of_employees") == 300
     assert (rec["previous_version"], rec["deployed_version"], rec["published_version"]) == (1, 2, 2)
     assert deployed_version(world) == 2
     assert (world.prod_deployment_path / "ingestedfiles.txt").read_text() == "first.csv\nshifted.csv\n"

@@ -127,7 +127,15 @@ def test_single_run_report_shows_the_computed_numbers(world1, tmp_path):
     assert "unreachable: cannot connect" in deps
 
     assert "No drift check has run for this model yet" in text
-    assert "No model card or slice audit has been provided for this model." in text
+    # Without an audit given, the report shows the deployed version's own model card.
+    card = section(text, "Model card and slice audit", "Trends")
+    assert "Model card: client attrition model v0001" in card
+    manifest = deployment.current_manifest(world1.prod_deployment_path)
+    cv = manifest["audit"]["cross_validation"]
+    assert f"f1 {cv['f1']['mean']:.4f} ± {cv['f1']['std']:.4f}" in card
+    for s in manifest["audit"]["slices"]["slices"]:
+        assert table_row(card, s["label"]) == [str(s["rows"]), str(s["exits"]), f"{s['f1']:.4f}",
+                                               f"{s['precision']:.4f}", f"{s['recall']:.4f}", s["flag"] or "ok"]
     trends = text[text.index("Trends"):]
     assert "F1 per deployment: one run so far (v0001, F1 %.4f)" % truth["f1"] in trends
     assert "Missing data: one run so far" in trends and "Step timings: one run so far" in trends
@@ -248,7 +256,7 @@ def test_the_audit_place_points_at_the_deployed_model_card(world1):
     card = world1.prod_deployment_path / "versions" / "v0001" / "modelcard.md"
     text = pdf_text(reporting.generate_report(world1)["latest"])
     audit_text = section(text, "Model card and slice audit", "Trends")
-    assert "No model card or slice audit has been provided for this model." in audit_text
+    assert "Model card: client attrition model v0001" in audit_text  # shown, not only named
     assert card.exists()  # deployment writes it
     # A long path wraps inside the column rather than run off the page: compare without the wraps.
     assert "".join(f"The deployed version's model card is in {card}.".split()) in "".join(audit_text.split())
