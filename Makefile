@@ -14,6 +14,9 @@ setup: $(STAMP)
 	@command -v pdftotext >/dev/null || (apt-get update && apt-get install -y poppler-utils)
 	@# chromium, headless: the status page's tests look at it in a real browser; make demo screenshots it.
 	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	@# mount and chattr: the hardening tests fill a real tmpfs and make folders immutable (tests/test_hardening_disk.py).
+	@command -v mount >/dev/null || (apt-get update && apt-get install -y mount)
+	@command -v chattr >/dev/null || (apt-get update && apt-get install -y e2fsprogs)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
