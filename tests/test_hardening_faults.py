@@ -2,10 +2,11 @@
 
 Each cycle runs in a child forked from this warm interpreter (pandas and scikit-learn already
 imported, so a cycle takes a fraction of a second instead of a second and a half of imports): a
-real process, really SIGKILLed by the kernel. The child reports the steps it starts through a
-pipe; a seeded schedule picks, for each run, a step to kill in (ingestion, training, scoring,
-deployment, publish...) and a random delay within that step's measured duration, or a random
-moment anywhere in the cycle. After each kill the production deployment must still load; after
+real process, really SIGKILLed by the kernel. A seeded schedule picks, for each run, one of:
+an exact point between a write and what records it (the child SIGKILLs itself there: after
+finaldata.csv is written and before the history records it, between the symlink swap and the
+deployment's record...); a step to kill in (the child reports the steps it starts through a
+pipe) after a random part of that step's measured duration; or a random moment anywhere. After each kill the production deployment must still load; after
 each rerun every invariant of README's "Reliability" must hold exactly.
 """
 import hashlib
@@ -44,14 +45,59 @@ def stand_in(cfg, record):
     return {"report": "stand-in"}
 
 
-def start_cycle(cfg):
-    """Fork a child that runs one cycle and writes its log lines to a pipe; return (pid, read end)."""
+# Exact points where the child SIGKILLs itself: between a write and what records it.
+POINTS = ["before finaldata.csv", "after finaldata.csv", "after commit", "after ingestedfiles.txt",
+          "after trainedmodel.pkl", "after latestscore.txt", "after manifest.json", "before swap", "after swap"]
+
+
+def arm(point):
+    """In the child: SIGKILL this process when it reaches `point` (wrappers around the writers)."""
+    import contextlib
+
+    import atomicfiles
+    import history
+
+    def hook(name):
+        if name == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def wrap_write(real):
+        def write(path, *args):
+            hook(f"before {os.path.basename(path)}")
+            real(path, *args)
+            hook(f"after {os.path.basename(path)}")
+        return write
+
+    atomicfiles.write_with = wrap_write(atomicfiles.write_with)
+    atomicfiles.write_bytes = wrap_write(atomicfiles.write_bytes)
+    real_tx, real_swap = history.transaction, deployment._swap_current
+
+    @contextlib.contextmanager
+    def transaction(conn):
+        with real_tx(conn):
+            yield conn
+        hook("after commit")
+
+    def swap(prod, number):
+        hook("before swap")
+        real_swap(prod, number)
+        hook("after swap")
+
+    history.transaction = transaction
+    deployment._swap_current = swap
+
+
+def start_cycle(cfg, point=None):
+    """Fork a child that runs one cycle and writes its log lines to a pipe; return (pid, read end).
+    With `point`, the child SIGKILLs itself there."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 3
         try:
             os.close(r)
+            if point is not None:
+                arm(point)
             handler = logging.StreamHandler(os.fdopen(w, "w", buffering=1))
             handler.setFormatter(logging.Formatter("%(message)s"))
             root = logging.getLogger()
@@ -201,7 +247,9 @@ def deliver(cfg, i, rng, delivered):
     """Run i's delivery: a fresh file, every fourth run a bad one beside it, every fifth a copy of an earlier one."""
     name = f"delivery {i:02d}.csv"
     # Activity beyond anything delivered before: feature drift, so every cycle retrains and redeploys.
-    df = datagen.generate(150, seed=100 + i)
+    # The first is large: rewriting finaldata.csv then takes a good part of each ingestion, so the
+    # kills aimed at ingestion land in that write too.
+    df = datagen.generate(30000 if i == 0 else 150, seed=100 + i)
     df["lastmonth_activity"] += 2000 * i
     df["lastyear_activity"] += 24000 * i
     path = cfg.input_folder_path / name
@@ -229,24 +277,22 @@ def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
     total = first["seconds"]
     check_invariants(cfg, delivered)
 
-    schedule = [s for s in STEPS for _ in range(4)] + [None] * 6  # 24 named, 6 anywhere
+    # 9 exact points, 15 random moments inside a named step, 6 random moments anywhere
+    schedule = [("point", p) for p in POINTS] + [("step", s) for s in STEPS * 3][:15] + [("any", None)] * 6
     rng.shuffle(schedule)
     killed_in, kills, runs = [], 0, 0
     while kills < KILLS:
         runs += 1
         assert runs <= KILLS + 15, f"only {kills} of {runs} runs could be killed: {killed_in}"
-        target = schedule[(runs - 1) % len(schedule)]
+        kind, target = schedule[(runs - 1) % len(schedule)]
         deliver(cfg, runs, rng, delivered)
-        pid, r = start_cycle(cfg)
+        pid, r = start_cycle(cfg, target if kind == "point" else None)
         lines = Lines(r)
-        if target is None:
-            delay = rng.uniform(0, total)
-            reached = True
-        else:
-            delay = rng.uniform(0, 0.9 * durations.get(target, 0.05))
-            reached = lines.wait_for(f"step: {target}")
-        if reached:
-            time.sleep(delay)
+        if kind == "any":
+            time.sleep(rng.uniform(0, total))
+            os.kill(pid, signal.SIGKILL)
+        elif kind == "step" and lines.wait_for(f"step: {target}"):
+            time.sleep(rng.uniform(0, 0.9 * durations.get(target, 0.05)))
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         lines.drain()
@@ -254,7 +300,7 @@ def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
         was_killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         if was_killed:
             kills += 1
-            killed_in.append(lines.last_step())
+            killed_in.append(target if kind == "point" else lines.last_step())
         else:
             assert os.waitstatus_to_exitcode(status) == 0, lines.lines
         # Right after the kill: whatever was serving still serves, whole.
@@ -267,6 +313,7 @@ def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
         assert fullprocess.run_cycle(cfg, publisher=stand_in)["decision"] == fullprocess.NO_NEW_DATA
     assert kills == KILLS
     assert {"ingestion", "training", "deployment"} <= set(killed_in), killed_in
+    assert set(POINTS) <= set(killed_in), killed_in  # every exact point was reached and killed at
     assert manifest["version"] > 10  # the cycles really redeployed, again and again
     with sqlite3.connect(cfg.history_db) as conn:
         assert conn.execute("SELECT count(*) FROM cycles WHERE decision = 'interrupted'").fetchone()[0] >= 1
