@@ -582,11 +582,15 @@ class Service:
 
     def health(self):
         p = self.models.get()
-        body = {"status": "ok" if p is not None and self.models.error is None else "unavailable",
-                "model_version": p.version if p is not None else None}
+        body = {"status": "ok" if p is not None else "unavailable", "model_version": p.version if p is not None else None}
         if self.models.error is not None:
             body["error"] = self.models.error
-            return body, 503
+            if p is None:
+                return body, 503
+            # The newest version failed to load but an older one answers: degraded, not down, so a
+            # load balancer keeps sending the traffic this worker can still serve.
+            body["status"] = "degraded"
+            return body, 200
         # Live input drift at the act level: degraded, still answering (never down).
         live = self.monitor.current_status(body["model_version"]) if self.monitor is not None else None
         if live is not None and live["level"] == "act" and live["model_version"] == body["model_version"]:

@@ -153,7 +153,7 @@ def main(argv=None):
               "logging; pathlib; sqlite3) and a few milliseconds of work (lock, one directory scan, four "
               "indexed queries, one log line). Measured with the modules' bytecode cached, as after cron's first run.",
               "- The big-delivery cycle's training step includes the audit's cross-validation (config "
-              "`cv_folds`, default 5: six fits instead of one); the second row shows the same cycle without it.",
+              "`cv_folds`, default 5, on a stratified sample of at most `cv_max_rows`, default 100,000 rows); the second row shows the same cycle without it.",
               "- The feature-drift figure is `drift.feature_drift` itself: each column sorted once, the KS "
               "statistic evaluated at the distinct values only (equal to scipy's, p-value by scipy's own "
               "asymptotic formula), PSI bins counted by binary search on the sorted arrays."]
