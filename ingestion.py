@@ -237,11 +237,15 @@ def summarize(df) -> tuple:
     return stats, missing
 
 
-def quarantine(path: Path, reason: str, digest: str, qdir: Path) -> Path:
-    """Move `path` into `qdir` with its reason beside it. Never deletes anything."""
+def quarantine_target(path: Path, digest: str, qdir: Path) -> Path:
+    """Where a bad file goes: qdir/TIMESTAMP-HASH-NAME."""
+    return qdir / f"{time.strftime('%Y%m%dT%H%M%S')}-{digest[:8]}-{path.name}"
+
+
+def quarantine(path: Path, reason: str, digest: str, qdir: Path, target=None) -> Path:
+    """Move `path` into `qdir` (as `target`, if given) with its reason beside it. Never deletes anything."""
     qdir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    target = qdir / f"{stamp}-{digest[:8]}-{path.name}"
+    target = Path(target) if target is not None else quarantine_target(path, digest, qdir)
     atomicfiles.write_text(target.with_name(target.name + ".reason.txt"), f"{path.name}: {reason}\n")
     try:
         os.replace(path, target)
@@ -301,11 +305,20 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
             try:
                 df = parse_delivery(data)
             except BadFile as exc:
-                moved = quarantine(cand.path, str(exc), digest, cfg.quarantine_folder_path)
+                # Recorded first, moved second: a process killed in between leaves the file where it
+                # was and its record naming the target, and the next run moves it there. (Moved
+                # first, a kill would leave it quarantined with no record of it.)
+                row = conn.execute("SELECT moved_to FROM quarantined_files WHERE sha256 = ? AND name = ?"
+                                   " ORDER BY id DESC LIMIT 1", (digest, cand.path.name)).fetchone()
+                if row is not None and not Path(row["moved_to"]).exists():
+                    target = Path(row["moved_to"])  # recorded by a run that was killed before the move
+                else:
+                    target = quarantine_target(cand.path, digest, cfg.quarantine_folder_path)
+                    with history.transaction(conn):
+                        history.record_json(conn, "quarantined_files", name=cand.path.name, sha256=digest,
+                                            reason=str(exc), moved_to=str(target), at=time.time())
+                moved = quarantine(cand.path, str(exc), digest, cfg.quarantine_folder_path, target)
                 logger.warning("quarantined %s: %s (moved to %s)", cand.path.name, exc, moved)
-                with history.transaction(conn):
-                    history.record_json(conn, "quarantined_files", name=cand.path.name, sha256=digest,
-                                        reason=str(exc), moved_to=str(moved), at=time.time())
                 result.quarantined.append({"name": cand.path.name, "reason": str(exc), "moved_to": str(moved)})
                 continue
             good.append((cand.path, digest, df))

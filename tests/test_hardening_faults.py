@@ -18,6 +18,7 @@ import select
 import signal
 import sqlite3
 import time
+import types
 
 import pandas as pd
 import pytest
@@ -46,7 +47,7 @@ def stand_in(cfg, record):
 
 
 # Exact points where the child SIGKILLs itself: between a write and what records it.
-POINTS = ["before finaldata.csv", "after finaldata.csv", "after commit", "after ingestedfiles.txt",
+POINTS = ["after quarantine move", "before finaldata.csv", "after finaldata.csv", "after commit", "after ingestedfiles.txt",
           "after trainedmodel.pkl", "after latestscore.txt", "after manifest.json", "before swap", "after swap"]
 
 
@@ -85,6 +86,16 @@ def arm(point):
 
     history.transaction = transaction
     deployment._swap_current = swap
+    real_replace = ingestion.os.replace
+
+    def replace(src, dst):  # ingestion moves a bad file into quarantine with os.replace
+        real_replace(src, dst)
+        hook("after quarantine move")
+
+    patched_os = types.ModuleType("os")
+    patched_os.__dict__.update(vars(os))
+    patched_os.replace = replace
+    ingestion.os = patched_os
 
 
 def start_cycle(cfg, point=None):
@@ -243,8 +254,8 @@ def world(tmp_path):
                                    feature_drift_triggers_retrain=True))
 
 
-def deliver(cfg, i, rng, delivered):
-    """Run i's delivery: a fresh file, every fourth run a bad one beside it, every fifth a copy of an earlier one."""
+def deliver(cfg, i, rng, delivered, bad=False):
+    """Run i's delivery: a fresh file, a bad one beside it every fourth run (and when `bad`), every fifth a copy of an earlier one."""
     name = f"delivery {i:02d}.csv"
     # Activity beyond anything delivered before: feature drift, so every cycle retrains and redeploys.
     # The first is large: rewriting finaldata.csv then takes a good part of each ingestion, so the
@@ -255,7 +266,7 @@ def deliver(cfg, i, rng, delivered):
     path = cfg.input_folder_path / name
     df.to_csv(path, index=False)
     delivered[name] = path.read_bytes()
-    if i % 4 == 3:
+    if bad or i % 4 == 3:
         bad = write_delivery(cfg, f"bad {i:02d}.csv", text=HEADER + f"b{i:03d},1,2,lots,0\n")
         delivered[bad.name] = bad.read_bytes()
     if i % 5 == 4:
@@ -277,7 +288,7 @@ def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
     total = first["seconds"]
     check_invariants(cfg, delivered)
 
-    # 9 exact points, 15 random moments inside a named step, 6 random moments anywhere
+    # 10 exact points, 15 random moments inside a named step, 6 random moments anywhere (30 kills)
     schedule = [("point", p) for p in POINTS] + [("step", s) for s in STEPS * 3][:15] + [("any", None)] * 6
     rng.shuffle(schedule)
     killed_in, kills, runs = [], 0, 0
@@ -285,7 +296,7 @@ def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
         runs += 1
         assert runs <= KILLS + 15, f"only {kills} of {runs} runs could be killed: {killed_in}"
         kind, target = schedule[(runs - 1) % len(schedule)]
-        deliver(cfg, runs, rng, delivered)
+        deliver(cfg, runs, rng, delivered, bad=target == "after quarantine move")
         pid, r = start_cycle(cfg, target if kind == "point" else None)
         lines = Lines(r)
         if kind == "any":
