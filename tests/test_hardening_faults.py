@@ -1,6 +1,6 @@
 """Fault injection: the monitoring cycle SIGKILLed at 30+ seeded moments, rerun after each kill.
 
-Each cycle runs in a child forked from this warm interpreter (pandas and scikit-learn already
+Each cycle runs in a child forked from a warm fork server (pandas and scikit-learn already
 imported, so a cycle takes a fraction of a second instead of a second and a half of imports): a
 real process, really SIGKILLed by the kernel. A seeded schedule picks, for each run, one of:
 an exact point between a write and what records it (the child SIGKILLs itself there: after
@@ -12,9 +12,9 @@ each rerun every invariant of README's "Reliability" must hold exactly.
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import random
-import select
 import signal
 import sqlite3
 import time
@@ -98,46 +98,64 @@ def arm(point):
     ingestion.os = patched_os
 
 
+# Children are forked by a fresh, single-threaded fork server with the heavy modules preloaded:
+# forking pytest itself would copy the threads other tests leave behind (thread pools, servers),
+# and a child can deadlock on a lock one of them held at the fork.
+FORKSERVER = multiprocessing.get_context("forkserver")
+PRELOAD = ["pandas", "numpy", "scipy.stats", "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing",
+           "sklearn.metrics", "fullprocess", "ingestion", "training", "scoring", "deployment", "drift", "audit"]
+
+
+class PipeHandler(logging.Handler):
+    """Sends each log line of the child through a pipe."""
+
+    def __init__(self, conn):
+        super().__init__()
+        self.conn = conn
+
+    def emit(self, record):
+        self.conn.send_bytes(self.format(record).encode())
+
+
+def _child(config_path, conn, point):
+    """One cycle, in a child of the fork server; with `point`, it SIGKILLs itself there."""
+    code = 3
+    try:
+        if point is not None:
+            arm(point)
+        handler = PipeHandler(conn)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        rec = fullprocess.run_cycle(load_config(config_path), publisher=stand_in)
+        code = 1 if rec["errors"] else 0
+    finally:
+        os._exit(code)
+
+
 def start_cycle(cfg, point=None):
-    """Fork a child that runs one cycle and writes its log lines to a pipe; return (pid, read end).
-    With `point`, the child SIGKILLs itself there."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 3
-        try:
-            os.close(r)
-            if point is not None:
-                arm(point)
-            handler = logging.StreamHandler(os.fdopen(w, "w", buffering=1))
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            root = logging.getLogger()
-            root.handlers[:] = [handler]
-            root.setLevel(logging.INFO)
-            rec = fullprocess.run_cycle(cfg, publisher=stand_in)
-            code = 1 if rec["errors"] else 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    return pid, r
+    """Start a child that runs one cycle and sends its log lines through a pipe; return (process, read end)."""
+    r, w = FORKSERVER.Pipe(duplex=False)
+    proc = FORKSERVER.Process(target=_child, args=(str(cfg.path), w, point))
+    proc.start()
+    w.close()
+    return proc, r
 
 
 class Lines:
     """The child's log lines, read as they come."""
 
-    def __init__(self, fd):
-        self.fd, self.buf, self.lines = fd, b"", []
+    def __init__(self, conn):
+        self.conn, self.lines = conn, []
 
     def read(self, timeout):
-        ready, _, _ = select.select([self.fd], [], [], max(timeout, 0))
-        if not ready:
+        if not self.conn.poll(max(timeout, 0)):
             return False
-        chunk = os.read(self.fd, 65536)
-        if not chunk:
-            return None  # the child closed its end: it exited
-        self.buf += chunk
-        *done, self.buf = self.buf.split(b"\n")
-        self.lines += [d.decode() for d in done]
+        try:
+            self.lines.append(self.conn.recv_bytes().decode())
+        except EOFError:
+            return None  # the child is gone
         return True
 
     def wait_for(self, text, timeout=30.0):
@@ -157,13 +175,13 @@ class Lines:
 
 
 def run_to_end(cfg):
-    pid, r = start_cycle(cfg)
+    proc, r = start_cycle(cfg)
     lines = Lines(r)
     while lines.read(60) not in (None, False):
         pass
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), lines.lines
+    r.close()
+    proc.join(60)
+    return proc.exitcode, lines.lines
 
 
 def sha(data):
@@ -277,6 +295,7 @@ def deliver(cfg, i, rng, delivered, bad=False):
 
 def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
     cfg = world
+    FORKSERVER.set_forkserver_preload(PRELOAD)
     rng = random.Random(SEED)
     delivered = {}
     deliver(cfg, 0, rng, delivered)
@@ -297,23 +316,22 @@ def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
         assert runs <= KILLS + 15, f"only {kills} of {runs} runs could be killed: {killed_in}"
         kind, target = schedule[(runs - 1) % len(schedule)]
         deliver(cfg, runs, rng, delivered, bad=target == "after quarantine move")
-        pid, r = start_cycle(cfg, target if kind == "point" else None)
+        proc, r = start_cycle(cfg, target if kind == "point" else None)
         lines = Lines(r)
         if kind == "any":
             time.sleep(rng.uniform(0, total))
-            os.kill(pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)
         elif kind == "step" and lines.wait_for(f"step: {target}"):
             time.sleep(rng.uniform(0, 0.9 * durations.get(target, 0.05)))
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.join(60)
         lines.drain()
-        os.close(r)
-        was_killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        if was_killed:
+        r.close()
+        if proc.exitcode == -signal.SIGKILL:
             kills += 1
             killed_in.append(target if kind == "point" else lines.last_step())
         else:
-            assert os.waitstatus_to_exitcode(status) == 0, lines.lines
+            assert proc.exitcode == 0, lines.lines
         # Right after the kill: whatever was serving still serves, whole.
         if deployment.current_dir(cfg.prod_deployment_path) is not None:
             check_production(cfg)
