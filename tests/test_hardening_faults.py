@@ -47,8 +47,9 @@ def stand_in(cfg, record):
 
 
 # Exact points where the child SIGKILLs itself: between a write and what records it.
-POINTS = ["after quarantine move", "before finaldata.csv", "after finaldata.csv", "after commit", "after ingestedfiles.txt",
-          "after trainedmodel.pkl", "after latestscore.txt", "after manifest.json", "before swap", "after swap"]
+POINTS = ["after quarantine move", "before finaldata.csv", "after finaldata.csv", "after commit",
+          "before ingestedfiles.txt", "after ingestedfiles.txt", "after trainedmodel.pkl", "after latestscore.txt",
+          "after manifest.json", "before swap", "after swap"]
 
 
 def arm(point):
@@ -307,7 +308,7 @@ def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
     total = first["seconds"]
     check_invariants(cfg, delivered)
 
-    # 10 exact points, 15 random moments inside a named step, 6 random moments anywhere (30 kills)
+    # 11 exact points, 15 random moments inside a named step, 6 random moments anywhere (30 kills)
     schedule = [("point", p) for p in POINTS] + [("step", s) for s in STEPS * 3][:15] + [("any", None)] * 6
     rng.shuffle(schedule)
     killed_in, kills, runs = [], 0, 0
