@@ -22,7 +22,7 @@ import pickle
 import shutil
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -143,6 +143,23 @@ def prune(prod, keep: int):
         logger.info("pruned %s", path.name)
 
 
+@contextmanager
+def deploy_lock(prod: Path):
+    """An exclusive lock on the production folder: one deployment or rollback at a time.
+
+    Held by every deployer, so an unnamed `.building-*` folder found under it is a dead one's.
+    """
+    import fcntl
+
+    prod.mkdir(parents=True, exist_ok=True)
+    with open(prod / ".deploy.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def deploy(prod, model_path, score_path, ingested_path, metrics=None, keep=5, conn=None, extra=None) -> dict:
     """Publish the three files as a new version and make it the serving one; return its manifest.
 
@@ -151,6 +168,11 @@ def deploy(prod, model_path, score_path, ingested_path, metrics=None, keep=5, co
     manifest as they are (the monitoring cycle passes {"cycle": {...}} with its drift decision).
     """
     prod = Path(prod)
+    with deploy_lock(prod):
+        return _deploy(prod, model_path, score_path, ingested_path, metrics, keep, conn, extra)
+
+
+def _deploy(prod, model_path, score_path, ingested_path, metrics, keep, conn, extra) -> dict:
     vroot = prod / "versions"
     vroot.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(vroot)
@@ -199,6 +221,11 @@ def deploy(prod, model_path, score_path, ingested_path, metrics=None, keep=5, co
 def rollback(prod, conn=None) -> dict:
     """Make the version before the serving one the serving one; return its manifest."""
     prod = Path(prod)
+    with deploy_lock(prod):
+        return _rollback(prod, conn)
+
+
+def _rollback(prod, conn) -> dict:
     current = current_dir(prod)
     if current is None:
         raise DeploymentError(f"nothing is deployed in {prod}: nothing to roll back")
@@ -226,8 +253,11 @@ def deploy_from_config(cfg, conn=None, extra=None) -> dict:
     try:
         row = conn.execute("SELECT f1, precision, recall, roc_auc, rows FROM scores WHERE dataset = 'test'"
                            " AND model_sha256 = ? ORDER BY id DESC LIMIT 1", (digest,)).fetchone()
-        if row is not None:
-            metrics = dict(row)
+        if row is None:
+            # Never publish another model's score as this one's: the drift check compares against it.
+            raise DeploymentError(f"no test score is recorded for {cfg.model_file} (sha256 "
+                                  f"{(digest or '')[:12]}): run scoring.py first")
+        metrics = dict(row)
         return deploy(cfg.prod_deployment_path, cfg.model_file, cfg.score_file, cfg.ingested_list,
                       metrics=metrics, keep=cfg.keep_versions, conn=conn, extra=extra)
     finally:

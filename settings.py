@@ -216,6 +216,16 @@ def load_config(path=None) -> Config:
         raise ConfigError(f"config file {path} must hold a JSON object")
     values = _checked("config", data, SCHEMA)
     values["model"] = _checked("model", values["model"], MODEL_SCHEMA)
+    model = values["model"]
+    if not model["C"] > 0:
+        raise ConfigError(f"model key 'C' must be a positive number, not {model['C']!r}")
+    if model["max_iter"] < 1:
+        raise ConfigError(f"model key 'max_iter' must be at least 1, not {model['max_iter']!r}")
+    if model["class_weight"] not in (None, "balanced"):
+        raise ConfigError(f"model key 'class_weight' must be null or \"balanced\", not {model['class_weight']!r}")
+    for key in ("drift_bootstrap_rounds", "max_request_bytes"):
+        if values[key] < 1:
+            raise ConfigError(f"config key {key!r} must be at least 1, not {values[key]!r}")
     if values["drift_test"] not in DRIFT_TESTS:
         raise ConfigError(f"config key 'drift_test' must be one of {', '.join(DRIFT_TESTS)}, not {values['drift_test']!r}")
     if values["keep_versions"] < 2:

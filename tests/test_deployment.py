@@ -163,3 +163,34 @@ def test_a_reader_in_another_process_never_sees_a_torn_deployment(trained, tmp_p
     assert result["torn"] == []
     assert result["reads"] == 300
     assert len(result["seen"]) > 1
+
+
+def test_a_model_without_a_recorded_score_is_not_deployed(trained):
+    deployment.deploy_from_config(trained)
+    # A retrained model, not scored: the score file still holds the previous model's F1.
+    write_delivery(trained, "b.csv", rows=100, seed=5, drift="concept", strength=1.0)
+    ingestion.ingest(trained)
+    training.run(trained)
+    proc = run_script("deployment.py", "--config", trained.path)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: no test score is recorded for {trained.model_file} (sha256 "
+                           f"{sha(trained.model_file)[:12]}): run scoring.py first\n")
+    assert deployment.versions(trained.prod_deployment_path) == [1]
+
+
+def test_deployments_from_two_processes_at_once_both_land(trained, tmp_path):
+    prod = trained.prod_deployment_path
+    script = tmp_path / "deployer.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        import deployment
+        for _ in range(15):
+            deployment.deploy({str(prod)!r}, {str(trained.model_file)!r}, {str(trained.score_file)!r},
+                              {str(trained.ingested_list)!r}, keep=1000)
+    """))
+    procs = [subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert deployment.versions(prod) == list(range(1, 46))
+    assert deployment.current_manifest(prod)["version"] == 45

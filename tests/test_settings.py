@@ -33,6 +33,11 @@ def test_relative_paths_resolve_against_the_config_not_the_cwd(tmp_path, monkeyp
     ({"keep_versions": 1}, "config key 'keep_versions' must be at least 2, so a rollback has somewhere to go"),
     ({"drift_test": "vibes"}, "config key 'drift_test' must be one of raw, parametric, nonparametric, significance, not 'vibes'"),
     ({"model": {"C": 1, "depth": 3}}, "unknown model key 'depth' (known keys: C, class_weight, max_iter, random_state)"),
+    ({"model": {"C": -1}}, "model key 'C' must be a positive number, not -1.0"),
+    ({"model": {"max_iter": 0}}, "model key 'max_iter' must be at least 1, not 0"),
+    ({"model": {"class_weight": "heavy"}}, "model key 'class_weight' must be null or \"balanced\", not 'heavy'"),
+    ({"drift_bootstrap_rounds": 0}, "config key 'drift_bootstrap_rounds' must be at least 1, not 0"),
+    ({"max_request_bytes": -5}, "config key 'max_request_bytes' must be at least 1, not -5"),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(ConfigError) as err:
