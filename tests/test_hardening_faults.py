@@ -177,10 +177,11 @@ class Lines:
 
 def sigkill(proc):
     """SIGKILL the child, unless it has already finished (the fork server reaps its children)."""
-    try:
-        os.kill(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    if proc.is_alive():  # (pids are allocated in sequence: a finished child's is not reused within ms)
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def run_to_end(cfg):
