@@ -129,7 +129,8 @@ def _covered_id(conn, state) -> int:
     ingested before it.
     """
     by_cycle = state[0] if state else 0
-    row = conn.execute("SELECT max(id) FROM ingested_files WHERE at <= (SELECT max(at) FROM deployments)").fetchone()
+    row = conn.execute("SELECT max(id) FROM ingested_files WHERE at <= "
+                       "(SELECT max(at) FROM deployments WHERE action = 'deploy')").fetchone()
     return max(by_cycle or 0, row[0] or 0)
 
 
@@ -282,6 +283,13 @@ class Cycle:
             metrics = scoring.run(self.cfg, self.conn)
         self.record["retrained"] = {"training_rows": meta["training_rows"], "model_sha256": meta["model_sha256"],
                                     "test_metrics": metrics}
+        serving = _serving_manifest(self.cfg.prod_deployment_path)
+        before = (serving or {}).get("metrics", {}).get("f1")
+        if before is not None and metrics["f1"] < before:
+            note = (f"the retrained model's test F1 {metrics['f1']:.4f} is below the serving model's {before:.4f} "
+                    f"(version {serving['version']}); config promotion_gate keeps a worse model out")
+            logger.warning("%s", note)
+            self.record["retrained"]["warning"] = note
         return metrics
 
     def deploy(self, cycle_id, decision):
@@ -318,7 +326,8 @@ class Cycle:
         with self.step("score_drift"):
             X, y = scoring.read_labelled(cfg.test_data_file)
             reference_rows = X.assign(**{TARGET: y})
-            deployed_f1 = float((cfg.prod_deployment_path / "latestscore.txt").read_text().strip())
+            # The score recorded with this very model: the `latestscore.txt` link may have moved meanwhile.
+            deployed_f1 = float(manifest["metrics"]["f1"])
             decision = drift.score_drift(
                 cfg.drift_test, model, complete, reference_rows, deployed_f1=deployed_f1,
                 history=_deployed_history(self.conn), level=cfg.drift_significance_level,
@@ -397,6 +406,11 @@ def _run_locked(cfg, conn, publisher):
     rec["new_files"] = [c.path.name for c in candidates]
     if interrupted:
         rec["recovered"] = interrupted
+    if not cfg.input_folder_path.is_dir():  # a typo in the config must not look like "no new data" forever
+        _fail(rec, f"input folder {cfg.input_folder_path} does not exist (input_folder_path in {cfg.path})")
+        rec["deployed_version"] = rec["previous_version"] = current_version
+        _finish(cfg, conn, rec, None, cyc)
+        return rec
     nothing_owed = max_id <= covered and published == current_version
     if not candidates and (nothing_owed if manifest else not cfg.finaldata.exists()):
         rec["decision"] = NO_NEW_DATA if manifest else NO_DATA_YET

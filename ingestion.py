@@ -366,14 +366,21 @@ def main(argv=None):
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = ingest(cfg, args.input_folder)
+    folder = Path(args.input_folder) if args.input_folder else cfg.input_folder_path
+    if not folder.is_dir():
+        print(f"error: input folder {folder} does not exist", file=sys.stderr)
+        return 2
+    result = ingest(cfg, folder)
     for f in result.ingested:
         print(f"ingested    {f['name']} ({f['rows']} rows)")
     for name in result.skipped:
         print(f"already in  {name}")
     for f in result.quarantined:
         print(f"quarantined {f['name']}: {f['reason']}")
-    print(f"{cfg.finaldata}: {result.total_rows} distinct rows")
+    if cfg.finaldata.exists():
+        print(f"{cfg.finaldata}: {result.total_rows} distinct rows")
+    else:
+        print(f"nothing ingested yet: no {cfg.finaldata}")
     return 0
 
 

@@ -639,11 +639,21 @@ def screenshots(url, out_dir, widths=SCREEN_WIDTHS):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Save screenshots of the running status page (headless Chromium).")
-    parser.add_argument("--url", default="http://127.0.0.1:8000/", help="the page's address")
+    parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
+    parser.add_argument("--url", help="the page's address (default: the config's api_url)")
     parser.add_argument("--out", required=True, help="folder for status-wide.png and status-narrow.png")
     args = parser.parse_args(argv)
+    url = args.url
+    if url is None:
+        from settings import ConfigError, load_config
+
+        try:
+            url = load_config(args.config).api_url.rstrip("/") + "/"
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
-        for path in screenshots(args.url, args.out):
+        for path in screenshots(url, args.out):
             print(f"screenshot: {path}")
     except BrowserError as exc:
         print(f"error: {exc}", file=sys.stderr)

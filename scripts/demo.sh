@@ -20,12 +20,14 @@ stop_api() {
 }
 trap stop_api EXIT
 
-step "1. The first model, from practicedata/ (ingest, train, score, deploy, report)"
+step "1. The first model, from practicedata/ (ingest, train, score, deploy, report, diagnostics)"
 "$PY" ingestion.py --input-folder practicedata
 "$PY" training.py
 "$PY" scoring.py
 "$PY" deployment.py
 "$PY" reporting.py
+"$PY" diagnostics.py > "$(config output_model_path)/diagnostics.json"
+echo "diagnostics: $(config output_model_path)/diagnostics.json"
 
 step "2. The API, under gunicorn, at $API_URL"
 mkdir -p logs

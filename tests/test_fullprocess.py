@@ -1,6 +1,7 @@
 """The monitoring cycle's decisions, in-process with a recording publisher, and its crash recovery."""
 import json
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from sklearn.metrics import f1_score
 
 import deployment
 import fullprocess
+import history
 import ingestion
 from conftest import make_config, write_delivery
 from settings import FEATURES, TARGET, load_config
@@ -551,3 +553,38 @@ def test_not_enough_evidence_redeploys_nothing(tmp_path, published):
     assert rec["decision"] == fullprocess.NOT_ENOUGH_EVIDENCE and rec["errors"] == []
     assert deployed_version(cfg) == 1 and len(published.records) == 1
     assert fullprocess.run_cycle(cfg)["decision"] == fullprocess.NO_NEW_DATA
+
+
+def test_a_missing_input_folder_is_a_failure_not_no_new_data(tmp_path, published):
+    cfg = load_config(make_config(tmp_path, input_folder_path="sourcedta"))
+    rec = fullprocess.run_cycle(cfg)
+    assert rec["decision"] == fullprocess.FAILED
+    assert rec["errors"] == [f"input folder {tmp_path / 'sourcedta'} does not exist (input_folder_path in {cfg.path})"]
+    assert fullprocess.main(["--config", str(cfg.path)]) == 1
+
+
+def test_a_retrained_model_scoring_below_the_serving_one_is_flagged(world, published):
+    cold_start(world, published)
+    serving_f1 = deployment.current_manifest(world.prod_deployment_path)["metrics"]["f1"]
+    write_delivery(world, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
+    rec = fullprocess.run_cycle(world)
+    new_f1 = rec["retrained"]["test_metrics"]["f1"]
+    assert new_f1 < serving_f1  # trained on a reversed relation, it scores worse on the old test data
+    assert rec["retrained"]["warning"] == (
+        f"the retrained model's test F1 {new_f1:.4f} is below the serving model's {serving_f1:.4f} "
+        f"(version 1); config promotion_gate keeps a worse model out")
+
+
+def test_a_rollback_does_not_mark_undecided_deliveries_as_decided(world, published):
+    cold_start(world, published)
+    write_delivery(world, "second.csv", rows=100, seed=3)
+    fullprocess.run_cycle(world)  # no drift: nothing redeployed
+    conn = history.connect(world.history_db)
+    # A delivery ingested after the last deployment but never decided on (as a killed cycle leaves it)...
+    write_delivery(world, "third.csv", rows=50, seed=4)
+    ingestion.ingest(world, conn=conn)
+    third = conn.execute("SELECT id FROM ingested_files WHERE name = 'third.csv'").fetchone()[0]
+    # ...then an operator's rollback, recorded later: it decides nothing about third.csv.
+    history.record_json(conn, "deployments", at=time.time() + 1, version=1, action="rollback",
+                        model_sha256="x", f1=None)
+    assert fullprocess._covered_id(conn, fullprocess._last_state(conn)) < third

@@ -196,3 +196,11 @@ def test_script_reports_what_it_did(world):
         "quarantined b.csv: empty file",
         f"{world.finaldata}: 2 distinct rows",
     ]
+
+
+def test_script_with_a_missing_folder_or_nothing_to_ingest(world):
+    proc = run_script("ingestion.py", "--config", world.path, "--input-folder", world.base / "nowhere")
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"error: input folder {world.base / 'nowhere'} does not exist\n"
+    proc = run_script("ingestion.py", "--config", world.path)
+    assert (proc.returncode, proc.stdout) == (0, f"nothing ingested yet: no {world.finaldata}\n")

@@ -470,3 +470,14 @@ def test_screenshots_command_says_why_in_one_line(tmp_path):
     assert no_browser.returncode == 2
     assert no_browser.stderr == "error: chromium is not installed (make setup installs it: apt-get install -y chromium)\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_screenshots_command_takes_the_address_from_the_config(server, tmp_path):
+    from conftest import make_config
+
+    config = make_config(tmp_path, api_url=server)
+    out = tmp_path / "shots"
+    done = subprocess.run([sys.executable, str(REPO / "status.py"), "--config", str(config), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"screenshot: {out / 'status-wide.png'}\nscreenshot: {out / 'status-narrow.png'}\n"
