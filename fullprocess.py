@@ -218,13 +218,19 @@ def _held_out_range(cfg, conn, pending):
     """finaldata.csv's rows [start, end) from deliveries decided on since the deployed model was
     trained (they caused no redeploy): recent labelled rows it has never seen, the held-out
     reference of the `significance` test (README, "Which reference"). None when there are none."""
-    try:
-        deployed_names = set((cfg.prod_deployment_path / "ingestedfiles.txt").read_text().splitlines())
-    except FileNotFoundError:
-        return None
-    files = conn.execute("SELECT id, name, at FROM ingested_files WHERE id < ? ORDER BY id",
+    manifest = _serving_manifest(cfg.prod_deployment_path)
+    training_files = ((manifest or {}).get("training") or {}).get("training_files")
+    files = conn.execute("SELECT id, name, sha256, at FROM ingested_files WHERE id < ? ORDER BY id",
                          (pending[0]["id"],)).fetchall()
-    trained_through = max((f["id"] for f in files if f["name"] in deployed_names), default=0)
+    if training_files is not None:  # by content: a changed file under an old name is not the trained one
+        trained = {f["sha256"] for f in training_files}
+        trained_through = max((f["id"] for f in files if f["sha256"] in trained), default=0)
+    else:  # a model deployed before its training files were recorded: by the deployed list of names
+        try:
+            deployed_names = set((cfg.prod_deployment_path / "ingestedfiles.txt").read_text().splitlines())
+        except FileNotFoundError:
+            return None
+        trained_through = max((f["id"] for f in files if f["name"] in deployed_names), default=0)
     held = [f for f in files if f["id"] > trained_through]
     if not held:
         return None

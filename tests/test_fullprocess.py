@@ -588,3 +588,23 @@ def test_a_rollback_does_not_mark_undecided_deliveries_as_decided(world, publish
     history.record_json(conn, "deployments", at=time.time() + 1, version=1, action="rollback",
                         model_sha256="x", f1=None)
     assert fullprocess._covered_id(conn, fullprocess._last_state(conn)) < third
+
+
+def test_a_changed_file_under_the_trained_name_is_held_out(tmp_path, published):
+    """Held-out rows are matched to the deployed model's training files by content, not by name."""
+    (tmp_path / "sourcedata").mkdir()
+    (tmp_path / "testdata").mkdir()
+    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=500))
+    import os
+
+    import datagen
+
+    datagen.generate(400, seed=301).to_csv(cfg.test_data_file, index=False)
+    cold_start(cfg, published, rows=1000)  # trained on first.csv
+    path = write_delivery(cfg, "first.csv", rows=200, seed=9)  # new content under the trained name
+    os.utime(path, (time.time() - 5, time.time() - 5))
+    assert fullprocess.run_cycle(cfg)["decision"] == fullprocess.NO_DRIFT
+    write_delivery(cfg, "next.csv", rows=300, seed=11)
+    rec = fullprocess.run_cycle(cfg)
+    assert rec["held_out_rows"] == 200
+    assert rec["score_drift"]["reference_rows"] == 600
