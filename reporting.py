@@ -108,6 +108,26 @@ def _history(cfg, model_sha):
             "summaries": summaries, "timings": timings, "file_rows": file_rows}
 
 
+def delivery_slices(cfg, cycle):
+    """The cycle's new delivery on the deployed model's slices, each with the F1 the same slice had
+    in the previous delivery that recorded slices (so a slice getting worse shows), or None."""
+    current = (cycle or {}).get("slices_new")
+    if not current:
+        return None
+    before = cycle.get("cycle_id") or 2**62
+    previous = {}
+    with closing(history.connect(cfg.history_db)) as conn:
+        for row in conn.execute("SELECT record FROM cycles WHERE id < ? ORDER BY id DESC LIMIT 20", (before,)):
+            earlier = json.loads(row["record"]).get("slices_new")
+            if earlier:
+                previous = {s["label"]: s["f1"] for s in earlier["slices"]}
+                break
+    return [{"label": s["label"], "rows": s["rows"], "f1": s["f1"], "flag": s["flag"],
+             "previous_f1": previous.get(s["label"]),
+             "change": change(s["f1"], previous.get(s["label"])) if s["label"] in previous else "first delivery"}
+            for s in current["slices"]]
+
+
 def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
     """Everything the report shows, as plain data. Raises ReportError when there is nothing to report on."""
     import diagnostics
@@ -149,6 +169,7 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
         "timings": {step: secs[-TREND_POINTS:] for step, secs in past["timings"].items()},
         "dependencies": dependencies,
         "cycle": cycle,
+        "delivery_slices": delivery_slices(cfg, cycle),
         "audit": audit,
         "live": _live_traffic(cfg),
     }
@@ -511,6 +532,16 @@ def _drift_section(doc, data, W):
         doc.para("Drifted features: " + (", ".join(fd.get("drifted", [])) or "none"))
     else:
         doc.para("No feature-drift result in this cycle's record.")
+    slices = data.get("delivery_slices")
+    if slices:
+        doc.space(2)
+        doc.para("The new delivery on the deployed model's slices, against the previous delivery on the "
+                 "same slice:", doc.lead)
+        rows = [["Slice", "Rows", "F1", "Previous F1", "Change", "Flag"]]
+        for sl in slices:
+            rows.append([sl["label"], _fmt(sl["rows"], ",d"), _fmt(sl["f1"]), _fmt(sl["previous_f1"]),
+                         sl["change"], sl["flag"] or "-"])
+        doc.table(rows, [0.36 * W, 0.1 * W, 0.11 * W, 0.13 * W, 0.14 * W, 0.16 * W])
 
 
 def _markdown_table(doc, lines, W):

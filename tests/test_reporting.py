@@ -277,3 +277,34 @@ def test_report_after_a_rollback_covers_the_serving_model(world1):
     assert table_row(section(text, "Scores on the test data", "Ingested data"), "F1")[0] == f"{truth['f1']:.4f}"
     # Three deployment events (deploy, deploy, rollback): the F1 trend is drawn.
     assert len(pdf_images(paths["latest"])) == 4
+
+
+def _slice(label, rows, f1, flag=None):
+    return {"feature": "number_of_employees", "band": 0, "label": label, "lower": None, "upper": None,
+            "rows": rows, "exits": 5, "f1": f1, "precision": f1, "recall": f1, "flag": flag}
+
+
+def test_the_new_delivery_slices_are_compared_with_the_previous_delivery(world1):
+    earlier = {"slices_new": {"slices": [_slice("number_of_employees < 70", 40, 0.8),
+                                         _slice("lastmonth_activity >= 241", 30, 0.5)]}}
+    with closing(history.connect(world1.history_db)) as conn:
+        history.record_json(conn, "cycles", started_at=1.0, record=earlier)
+        last = history.record_json(conn, "cycles", started_at=2.0, record={"slices_new": None})  # none recorded
+    cycle = {"cycle_id": last + 1, "decision": "no drift",
+             "slices_new": {"slices": [_slice("number_of_employees < 70", 35, 0.6, "below overall"),
+                                       _slice("lastmonth_activity >= 241", 25, 0.5),
+                                       _slice("lastmonth_activity < 111", 4, 1.0, "too small")]}}
+    assert reporting.delivery_slices(world1, cycle) == [
+        {"label": "number_of_employees < 70", "rows": 35, "f1": 0.6, "flag": "below overall",
+         "previous_f1": 0.8, "change": "down"},
+        {"label": "lastmonth_activity >= 241", "rows": 25, "f1": 0.5, "flag": None, "previous_f1": 0.5,
+         "change": "same"},
+        {"label": "lastmonth_activity < 111", "rows": 4, "f1": 1.0, "flag": "too small", "previous_f1": None,
+         "change": "first delivery"},
+    ]
+    paths = reporting.generate_report(world1, cycle=cycle)
+    text = pdf_text(paths["latest"])
+    assert "The new delivery on the deployed model's slices, against the previous delivery on the" in text
+    assert table_row(text, "number_of_employees < 70") == ["35", "0.6000", "0.8000", "down", "below overall"]
+    assert table_row(text, "lastmonth_activity < 111") == ["4", "1.0000", "n/a", "first delivery", "too small"]
+    assert reporting.delivery_slices(world1, {"cycle_id": 5, "slices_new": None}) is None
