@@ -108,6 +108,21 @@ def _history(cfg, model_sha):
             "summaries": summaries, "timings": timings, "file_rows": file_rows}
 
 
+def deploying_cycle(cfg, manifest):
+    """The record of the monitoring cycle that deployed this version (its manifest names it), so a
+    report made later still shows the drift check behind the model; None for a version deployed by hand."""
+    made_by = manifest.get("cycle")
+    if not isinstance(made_by, dict) or made_by.get("id") is None:
+        return None
+    with closing(history.connect(cfg.history_db)) as conn:
+        row = conn.execute("SELECT record FROM cycles WHERE id = ?", (made_by["id"],)).fetchone()
+    if row is None:
+        return made_by
+    record = json.loads(row["record"])
+    record.setdefault("cycle_id", made_by["id"])
+    return record
+
+
 def delivery_slices(cfg, cycle):
     """The cycle's new delivery on the deployed model's slices, each with the F1 the same slice had
     in the previous delivery that recorded slices (so a slice getting worse shows), or None."""
@@ -133,6 +148,8 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
     import diagnostics
 
     model, manifest, files, card = _deployed(cfg)
+    if cycle is None:
+        cycle = deploying_cycle(cfg, manifest)
     metrics, matrix = _scores_on_test(cfg, model)
     model_sha = manifest["files"]["trainedmodel.pkl"]["sha256"]
     past = _history(cfg, model_sha)

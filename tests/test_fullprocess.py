@@ -460,6 +460,13 @@ def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
     assert returns.splitlines()[1] == f"# via: the server at http://127.0.0.1:{port}"
     assert '"model_version": 2' in returns
     assert f"apireturns: {rec['published']['apireturns']}" in second.stdout.splitlines()
+    # A report made later by hand (no cycle given) still shows the drift check behind the serving model.
+    import reporting
+
+    later = " ".join(pdf_text(reporting.generate_report(cfg)["latest"]).split())
+    assert "Decision: drift: redeployed" in later
+    assert f"New F1 {rec['score_drift']['new_f1']:.4f}" in later
+    assert "No drift check has run" not in later
 
 
 HEAVY = ("numpy", "pandas", "sklearn", "scipy", "reportlab", "matplotlib", "flask", "apscheduler")
