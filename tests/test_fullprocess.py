@@ -2,7 +2,6 @@
 import json
 import sqlite3
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -386,49 +385,12 @@ def pdf_text(path):
                           check=True).stdout
 
 
-@contextmanager
-def serving(cfg, port):
-    """`gunicorn -c gunicorn.conf.py` for cfg on 127.0.0.1:port (the config's api_url), one worker; killed after."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
-
-    from conftest import REPO
-
-    log = open(cfg.base / "gunicorn.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "--chdir",
-                             str(REPO)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PORT": str(port), "DRAS_CONFIG": str(cfg.path), "WEB_CONCURRENCY": "1"})
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                    break
-            except (urllib.error.URLError, OSError):
-                assert proc.poll() is None and time.monotonic() < deadline, (cfg.base / "gunicorn.log").read_text()
-                time.sleep(0.1)
-        yield
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
 def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
     """Real processes and modules: a cold start while the API is down (its returns made in-process),
     then the API under gunicorn and a drifted delivery: redeployed, reported, and the running API,
     now serving the new version, answers the returns."""
     from conftest import run_script
-    from test_server import free_port
+    from test_server import free_port, gunicorn
 
     port = free_port()
     cfg = load_config(make_config(world.base, api_url=f"http://127.0.0.1:{port}",
@@ -440,7 +402,7 @@ def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
     assert "Decision: cold start: deployed" in pdf_text(cfg.output_model_path / "report.pdf")
     returns = Path(first["published"]["apireturns"]).read_text().splitlines()
     assert returns[1].startswith(f"# via: in-process (the server at http://127.0.0.1:{port} did not answer")
-    with serving(cfg, port):
+    with gunicorn(cfg, workers=1, port=port):
         write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
         second = run_script("fullprocess.py", "--config", cfg.path, "--verbose")
     assert second.returncode == 0, second.stderr

@@ -24,15 +24,19 @@ def free_port():
 
 
 @contextmanager
-def gunicorn(cfg, workers=2, env=None):
-    """Run `gunicorn -c gunicorn.conf.py` for cfg on a free loopback port; yield its base URL; kill it."""
-    port = free_port()
-    log = open(cfg.base / f"gunicorn-{port}.log", "wb")
+def gunicorn(cfg, workers=2, env=None, port=None, app=None):
+    """Run `gunicorn -c gunicorn.conf.py` for cfg on a loopback port (free, unless given); yield its
+    base URL; kill it. `app`, a WSGI app spec importable from the repo or tests/, replaces the real one."""
+    port = port or free_port()
+    log_path = cfg.base / f"gunicorn-{port}.log"
+    log = open(log_path, "wb")
+    extra = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])} if app else {}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "--chdir", str(REPO)],
+        [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "--chdir", str(REPO),
+         *([app] if app else [])],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "PORT": str(port), "DRAS_CONFIG": str(cfg.path), "WEB_CONCURRENCY": str(workers),
-             **(env or {})})
+             **extra, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -42,7 +46,7 @@ def gunicorn(cfg, workers=2, env=None):
                 break
             except requests.ConnectionError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not start: {(cfg.base / f'gunicorn-{port}.log').read_text()}")
+                    raise RuntimeError(f"gunicorn did not start: {log_path.read_text()}") from None
                 time.sleep(0.1)
         yield url
     finally:

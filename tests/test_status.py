@@ -2,21 +2,20 @@
 import json
 import os
 import re
-import signal
-import socket
 import struct
 import subprocess
 import sys
-import time
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 import requests
+import test_server
 from conftest import REPO, make_config
 from status_world import T0, fill_history
 from test_app import build_world
+from test_server import free_port
 
 import deployment
 import history
@@ -319,43 +318,11 @@ def test_the_token_protects_the_page_and_a_browser_can_send_it(deployed, monkeyp
 # In a real browser, against a real gunicorn
 # ---------------------------------------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def gunicorn(cfg, env=None):
     """gunicorn (gunicorn.conf.py, one worker) serving tests/status_probe.py's app for cfg; yields its URL."""
-    port = free_port()
-    log_path = cfg.base / f"gunicorn-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "--chdir", str(REPO),
-             f"status_probe:create({str(cfg.path)!r})"],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1",
-                 "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), **(env or {})})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    requests.get(url + "/health", timeout=5)
-                    break
-                except requests.ConnectionError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"gunicorn did not start: {log_path.read_text()}") from None
-                    time.sleep(0.1)
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with test_server.gunicorn(cfg, workers=1, env=env, app=f"status_probe:create({str(cfg.path)!r})") as url:
+        yield url
 
 
 def browse(url, *args, width=1280, height=900, netlog=None):
