@@ -1,4 +1,4 @@
-"""A throwaway world per test: data folders, output folders and a config pointing at them."""
+"""A throwaway world per test: data folders, output folders and a config pointing at them; the builders and fixtures of worlds."""
 import json
 import sys
 from pathlib import Path
@@ -6,9 +6,14 @@ from pathlib import Path
 import pytest
 
 import datagen
+import deployment
+import ingestion
+import scoring
+import training
 from settings import load_config
 
 REPO = Path(__file__).resolve().parent.parent
+CLOSED_INDEX = "http://127.0.0.1:9/simple"  # nothing listens on port 9: the index is unreachable
 HEADER = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
 
 
@@ -53,3 +58,25 @@ def run_script(script, *args, cwd=None, timeout=120):
 
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def build_world(root, rows=200, seed=1, **overrides):
+    """A world under `root` with one ingested delivery, a trained, scored and deployed model."""
+    (root / "sourcedata").mkdir(parents=True)
+    (root / "testdata").mkdir()
+    datagen.generate(40, seed=301).to_csv(root / "testdata" / "testdata.csv", index=False)
+    cfg = load_config(make_config(root, package_index_url=CLOSED_INDEX, **overrides))
+    write_delivery(cfg, "a.csv", rows=rows, seed=seed)
+    ingestion.ingest(cfg)
+    training.run(cfg)
+    scoring.run(cfg)
+    deployment.deploy_from_config(cfg)
+    return cfg
+
+
+def retrain_and_deploy(cfg, seed, rows=150):
+    write_delivery(cfg, f"more{seed}.csv", rows=rows, seed=seed, drift="concept", strength=0.8)
+    ingestion.ingest(cfg)
+    training.run(cfg)
+    scoring.run(cfg)
+    return deployment.deploy_from_config(cfg)

@@ -3,9 +3,8 @@ import json
 import re
 
 import pytest
-from conftest import run_script
-from test_app import build_world
-from test_server import free_port, gunicorn
+from conftest import build_world, run_script
+from helpers import free_port, gunicorn
 
 import apicalls
 import deployment

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, make_config, write_delivery
+from conftest import CLOSED_INDEX, REPO, build_world, make_config, retrain_and_deploy
+from helpers import REFUSED, ROW, check_schema, response_schema
 
 import app as app_module
 import datagen
@@ -18,33 +19,9 @@ import deployment
 import history
 import ingestion
 import scoring
-import training
 from settings import DEFAULT_CONFIG, FEATURES, load_config
 
-CLOSED_INDEX = "http://127.0.0.1:9/simple"  # nothing listens on port 9: the index is unreachable
-ROW = {"lastmonth_activity": 3, "lastyear_activity": 70, "number_of_employees": 12}
 
-
-def build_world(root, rows=200, seed=1, **overrides):
-    """A world under `root` with one ingested delivery, a trained, scored and deployed model."""
-    (root / "sourcedata").mkdir(parents=True)
-    (root / "testdata").mkdir()
-    datagen.generate(40, seed=301).to_csv(root / "testdata" / "testdata.csv", index=False)
-    cfg = load_config(make_config(root, package_index_url=CLOSED_INDEX, **overrides))
-    write_delivery(cfg, "a.csv", rows=rows, seed=seed)
-    ingestion.ingest(cfg)
-    training.run(cfg)
-    scoring.run(cfg)
-    deployment.deploy_from_config(cfg)
-    return cfg
-
-
-def retrain_and_deploy(cfg, seed, rows=150):
-    write_delivery(cfg, f"more{seed}.csv", rows=rows, seed=seed, drift="concept", strength=0.8)
-    ingestion.ingest(cfg)
-    training.run(cfg)
-    scoring.run(cfg)
-    return deployment.deploy_from_config(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -292,10 +269,6 @@ def test_a_body_over_the_limit_gets_413(tmp_path):
 
 
 # --- /prediction: {"filepath": ...} may only name a .csv file inside the data folders ---------------
-
-REFUSED = {"error": "filepath must be a relative path to a .csv file inside the data folders "
-                    "(sourcedata, testdata, ingesteddata)"}
-
 
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory):
@@ -589,52 +562,6 @@ def test_the_model_is_loaded_once_per_version(deployed, monkeypatch):
 
 
 # --- the OpenAPI description matches the real responses -------------------------------------------
-
-def check_schema(value, schema, spec, where="$"):
-    """A small JSON Schema check (the subset openapi.yaml uses); raises AssertionError naming the place."""
-    if "$ref" in schema:
-        node = spec
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            node = node[part]
-        return check_schema(value, node, spec, where)
-    if "oneOf" in schema:
-        return
-    types = schema.get("type")
-    if types is not None:
-        types = types if isinstance(types, list) else [types]
-        pytypes = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
-                   "integer": int, "number": (int, float)}
-        ok = any(isinstance(value, pytypes[t]) and not (t in ("integer", "number") and isinstance(value, bool))
-                 for t in types)
-        assert ok, f"{where}: {value!r} is not {types}"
-    if "enum" in schema:
-        assert value in schema["enum"], f"{where}: {value!r} not in {schema['enum']}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        assert value >= schema.get("minimum", -np.inf), where
-        assert value <= schema.get("maximum", np.inf), where
-    if isinstance(value, dict):
-        for key in schema.get("required", []):
-            assert key in value, f"{where}: missing {key!r}"
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        for key, item in value.items():
-            if key in props:
-                check_schema(item, props[key], spec, f"{where}.{key}")
-            elif extra is False:
-                raise AssertionError(f"{where}: unexpected key {key!r}")
-            elif isinstance(extra, dict):
-                check_schema(item, extra, spec, f"{where}.{key}")
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            check_schema(item, schema["items"], spec, f"{where}[{i}]")
-
-
-def response_schema(spec, path, method, status):
-    answer = spec["paths"][path][method]["responses"][str(status)]
-    if "$ref" in answer:
-        answer = spec["components"]["responses"][answer["$ref"].rsplit("/", 1)[1]]
-    return answer["content"]["application/json"]["schema"]
-
 
 def test_openapi_json_is_the_yaml(client):
     resp = client.get("/openapi.json")

@@ -4,62 +4,19 @@ The processes run the real fullprocess.main with `publish` replaced by a stand-i
 what it was asked to publish to output_folder_path/published.jsonl (the report and the API
 returns are tested by their own modules and by the end-to-end test).
 """
-import hashlib
 import json
-import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 
-import pandas as pd
 import pytest
 
 import deployment
 import fullprocess
 import ingestion
-from conftest import REPO, write_delivery
+from conftest import write_delivery
+from helpers import assert_consistent, cycle_cmd, decisions, env, published, run, stand_in
 
-WRAPPER = """
-import json, sys
-import fullprocess
-
-def publish(cfg, record):
-    with open(cfg.output_folder_path / "published.jsonl", "a") as f:
-        f.write(json.dumps({"version": record["deployed_version"], "decision": record["decision"]}) + "\\n")
-    return {"report": "stand-in", "apireturns": "stand-in"}
-
-fullprocess.publish = publish
-sys.exit(fullprocess.main(sys.argv[1:]))
-"""
-
-
-def cycle_cmd(cfg, *args):
-    return [sys.executable, "-c", WRAPPER, "--config", str(cfg.path), *args]
-
-
-def env():
-    return {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def run(cfg, *args, timeout=120):
-    return subprocess.run(cycle_cmd(cfg, *args), cwd=cfg.base, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def published(cfg):
-    path = cfg.output_folder_path / "published.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def decisions(cfg):
-    with sqlite3.connect(cfg.history_db) as conn:
-        return conn.execute("SELECT decision, finished_at IS NOT NULL FROM cycles ORDER BY id").fetchall()
-
-
-def sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_two_cycles_at_once_one_works_one_exits(world):
@@ -75,38 +32,6 @@ def test_two_cycles_at_once_one_works_one_exits(world):
     assert decisions(world) == [(fullprocess.COLD_START, 1)]
     assert published(world) == [{"version": 1, "decision": fullprocess.COLD_START}]
     assert len(ingestion.read_finaldata(world.finaldata)) == 20000
-
-
-def expected_finaldata(cfg, names):
-    frames = [ingestion.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n in names]
-    return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
-
-
-def assert_consistent(cfg, names):
-    """finaldata, the history and production agree, whatever happened before."""
-    final = ingestion.read_finaldata(cfg.finaldata)
-    assert final.to_csv(index=False) == expected_finaldata(cfg, names).to_csv(index=False)
-    with sqlite3.connect(cfg.history_db) as conn:
-        files = conn.execute("SELECT name, sha256 FROM ingested_files ORDER BY id").fetchall()
-        summary_rows = conn.execute("SELECT rows FROM summaries ORDER BY id DESC LIMIT 1").fetchone()[0]
-        last = conn.execute("SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
-        unfinished = conn.execute("SELECT count(*) FROM cycles WHERE finished_at IS NULL").fetchone()[0]
-    assert files == [(n, sha(cfg.input_folder_path / n)) for n in names]
-    assert summary_rows == len(final)
-    assert unfinished == 0
-    model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
-    current = deployment.current_dir(cfg.prod_deployment_path)
-    for name, meta in manifest["files"].items():
-        assert sha(current / name) == meta["sha256"], name
-    assert last == (manifest["version"], manifest["files"]["trainedmodel.pkl"]["sha256"])
-    return manifest
-
-
-def stand_in(cfg, record):
-    """The in-process twin of WRAPPER's publish."""
-    with open(cfg.output_folder_path / "published.jsonl", "a") as f:
-        f.write(json.dumps({"version": record["deployed_version"], "decision": record["decision"]}) + "\n")
-    return {"report": "stand-in", "apireturns": "stand-in"}
 
 
 # Killed right after the step starts: mid-ingestion (finaldata written or not, history not yet),

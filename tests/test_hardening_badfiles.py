@@ -11,7 +11,7 @@ import sqlite3
 
 import pandas as pd
 from conftest import HEADER, write_delivery
-from test_daemon import run, stand_in
+from helpers import run, stand_in
 
 import datagen
 import fullprocess

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 from conftest import write_delivery
-from test_daemon import assert_consistent, run, stand_in
+from helpers import assert_consistent, run, stand_in
 
 import app as app_module
 import deployment

@@ -8,9 +8,8 @@ import time
 
 import numpy as np
 import requests
-from conftest import REPO
-from test_app import build_world, retrain_and_deploy
-from test_server import gunicorn
+from conftest import REPO, build_world, retrain_and_deploy
+from helpers import gunicorn
 
 import datagen
 import deployment

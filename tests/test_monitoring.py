@@ -18,13 +18,13 @@ import pytest
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from test_app import build_world, check_schema, response_schema
 
 import app as app_module
 import deployment
 import history
 import monitoring
-from conftest import REPO
+from conftest import REPO, build_world
+from helpers import check_schema, response_schema
 from settings import FEATURES, load_config
 
 T0 = 1_699_999_200.0  # a fixed clock, in the past, on an hour: every request of a test falls in one known window

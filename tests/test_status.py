@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import requests
-import test_server
-from conftest import REPO, make_config
+from conftest import REPO, build_world, make_config
+import helpers
+from helpers import free_port
 from status_world import T0, fill_history
-from test_app import build_world
-from test_server import free_port
 
 import deployment
 import history
@@ -321,7 +320,7 @@ def test_the_token_protects_the_page_and_a_browser_can_send_it(deployed, monkeyp
 @contextmanager
 def gunicorn(cfg, env=None):
     """gunicorn (gunicorn.conf.py, one worker) serving tests/status_probe.py's app for cfg; yields its URL."""
-    with test_server.gunicorn(cfg, workers=1, env=env, app=f"status_probe:create({str(cfg.path)!r})") as url:
+    with helpers.gunicorn(cfg, workers=1, env=env, app=f"status_probe:create({str(cfg.path)!r})") as url:
         yield url
 
 
