@@ -5,6 +5,7 @@ The worlds themselves (config, data folders, a deployed model) and their fixture
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -191,3 +192,24 @@ def stand_in(cfg, record):
     with open(cfg.output_folder_path / "published.jsonl", "a") as f:
         f.write(json.dumps({"version": record["deployed_version"], "decision": record["decision"]}) + "\n")
     return {"report": "stand-in", "apireturns": "stand-in"}
+
+
+# --- the report's PDF, read back ------------------------------------------------------------------
+
+def pdf_text(path):
+    return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def pdf_images(path):
+    """(page, width, height) of each embedded image (not its transparency mask)."""
+    out = subprocess.run(["pdfimages", "-list", str(path)], capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in out.splitlines()[2:]]
+    return [(int(r[0]), int(r[3]), int(r[4])) for r in rows if r[2] == "image"]
+
+
+def table_row(text, label):
+    """The cells after `label` on its line of the layout text."""
+    m = re.search(rf"^\s*{re.escape(label)}\s{{2,}}(.*)$", text, re.M)
+    assert m, f"no line starting with {label!r}"
+    return re.split(r"\s{2,}", m.group(1).strip())

@@ -3,7 +3,7 @@ import json
 import re
 
 import pytest
-from conftest import build_world, run_script
+from conftest import run_script
 from helpers import free_port, gunicorn
 
 import apicalls
@@ -22,10 +22,9 @@ def sections(text):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    cfg = build_world(tmp_path_factory.mktemp("apicalls"))
-    with gunicorn(cfg) as url:
-        yield cfg, url
+def served(shared):
+    with gunicorn(shared) as url:
+        yield shared, url
 
 
 def expected_bodies(cfg):
@@ -70,8 +69,8 @@ def test_the_script_against_the_running_server(served):
     check_returns(cfg, path.read_text(), f"the server at {url}")
 
 
-def test_produce_returns_falls_back_in_process_when_the_server_is_down(tmp_path):
-    cfg = build_world(tmp_path)
+def test_produce_returns_falls_back_in_process_when_the_server_is_down(deployed):
+    cfg = deployed
     url = f"http://127.0.0.1:{free_port()}"
     path = apicalls.produce_returns(cfg, url=url, timeout=2)
     reason = (f"POST /prediction: no answer from {url}: connection refused or unreachable "
@@ -79,8 +78,8 @@ def test_produce_returns_falls_back_in_process_when_the_server_is_down(tmp_path)
     check_returns(cfg, path.read_text(), f"in-process (the server at {url} did not answer: {reason})")
 
 
-def test_the_script_says_which_endpoint_failed_when_the_server_is_down(tmp_path):
-    cfg = build_world(tmp_path)
+def test_the_script_says_which_endpoint_failed_when_the_server_is_down(deployed):
+    cfg = deployed
     url = f"http://127.0.0.1:{free_port()}"
     done = run_script("apicalls.py", "--config", cfg.path, "--url", url)
     assert done.returncode == 1

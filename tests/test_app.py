@@ -25,12 +25,6 @@ from settings import DEFAULT_CONFIG, FEATURES, load_config
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One deployed world for the read-only tests of this module."""
-    return build_world(tmp_path_factory.mktemp("api"))
-
-
-@pytest.fixture(scope="module")
 def client(shared):
     return app_module.create_app(shared).test_client()
 
@@ -38,11 +32,6 @@ def client(shared):
 @pytest.fixture(scope="module")
 def model(shared):
     return deployment.load_deployed(shared.prod_deployment_path)[0]
-
-
-@pytest.fixture
-def deployed(tmp_path):
-    return build_world(tmp_path)
 
 
 def expected(model, df):
@@ -254,8 +243,8 @@ def test_a_bad_uploaded_file_says_what_is_wrong(client):
     assert resp.get_json() == {"error": "column 'number_of_employees', row 1 (line 2): value 'many' is not a number"}
 
 
-def test_a_body_over_the_limit_gets_413(tmp_path):
-    cfg = build_world(tmp_path, max_request_bytes=2000)
+def test_a_body_over_the_limit_gets_413(make_deployed):
+    cfg = make_deployed(max_request_bytes=2000)
     client = app_module.create_app(cfg).test_client()
     big = ("lastmonth_activity,lastyear_activity,number_of_employees\n" + "1,2,3\n" * 400).encode()
     error = {"error": "request body too large: the limit is 2000 bytes (max_request_bytes)"}

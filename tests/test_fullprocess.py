@@ -13,6 +13,7 @@ import fullprocess
 import history
 import ingestion
 from conftest import make_config, write_delivery
+from helpers import pdf_text
 from settings import FEATURES, TARGET, load_config
 
 
@@ -378,19 +379,12 @@ def test_the_significance_test_is_passed_through(tmp_path, published):
     assert rec["decision"] == fullprocess.REDEPLOYED
 
 
-def pdf_text(path):
-    import subprocess
-
-    return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
-                          check=True).stdout
-
-
 def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
     """Real processes and modules: a cold start while the API is down (its returns made in-process),
     then the API under gunicorn and a drifted delivery: redeployed, reported, and the running API,
     now serving the new version, answers the returns."""
     from conftest import run_script
-    from test_server import free_port, gunicorn
+    from helpers import free_port, gunicorn
 
     port = free_port()
     cfg = load_config(make_config(world.base, api_url=f"http://127.0.0.1:{port}",

@@ -21,8 +21,7 @@ import time
 import types
 
 import pandas as pd
-import pytest
-from conftest import HEADER, make_config, write_delivery
+from conftest import HEADER, write_delivery
 
 import app as app_module
 import datagen
@@ -273,15 +272,6 @@ def check_invariants(cfg, delivered):
     return manifest
 
 
-@pytest.fixture
-def world(tmp_path):
-    (tmp_path / "sourcedata").mkdir()
-    (tmp_path / "testdata").mkdir()
-    datagen.generate(40, seed=301).to_csv(tmp_path / "testdata" / "testdata.csv", index=False)
-    return load_config(make_config(tmp_path, cv_folds=0, keep_versions=3,
-                                   feature_drift_triggers_retrain=True))
-
-
 def deliver(cfg, i, rng, delivered, bad=False):
     """Run i's delivery: a fresh file, a bad one beside it every fourth run (and when `bad`), every fifth a copy of an earlier one."""
     name = f"delivery {i:02d}.csv"
@@ -303,8 +293,8 @@ def deliver(cfg, i, rng, delivered, bad=False):
         delivered[f"copy {i:02d}.csv"] = delivered[old]
 
 
-def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
-    cfg = world
+def test_the_cycle_survives_sigkill_at_30_seeded_moments(make_world):
+    cfg = make_world(cv_folds=0, keep_versions=3, feature_drift_triggers_retrain=True)
     FORKSERVER.set_forkserver_preload(PRELOAD)
     rng = random.Random(SEED)
     delivered = {}

@@ -8,6 +8,7 @@ from contextlib import closing
 import pandas as pd
 import pytest
 from conftest import HEADER, make_config, run_script, write_delivery
+from helpers import pdf_images, pdf_text, table_row
 from PIL import Image
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
@@ -47,18 +48,6 @@ def world1(world):
     return cfg
 
 
-def pdf_text(path):
-    return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
-                          check=True).stdout
-
-
-def pdf_images(path):
-    """(page, width, height) of each embedded image (not its transparency mask)."""
-    out = subprocess.run(["pdfimages", "-list", str(path)], capture_output=True, text=True, check=True).stdout
-    rows = [line.split() for line in out.splitlines()[2:]]
-    return [(int(r[0]), int(r[3]), int(r[4])) for r in rows if r[2] == "image"]
-
-
 def deployed_truth(cfg):
     """The deployed model's figures on the test data, computed here independently of reporting."""
     with open(cfg.prod_deployment_path / "trainedmodel.pkl", "rb") as f:
@@ -73,13 +62,6 @@ def deployed_truth(cfg):
 
 def section(text, start, end):
     return text[text.index(start):text.index(end, text.index(start))]
-
-
-def table_row(text, label):
-    """The cells after `label` on its line of the layout text."""
-    m = re.search(rf"^\s*{re.escape(label)}\s{{2,}}(.*)$", text, re.M)
-    assert m, f"no line starting with {label!r}"
-    return re.split(r"\s{2,}", m.group(1).strip())
 
 
 def test_single_run_report_shows_the_computed_numbers(world1, tmp_path):

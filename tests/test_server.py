@@ -5,7 +5,7 @@ import threading
 import time
 
 import requests
-from conftest import REPO, build_world, retrain_and_deploy
+from conftest import REPO, retrain_and_deploy
 from helpers import ROW, gunicorn
 
 import datagen
@@ -26,8 +26,8 @@ def test_gunicorn_conf_binds_loopback_with_a_worker_per_core(monkeypatch):
     assert runpy.run_path(str(REPO / "gunicorn.conf.py"))["bind"] == "127.0.0.1:8000"
 
 
-def test_redeploying_while_requests_flow(tmp_path):
-    cfg = build_world(tmp_path)
+def test_redeploying_while_requests_flow(deployed):
+    cfg = deployed
     rows = datagen.generate(5, seed=9)
     payload = json.dumps({"records": rows[list(FEATURES)].to_dict("records")})
     csv_body = rows.to_csv(index=False).encode()
@@ -72,8 +72,8 @@ def test_redeploying_while_requests_flow(tmp_path):
         assert versions[0] == 1 and versions[-1] == 4, name
 
 
-def test_the_real_server_answers_every_format_and_error(tmp_path):
-    cfg = build_world(tmp_path, max_request_bytes=4096)
+def test_the_real_server_answers_every_format_and_error(make_deployed):
+    cfg = make_deployed(max_request_bytes=4096)
     data = cfg.test_data_file.read_bytes()
     auth = {"Authorization": "Bearer s3cret"}
     with gunicorn(cfg, env={"DRAS_API_TOKEN": "s3cret"}) as url:
