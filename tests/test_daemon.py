@@ -16,6 +16,7 @@ import time
 import pandas as pd
 import pytest
 
+import delivery
 import deployment
 import fullprocess
 import ingestion
@@ -78,7 +79,7 @@ def test_two_cycles_at_once_one_works_one_exits(world):
 
 
 def expected_finaldata(cfg, names):
-    frames = [ingestion.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n in names]
+    frames = [delivery.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n in names]
     return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
 
 
