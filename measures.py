@@ -14,9 +14,10 @@ _BY_CODE = [3, 1, 2, 0]  # the columns of a bincount by code, in COUNTS order
 def confusion(y_true, y_pred, groups=None, n_groups=None):
     """Confusion counts [tp, fp, fn, tn] of 0/1 labels and predictions, as an int64 array.
 
-    With `groups` (an integer from 0 to `n_groups` - 1 per row), one row of counts per group, in a
-    single pass: shape (n_groups, 4). Raises ValueError for arrays of different lengths or values
-    other than 0 and 1.
+    With `groups`, the counts of each group, in a single pass: an integer from 0 to `n_groups` - 1
+    per row gives shape (n_groups, 4); k such rows of integers (shape (k, rows): k ways of grouping
+    the same rows) give shape (k, n_groups, 4). Raises ValueError for arrays of different lengths
+    or values other than 0 and 1.
     """
     t = np.asarray(y_true).astype(np.int64, copy=False).ravel()
     p = np.asarray(y_pred).astype(np.int64, copy=False).ravel()
@@ -27,8 +28,14 @@ def confusion(y_true, y_pred, groups=None, n_groups=None):
     codes = 2 * t + p
     if groups is None:
         return np.bincount(codes, minlength=4)[_BY_CODE].astype(np.int64)
-    table = np.bincount(np.asarray(groups, dtype=np.int64) * 4 + codes, minlength=4 * n_groups)
-    return table.reshape(-1, 4)[:, _BY_CODE].astype(np.int64)
+    groups = np.asarray(groups, dtype=np.int64)
+    ways = groups.shape[0] if groups.ndim == 2 else 1
+    cells = groups * 4
+    if groups.ndim == 2:  # each way of grouping gets its own cells, so that one bincount counts them all
+        cells += (np.arange(ways, dtype=np.int64) * (4 * n_groups)).reshape(-1, 1)
+    cells += codes
+    table = np.bincount(cells.ravel(), minlength=4 * n_groups * ways)
+    return table.reshape(groups.shape[:-1] + (n_groups, 4))[..., _BY_CODE].astype(np.int64)
 
 
 def f1_precision_recall(counts):
