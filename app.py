@@ -14,7 +14,6 @@ with the very function the Flask route calls, and hands every other request, and
 it would not answer 200, to Flask untouched.
 """
 import argparse
-import csv
 import hmac
 import io
 import json
@@ -32,6 +31,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import audit
+import delivery
 import deployment
 import diagnostics
 import monitoring
@@ -43,8 +43,6 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 OPENAPI = HERE / "openapi.yaml"
 TOKEN_ENV = "DRAS_API_TOKEN"
-NA_STRINGS = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
-MAX_VALUE = 2**53 - 1  # the delivery rules' limit (ingestion.MAX_VALUE)
 CSV_TYPES = ("text/csv", "application/csv")
 # The dependency table asks the package index; /diagnostics must answer in well under a second.
 INDEX_TIMEOUT = 0.3
@@ -60,7 +58,7 @@ from settings import load_config
 cfg = load_config(sys.argv[2])
 try:
     model, _ = deployment.load_version(sys.argv[3])
-    X, y = scoring.read_labelled(cfg.test_data_file)
+    X, y = scoring.read_test_data(cfg.test_data_file)
     print(json.dumps(scoring.score_model(model, X, y)))
 except (deployment.DeploymentError, scoring.ScoringError) as exc:
     print(f"error: {exc}", file=sys.stderr)
@@ -82,49 +80,13 @@ class Unavailable(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Input: the three features as a float64 matrix, with the delivery rules' checks
+# Input: the three features as a float64 matrix, by the delivery rules (delivery.py)
 # ---------------------------------------------------------------------------------------------
 
-def _check_matrix(X, show, line_offset=None):
-    """Apply the delivery rules to the feature matrix X; `show(i, j)` renders the raw value."""
-    bad = ~np.isfinite(X) | (X < 0) | (X > MAX_VALUE) | (np.floor(X) != X)
-    if not bad.any():
-        return
-    i, j = (int(k) for k in np.argwhere(bad)[0])
-    v = X[i, j]
-    if math.isnan(v):
-        what = "is missing"
-    elif math.isinf(v):
-        what = "is not a finite number"
-    elif v < 0:
-        what = "is negative"
-    elif v > MAX_VALUE:
-        what = f"is out of range (at most {MAX_VALUE})"
-    else:
-        what = "is not a whole number"
-    where = f"row {i + 1}" + (f" (line {i + 1 + line_offset})" if line_offset is not None else "")
-    value = "" if what == "is missing" else f" {show(i, j)}"
-    raise InputError(f"column {FEATURES[j]!r}, {where}: value{value} {what}")
-
-
-def _bad_json_value(v):
-    """Why a JSON value is not a usable feature value, or None when it is."""
-    t = type(v)
-    if t is int:
-        if v < 0:
-            return "is negative"
-        return f"is out of range (at most {MAX_VALUE})" if v > MAX_VALUE else None
-    if t is float:
-        if v != v:
-            return "is missing"
-        if v in (math.inf, -math.inf):
-            return "is not a finite number"
-        if v < 0:
-            return "is negative"
-        if v > MAX_VALUE:
-            return f"is out of range (at most {MAX_VALUE})"
-        return None if v.is_integer() else "is not a whole number"
-    return "is missing" if v is None else "is not a number"
+# The API's words for the delivery rules' byte checks (delivery.BadFile.rule); the other reasons are the rules' own.
+BODY_WORDS = {"empty": "empty body: send a CSV text with a header row",
+              "gzip": "gzip-compressed data, not a plain CSV text",
+              "binary": "binary content (NUL bytes), not a CSV text"}
 
 
 def rows_from_records(records):
@@ -145,90 +107,22 @@ def rows_from_records(records):
             raise InputError(f"row {i}: missing column {missing!r}") from None
         for j, v in enumerate(row):
             # The common case first: a non-negative JSON integer within range.
-            if type(v) is int and 0 <= v <= MAX_VALUE:
+            if type(v) is int and 0 <= v <= delivery.MAX_VALUE:
                 continue
-            what = _bad_json_value(v)
+            what = delivery.value_problem(v)
             if what is not None:
-                value = "" if what == "is missing" else f" {json.dumps(v)}"
+                value = "" if what == delivery.MISSING else f" {json.dumps(v)}"
                 raise InputError(f"column {FEATURES[j]!r}, row {i}: value{value} {what}")
         rows.append(row)
     return rows
 
 
-def _check_field_counts(text, width):
-    """Refuse a row with more fields than the header (pandas would drop the extra ones silently)."""
-    if '"' in text:  # quoted fields may hold commas: count with the csv module
-        for number, row in enumerate(csv.reader(io.StringIO(text)), 1):
-            if len(row) > width:
-                raise InputError(f"malformed CSV: line {number} has {len(row)} fields, the header has {width}")
-        return
-    lines = text.count("\n") + (0 if text.endswith("\n") else 1) - 1
-    if text.count(",") <= lines * (width - 1):
-        return
-    for number, line in enumerate(text.splitlines()[1:], 2):
-        fields = line.count(",") + 1
-        if fields > width:
-            raise InputError(f"malformed CSV: line {number} has {fields} fields, the header has {width}")
-
-
 def rows_from_csv(data: bytes):
     """The feature matrix of a CSV text with a header naming the three features (other columns ignored)."""
-    import pandas as pd
-
-    if not data.strip():
-        raise InputError("empty body: send a CSV text with a header row")
-    if data[:2] == b"\x1f\x8b":
-        raise InputError("gzip-compressed data, not a plain CSV text")
-    if b"\x00" in data[:65536]:
-        raise InputError("binary content (NUL bytes), not a CSV text")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text: undecodable byte at offset {exc.start}") from None
-    first_line = text.split("\n", 1)[0].rstrip("\r")
-    header = [h.strip() for h in next(csv.reader([first_line]))]
-    for c in FEATURES:
-        if header.count(c) > 1:
-            raise InputError(f"duplicated column {c!r}")
-    missing = [c for c in FEATURES if c not in header]
-    if missing:
-        hint = " (the separator must be a comma)" if len(header) == 1 and ";" in header[0] else ""
-        raise InputError(f"missing column {missing[0]!r}{hint}")
-    cols = [header.index(c) for c in FEATURES]
-    _check_field_counts(text, len(header))
-    # pandas returns the used columns in file order; `order` puts them in FEATURES order.
-    order = [sorted(cols).index(c) for c in cols]
-    common = dict(header=0, usecols=cols, skipinitialspace=True, keep_default_na=False,
-                  na_values=list(NA_STRINGS), skip_blank_lines=False)
-    raw = None
-    try:
-        try:  # the common case: every value parses as a number
-            X = pd.read_csv(io.StringIO(text), dtype=np.float64, **common).to_numpy()[:, order]
-        except ValueError as exc:  # find the value that does not, as the delivery rules would
-            if isinstance(exc, pd.errors.ParserError):
-                raise
-            raw = pd.read_csv(io.StringIO(text), dtype=str, **common).iloc[:, order]
-            raw = raw.apply(lambda s: s.str.strip())
-    except pd.errors.ParserError as exc:
-        raise InputError(f"malformed CSV: {str(exc).strip().splitlines()[-1]}") from None
-    if raw is not None:
-        values = raw.apply(pd.to_numeric, errors="coerce")
-        for j in range(len(FEATURES)):
-            wrong = raw.iloc[:, j].notna() & values.iloc[:, j].isna()
-            if wrong.any():
-                i = int(wrong.to_numpy().nonzero()[0][0])
-                raise InputError(f"column {FEATURES[j]!r}, row {i + 1} (line {i + 2}): "
-                                 f"value {raw.iloc[i, j]!r} is not a number")
-        X = values.to_numpy(dtype=np.float64)
-    if len(X) == 0:
-        raise InputError("header only, no rows")
-    X = np.ascontiguousarray(X, dtype=np.float64)
-
-    def show(i, j):
-        return repr(float(X[i, j])) if raw is None else repr(raw.iloc[i, j])
-
-    _check_matrix(X, show, line_offset=1)
-    return X
+        return delivery.feature_matrix(data)
+    except delivery.BadFile as exc:
+        raise InputError(BODY_WORDS.get(exc.rule, str(exc))) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,7 +416,7 @@ class Service:
             model = p.model
             if isinstance(model, Fitted):  # scikit-learn is loaded here anyway: score its own model
                 model, _ = deployment.load_version(p.directory)
-            X, y = scoring.read_labelled(self.cfg.test_data_file)
+            X, y = scoring.read_test_data(self.cfg.test_data_file)
             return scoring.score_model(model, X, y)
         except (scoring.ScoringError, deployment.DeploymentError) as exc:
             raise Unavailable(str(exc)) from None

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+import delivery
+import measures
 from settings import FEATURES
 
 logger = logging.getLogger(__name__)
@@ -132,26 +134,6 @@ def band_label(feature, edges, i) -> str:
     return f"{_num(edges[i - 1])} <= {feature} < {_num(edges[i])}"
 
 
-def confusion(y_true, y_pred) -> dict:
-    """Counts of true and false positives and negatives of 0/1 labels and predictions."""
-    tn, fp, fn, tp = np.bincount(np.asarray(y_true, dtype="int64") * 2 + np.asarray(y_pred, dtype="int64"),
-                                 minlength=4)[:4].tolist()
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
-
-
-def metrics_from_counts(counts) -> dict:
-    """F1, precision and recall from confusion counts, 0 where undefined, as scikit-learn computes them.
-
-    scikit-learn's F1 is 2 tp / (true + predicted positives), one division of whole numbers, so
-    these are the same floats as f1_score's, without its cost per call on large slices.
-    """
-    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
-    return {"f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
-            "precision": tp / (tp + fp) if tp else 0.0,
-            "recall": tp / (tp + fn) if tp else 0.0,
-            "roc_auc": None, "rows": sum(counts.values())}
-
-
 def slice_performance(y_true, y_pred, X, definitions, margin=0.1, min_rows=10) -> dict:
     """F1, precision, recall and row count per slice of X, with flags.
 
@@ -159,29 +141,30 @@ def slice_performance(y_true, y_pred, X, definitions, margin=0.1, min_rows=10) -
     exited=1: F1 undefined, not judged), "below overall" (F1 more than `margin` below the overall
     F1), or None.
     """
-    codes = np.asarray(y_true, dtype="int64") * 2 + np.asarray(y_pred, dtype="int64")  # tn 0, fp 1, fn 2, tp 3
-    overall = metrics_from_counts(confusion(np.asarray(y_true), np.asarray(y_pred))) if len(codes) else None
-    slices = []
-    for d in definitions:
-        edges = d["edges"]
+    widths = [len(d["edges"]) + 1 for d in definitions]
+    # A last row with every row in band 0: the overall counts come from the same pass as the slices'.
+    bands = np.zeros((len(definitions) + 1, len(y_true)), dtype="int64")
+    for band, d in zip(bands, definitions):
         values = np.asarray(X[d["feature"]], dtype="float64")
         # band i holds edges[i-1] <= value < edges[i]: the count of edges at or below the value.
         # A comparison per edge is several times faster than a binary search for a few edges.
-        band = np.zeros(len(values), dtype="int64")
-        for e in edges:
+        for e in d["edges"]:
             band += values >= e
-        # One pass: the confusion counts of every band at once.
-        table = np.bincount(band * 4 + codes, minlength=4 * (len(edges) + 1)).reshape(-1, 4)
-        for i in range(len(edges) + 1):
-            tn, fp, fn, tp = table[i].tolist()
-            counts = {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    # One pass: the confusion counts of every band of every definition at once.
+    tables = measures.confusion(y_true, y_pred, bands, max(widths, default=1))
+    overall = measures.metrics_from_counts(tables[-1, 0]) if len(y_true) else None
+    f1, precision, recall = measures.f1_precision_recall(tables)
+    slices = []
+    for k, d in enumerate(definitions):
+        edges = d["edges"]
+        for i in range(widths[k]):
+            tp, fp, fn, tn = tables[k, i].tolist()
             rows = tn + fp + fn + tp
             entry = {"feature": d["feature"], "band": i, "label": band_label(d["feature"], edges, i),
                      "lower": edges[i - 1] if i > 0 else None, "upper": edges[i] if i < len(edges) else None,
                      "rows": rows, "exits": tp + fn, "f1": None, "precision": None, "recall": None}
             if rows:
-                m = metrics_from_counts(counts)
-                entry.update(f1=m["f1"], precision=m["precision"], recall=m["recall"])
+                entry.update(f1=float(f1[k, i]), precision=float(precision[k, i]), recall=float(recall[k, i]))
             if rows < min_rows:
                 entry["flag"] = "too small"
             elif entry["exits"] == 0:
@@ -201,9 +184,7 @@ def slices_for_rows(model, df, definitions, margin=0.1, min_rows=10) -> dict:
 
     Rows with a missing value are left out, as in training and scoring.
     """
-    from training import training_frame
-
-    X, y = training_frame(df)
+    X, y = delivery.training_frame(df)
     pred = model.predict(X) if len(X) else np.array([], dtype="int64")
     return slice_performance(y.to_numpy(), pred, X, definitions, margin, min_rows)
 
@@ -264,17 +245,21 @@ def evaluate_test(model, test_file, definitions, margin=0.1, min_rows=10) -> dic
 
     An unusable test file gives {"error": reason} rather than an exception: training goes on.
     """
-    from scoring import ScoringError, metrics, read_labelled
+    from sklearn.metrics import roc_auc_score  # lazy: the API imports this module, never scikit-learn
 
     try:
-        X, y = read_labelled(Path(test_file))
-    except ScoringError as exc:
+        X, y = delivery.read_labelled(Path(test_file))
+    except delivery.BadFile as exc:
         return {"error": str(exc)}
     if len(X) == 0:
         return {"error": f"test data {test_file} has no complete labelled rows"}
     pred = model.predict(X)
-    result = metrics(y.to_numpy(), pred, model.predict_proba(X)[:, 1])
-    result["confusion"] = confusion(y.to_numpy(), pred)
+    counts = measures.confusion(y.to_numpy(), pred)
+    # scoring.metrics' very floats, from the counts: audit sits below scoring and does not import it.
+    result = measures.metrics_from_counts(counts)
+    if len(set(y.to_numpy())) == 2:
+        result["roc_auc"] = float(roc_auc_score(y.to_numpy(), model.predict_proba(X)[:, 1]))
+    result["confusion"] = measures.as_record(counts)
     return {"metrics": result, "slices": slice_performance(y.to_numpy(), pred, X, definitions, margin, min_rows),
             "ranges": feature_ranges(X)}
 
@@ -301,7 +286,7 @@ def f1_swing(counts) -> float:
     tp, fp, fn, tn = counts["tp"], counts["fp"], counts["fn"], counts["tn"]
 
     def f1(tp, fp, fn):
-        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        return float(measures.f1_precision_recall([tp, fp, fn, tn])[0])
 
     base = f1(tp, fp, fn)
     moves = []

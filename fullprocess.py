@@ -178,7 +178,7 @@ def _pending_frames(pending, frames):
 
     import pandas as pd
 
-    import ingestion
+    import delivery
 
     out = []
     for f in pending:
@@ -193,7 +193,7 @@ def _pending_frames(pending, frames):
             if hashlib.sha256(data).hexdigest() != f["sha256"]:
                 logger.warning("pending file %s has changed since it was ingested: left out of the drift check", path)
                 continue
-            df = ingestion.parse_delivery(data)
+            df = delivery.parse_delivery(data)
         out.append(df)
     return pd.concat(out, ignore_index=True) if out else None
 
@@ -330,7 +330,7 @@ class Cycle:
             self.record["score_drift"] = None
             return None, complete
         with self.step("score_drift"):
-            X, y = scoring.read_labelled(cfg.test_data_file)
+            X, y = scoring.read_test_data(cfg.test_data_file)
             reference_rows = X.assign(**{TARGET: y})
             # The score recorded with this very model: the `latestscore.txt` link may have moved meanwhile.
             deployed_f1 = float(manifest["metrics"]["f1"])
@@ -459,6 +459,7 @@ def _live_drift(cfg, conn):
 
 
 def _work(cyc, cycle_id, candidates, manifest, covered, published):
+    import delivery
     import deployment
     import ingestion
     import scoring
@@ -534,7 +535,7 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
                 rec["decision"] = NO_USABLE_ROWS
             rec["ingested_through"] = through
         cyc.save(cycle_id)
-    except (deployment.DeploymentError, training.TrainingError, scoring.ScoringError, ingestion.BadFile,
+    except (deployment.DeploymentError, training.TrainingError, scoring.ScoringError, delivery.BadFile,
             NotImplementedError, OSError) as exc:
         _fail(rec, f"{type(exc).__name__}: {exc}")
         return

@@ -70,7 +70,7 @@ def _scores_on_test(cfg, model):
     from sklearn.metrics import confusion_matrix
 
     try:
-        X, y = scoring.read_labelled(cfg.test_data_file)
+        X, y = scoring.read_test_data(cfg.test_data_file)
     except scoring.ScoringError as exc:
         raise ReportError(f"no report: {exc}") from None
     if len(X) == 0:

@@ -19,6 +19,7 @@ import pandas as pd
 import requests
 from conftest import REPO
 
+import delivery
 import deployment
 import ingestion
 
@@ -163,7 +164,7 @@ def sha(path):
 
 
 def expected_finaldata(cfg, names):
-    frames = [ingestion.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n in names]
+    frames = [delivery.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n in names]
     return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
 
 

@@ -7,6 +7,7 @@ from conftest import run_script
 from helpers import free_port, gunicorn
 
 import apicalls
+import delivery
 import deployment
 import scoring
 
@@ -29,7 +30,7 @@ def served(shared):
 
 def expected_bodies(cfg):
     model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
-    X, y = scoring.read_labelled(cfg.test_data_file)
+    X, y = delivery.read_labelled(cfg.test_data_file)
     return model, {"model_version": 1, **scoring.score_model(model, X, y),
                    "cross_validation": manifest["audit"]["cross_validation"], "slices": manifest["audit"]["slices"]}
 
@@ -43,7 +44,7 @@ def check_returns(cfg, text, how):
     status, prediction = found["POST /prediction"]
     assert status == 200
     assert prediction["model_version"] == 1
-    assert prediction["predictions"] == model.predict(scoring.read_labelled(cfg.test_data_file)[0]).tolist()
+    assert prediction["predictions"] == model.predict(delivery.read_labelled(cfg.test_data_file)[0]).tolist()
     assert found["GET /scoring"] == (200, score)
     assert found["GET /summarystats"][0] == 200
     assert found["GET /summarystats"][1]["summary"]["number_of_employees"]["count"] == 200

@@ -15,6 +15,7 @@ from helpers import REFUSED, ROW, check_schema, response_schema
 
 import app as app_module
 import datagen
+import delivery
 import deployment
 import history
 import ingestion
@@ -412,7 +413,7 @@ def snapshot(root):
 
 def test_scoring_is_the_deployed_models_score_read_only_and_cached(deployed, monkeypatch):
     model, manifest = deployment.load_deployed(deployed.prod_deployment_path)
-    X, y = scoring.read_labelled(deployed.test_data_file)
+    X, y = delivery.read_labelled(deployed.test_data_file)
     # The score on the test data, and the audit recorded at training: cross-validated score, slices.
     want = {"model_version": 1, **scoring.score_model(model, X, y),
             "cross_validation": manifest["audit"]["cross_validation"], "slices": manifest["audit"]["slices"]}
@@ -421,8 +422,8 @@ def test_scoring_is_the_deployed_models_score_read_only_and_cached(deployed, mon
     assert len(want["slices"]["slices"]) == 6
     before = snapshot(deployed.base)
     reads = []
-    real = scoring.read_labelled
-    monkeypatch.setattr(scoring, "read_labelled", lambda path: reads.append(path) or real(path))
+    real = delivery.read_labelled
+    monkeypatch.setattr(delivery, "read_labelled", lambda path: reads.append(path) or real(path))
     client = app_module.create_app(deployed).test_client()
     for _ in range(3):
         resp = client.get("/scoring")
@@ -627,7 +628,7 @@ print(json.dumps(out))
     prediction, csv_status, scored, *statuses, heavy = json.loads(done.stdout)
     model, manifest = deployment.load_deployed(shared.prod_deployment_path)
     assert_answer(prediction, model, pd.DataFrame([ROW]))
-    X, y = scoring.read_labelled(shared.test_data_file)
+    X, y = delivery.read_labelled(shared.test_data_file)
     assert scored == {"model_version": 1, **scoring.score_model(model, X, y),
                       "cross_validation": manifest["audit"]["cross_validation"], "slices": manifest["audit"]["slices"]}
     assert [csv_status, *statuses] == [200, 200, 200, 200]

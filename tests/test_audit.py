@@ -12,10 +12,12 @@ from sklearn.model_selection import StratifiedKFold, cross_validate
 
 import audit
 import datagen
+import delivery
 import deployment
 import drift
 import history
 import ingestion
+import measures
 import scoring
 import training
 from settings import ConfigError, load_config
@@ -38,7 +40,7 @@ def section(card, title):
 # ---------------------------------------------------------------- cross-validation
 
 def test_cross_validation_equals_a_hand_run_of_scikit_learn():
-    X, y = training.training_frame(datagen.generate(60, seed=3))
+    X, y = delivery.training_frame(datagen.generate(60, seed=3))
     ours = audit.cross_validation(training.build_model(PARAMS), X, y, folds=5, seed=7)
 
     by_hand = {"f1": [], "precision": [], "recall": []}
@@ -140,7 +142,7 @@ def test_metrics_from_counts_are_scikit_learns_floats(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 400))
     y_true, y_pred = rng.random(n) < rng.random(), rng.random(n) < rng.random()
-    ours = audit.metrics_from_counts(audit.confusion(y_true.astype(int), y_pred.astype(int)))
+    ours = measures.metrics_from_counts(measures.confusion(y_true.astype(int), y_pred.astype(int)))
     assert ours == scoring.metrics(y_true.astype(int), y_pred.astype(int))
 
 
@@ -198,7 +200,7 @@ def trained(world):
 
 def test_training_records_cv_slices_and_provenance(trained):
     cfg, meta, score = trained
-    X, y = training.training_frame(ingestion.read_finaldata(cfg.finaldata))
+    X, y = delivery.training_frame(ingestion.read_finaldata(cfg.finaldata))
     assert meta["cross_validation"] == audit.cross_validation(training.build_model(cfg.model), X, y, 5, seed=0)
     assert meta["evaluation"]["metrics"] == {**score, "confusion": meta["evaluation"]["metrics"]["confusion"]}
     confusion = meta["evaluation"]["metrics"]["confusion"]
@@ -442,7 +444,8 @@ def test_cross_validation_on_many_rows_uses_a_stratified_sample():
     import datagen
     from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
 
-    from training import build_model, training_frame
+    from delivery import training_frame
+    from training import build_model
 
     X, y = training_frame(datagen.generate(3000, seed=8))
     params = {"C": 1.0, "max_iter": 1000, "class_weight": None, "random_state": 0}

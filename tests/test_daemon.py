@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import delivery
 import deployment
 import fullprocess
 import ingestion

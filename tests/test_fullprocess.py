@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
+import delivery
 import deployment
 import fullprocess
 import history
@@ -109,7 +110,7 @@ def test_concept_drift_retrains_redeploys_and_publishes(world, published):
     old_model, _ = deployment.load_deployed(world.prod_deployment_path)
     path = write_delivery(world, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
     rec = fullprocess.run_cycle(world)
-    new_f1 = f1_on(old_model, ingestion.parse_delivery(path.read_bytes()))
+    new_f1 = f1_on(old_model, delivery.parse_delivery(path.read_bytes()))
     assert new_f1 < deployed_f1
     assert rec["decision"] == fullprocess.REDEPLOYED
     sd = rec["score_drift"]
@@ -121,7 +122,7 @@ def test_concept_drift_retrains_redeploys_and_publishes(world, published):
 
     _, first_manifest = deployment.load_version(world.prod_deployment_path / "versions" / "v0001")
     definitions = first_manifest["training"]["slice_definitions"]
-    assert rec["slices_new"] == audit.slices_for_rows(old_model, ingestion.parse_delivery(path.read_bytes()),
+    assert rec["slices_new"] == audit.slices_for_rows(old_model, delivery.parse_delivery(path.read_bytes()),
                                                       definitions, world.slice_margin, world.slice_min_rows)
     assert sum(s["rows"] for s in rec["slices_new"]["slices"] if s["feature"] == "number_of_employees") == 300
     assert (rec["previous_version"], rec["deployed_version"], rec["published_version"]) == (1, 2, 2)
@@ -254,7 +255,7 @@ def test_feature_drift_triggers_retraining_and_the_gate_decides(tmp_path, publis
         import scoring
 
         model = scoring.load_pickle(cfg.model_file)
-        expected = f1_on(model, ingestion.parse_delivery((cfg.input_folder_path / "moved.csv").read_bytes()))
+        expected = f1_on(model, delivery.parse_delivery((cfg.input_folder_path / "moved.csv").read_bytes()))
         assert expected < 1.0 and len(retrained) == 600
         assert rec["gate"] == {"passed": False, "retrained_f1": expected, "deployed_f1": 1.0, "rows": 400,
                                "reason": f"retrained model's F1 {expected:.4f} on the 400 new rows is lower than "

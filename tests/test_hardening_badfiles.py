@@ -14,6 +14,7 @@ from conftest import HEADER, write_delivery
 from helpers import run, stand_in
 
 import datagen
+import delivery
 import fullprocess
 import ingestion
 
@@ -131,7 +132,7 @@ def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(world):
         assert [r[0] for r in conn.execute("SELECT name FROM ingested_files ORDER BY id")] == \
             ["first.csv"] + sorted(n for n, _ in good)
     # finaldata: the distinct rows of the first delivery and of the good files, in arrival order
-    frames = [ingestion.parse_delivery((world.input_folder_path / n).read_bytes())
+    frames = [delivery.parse_delivery((world.input_folder_path / n).read_bytes())
               for n in ["first.csv"] + sorted(n for n, _ in good)]
     expected = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
     assert ingestion.read_finaldata(world.finaldata).to_csv(index=False) == expected.to_csv(index=False)

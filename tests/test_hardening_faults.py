@@ -25,6 +25,7 @@ from conftest import HEADER, write_delivery
 
 import app as app_module
 import datagen
+import delivery
 import deployment
 import fullprocess
 import ingestion
@@ -253,7 +254,7 @@ def check_invariants(cfg, delivered):
     assert set(ingested_shas) | set(in_quarantine) == {sha(d) for d in delivered.values()}
     assert [n for n, _ in ingested] == [first_name[s] for s in ingested_shas]
     # finaldata.csv: exactly the distinct rows of the ingested files, in the order they arrived
-    frames = [ingestion.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n, _ in ingested]
+    frames = [delivery.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n, _ in ingested]
     expected = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
     final = ingestion.read_finaldata(cfg.finaldata)
     assert final.to_csv(index=False) == expected.to_csv(index=False)

@@ -19,6 +19,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import app as app_module
+import delivery
 import deployment
 import history
 import monitoring
@@ -90,7 +91,7 @@ def test_psi_of_counts_equals_drift_psi_on_the_rows():
 
 def test_training_stores_the_reference_with_the_deployed_model(shared):
     from ingestion import read_finaldata
-    from training import training_frame
+    from delivery import training_frame
 
     X, _ = training_frame(read_finaldata(shared.finaldata))
     ref = deployed_reference(shared)
@@ -98,9 +99,7 @@ def test_training_stores_the_reference_with_the_deployed_model(shared):
     assert ref["rows"] == len(X) == 200
     assert ref["exit_share_on"] == "test data"
     model = deployment.load_deployed(shared.prod_deployment_path)[0]
-    import scoring
-
-    X_test, _ = scoring.read_labelled(shared.test_data_file)
+    X_test, _ = delivery.read_labelled(shared.test_data_file)
     assert ref["predicted_exit_share"] == float(model.predict(X_test).mean())
     for f in FEATURES:
         edges = ref["features"][f]["edges"]
