@@ -4,10 +4,12 @@
     python app.py       a local development server on 127.0.0.1 (never in debug mode)
     make serve          production: gunicorn with gunicorn.conf.py, one worker per core
 
-The model comes from production_deployment/current. Each request costs one os.readlink of that
-link; a version is loaded (hash-checked, by deployment.load_version) only when the link has moved,
-so a deploy or a rollback is served from the next request on, without a restart. A version that
-fails to load leaves the previous model serving and shows up in /health.
+The model comes from production_deployment/current, through serving.ModelStore. Each request
+costs one os.readlink of that link; a version is loaded (hash-checked, by deployment.load_version)
+only when the link has moved, so a deploy or a rollback is served from the next request on,
+without a restart. A version that fails to load leaves the previous model serving and shows up
+in /health. /scoring scores each version once, in a child process (serving.score_in_child)
+unless scikit-learn is loaded here already.
 
 POST /prediction with a JSON body is the hot route: `FastPrediction` answers it in front of Flask
 with the very function the Flask route calls, and hands every other request, and every request
@@ -20,7 +22,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ import delivery
 import deployment
 import diagnostics
 import monitoring
+import serving
 import status as status_page  # the status page (status.py); `status` is a common local name here
 from settings import FEATURES, Config, ConfigError, load_config, setup_logging
 
@@ -47,23 +49,6 @@ CSV_TYPES = ("text/csv", "application/csv")
 # The dependency table asks the package index; /diagnostics must answer in well under a second.
 INDEX_TIMEOUT = 0.3
 DEPENDENCIES_TTL = 300.0
-SMALL_BATCH = 32  # up to this many JSON rows are computed without numpy
-
-
-SCORE_HELPER = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-import deployment, scoring
-from settings import load_config
-cfg = load_config(sys.argv[2])
-try:
-    model, _ = deployment.load_version(sys.argv[3])
-    X, y = scoring.read_test_data(cfg.test_data_file)
-    print(json.dumps(scoring.score_model(model, X, y)))
-except (deployment.DeploymentError, scoring.ScoringError) as exc:
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(2)
-"""
 
 
 class InputError(Exception):
@@ -126,175 +111,6 @@ def rows_from_csv(data: bytes):
 
 
 # ---------------------------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------------------------
-
-# What the Pipeline training.py builds unpickles to, read without importing scikit-learn (which,
-# with the scipy and pandas it pulls in, would take a worker past 150 MB of resident memory).
-ESTIMATORS = {("sklearn.pipeline", "Pipeline"), ("sklearn.preprocessing._data", "StandardScaler"),
-              ("sklearn.linear_model._logistic", "LogisticRegression")}
-NUMPY_GLOBALS = {("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-                 ("numpy._core.numeric", "_frombuffer"), ("numpy", "ndarray"), ("numpy", "dtype")}
-
-
-class NotPlainLinear(Exception):
-    """The pickle holds something else than a scaler + logistic regression Pipeline."""
-
-
-class Fitted:
-    """A scikit-learn estimator's fitted state (its __dict__), without scikit-learn."""
-
-    kind = None
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-
-
-def load_fitted(data: bytes):
-    """Unpickle a scaler + logistic regression Pipeline into `Fitted` objects; raise NotPlainLinear otherwise."""
-    kinds = {}
-
-    class Reader(pickle.Unpickler):
-        def find_class(self, module, name):
-            if (module, name) in ESTIMATORS:
-                return kinds.setdefault(name, type(name, (Fitted,), {"kind": name}))
-            if (module, name) in NUMPY_GLOBALS:
-                return super().find_class(module, name)
-            raise NotPlainLinear(f"{module}.{name}")
-
-    return Reader(io.BytesIO(data)).load()
-
-
-def _kind(step):
-    if isinstance(step, Fitted):
-        return step.kind
-    module = type(step).__module__
-    return type(step).__name__ if (module, type(step).__name__) in ESTIMATORS else None
-
-
-class Predictor:
-    """One loaded version: the fitted Pipeline and, when it is scaler + logistic regression,
-    its arithmetic in numpy (the same operations scikit-learn does, without its checks)."""
-
-    def __init__(self, model, manifest):
-        self.model = model
-        self.manifest = manifest
-        self.version = manifest["version"]
-        self.directory = None  # the version folder it was loaded from
-        self.linear = None
-        try:
-            scale, classify = (step for _, step in model.steps)
-            names = [str(n) for n in getattr(scale, "feature_names_in_", FEATURES)]
-            if (_kind(model) == "Pipeline" and _kind(scale) == "StandardScaler"
-                    and _kind(classify) == "LogisticRegression" and names == list(FEATURES)
-                    and len(classify.classes_) == 2 and classify.coef_.shape == (1, len(FEATURES))):
-                mean = scale.mean_ if scale.with_mean else np.zeros(len(FEATURES))
-                sd = scale.scale_ if scale.with_std else np.ones(len(FEATURES))
-                if sd is None:
-                    sd = np.ones(len(FEATURES))
-                self.linear = (np.asarray(mean, dtype=np.float64), np.asarray(sd, dtype=np.float64),
-                               classify.coef_.T.copy(), classify.intercept_.copy(), classify.classes_)
-                self.small = (self.linear[0].tolist(), self.linear[1].tolist(), classify.coef_[0].tolist(),
-                              float(classify.intercept_[0]), classify.classes_.tolist())
-        except (AttributeError, ValueError, TypeError):
-            self.linear = None
-
-    def predict(self, X):
-        """(predictions, probabilities of class 1) for X (a float64 matrix, or a list of rows), as lists.
-
-        The arithmetic is scikit-learn's: scale, dot product, intercept, then the logistic function
-        (scikit-learn's expit), written so that it never overflows; equal to scikit-learn's to 1e-15.
-        """
-        if self.linear is not None:
-            if type(X) is list and len(X) <= SMALL_BATCH:
-                return self._predict_small(X)
-            mean, sd, coef, intercept, classes = self.linear
-            z = (((np.asarray(X, dtype=np.float64) - mean) / sd) @ coef + intercept).ravel()
-            e = np.exp(-np.abs(z))
-            probabilities = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-            return classes[(z > 0).astype(np.intp)].tolist(), probabilities.tolist()
-        import pandas as pd
-
-        df = pd.DataFrame(np.asarray(X, dtype=np.float64), columns=list(FEATURES))
-        return self.model.predict(df).tolist(), self.model.predict_proba(df)[:, 1].tolist()
-
-    def _predict_small(self, rows):
-        # A few rows: plain Python arithmetic costs less than numpy's per-call overhead.
-        (m0, m1, m2), (s0, s1, s2), (c0, c1, c2), b, (no, yes) = self.small
-        exp = math.exp
-        predictions, probabilities = [], []
-        for x0, x1, x2 in rows:
-            z = (x0 - m0) / s0 * c0 + (x1 - m1) / s1 * c1 + (x2 - m2) / s2 * c2 + b
-            predictions.append(yes if z > 0 else no)
-            if z >= 0:
-                probabilities.append(1.0 / (1.0 + exp(-z)))
-            else:
-                e = exp(z)
-                probabilities.append(e / (1.0 + e))
-        return predictions, probabilities
-
-
-_UNKNOWN = object()
-
-
-class ModelStore:
-    """The serving version, reloaded when production_deployment/current moves."""
-
-    def __init__(self, prod):
-        self.prod = Path(prod)
-        self._current = os.fspath(self.prod / "current")
-        # The `current` target the predictor was loaded from, and the one that last failed to load
-        # (versions are immutable: no need to try it again). Neither is known before the first request.
-        self.link = self.failed_link = _UNKNOWN
-        self.predictor = None
-        self.error = None
-        self._lock = threading.Lock()
-
-    def _read_link(self):
-        try:
-            return os.readlink(self._current)
-        except OSError:
-            return None
-
-    def get(self):
-        """The Predictor to serve with, or None; loads a new version once, when the link moved."""
-        link = self._read_link()
-        if link == self.link or link == self.failed_link:
-            return self.predictor
-        with self._lock:
-            if link != self.link and link != self.failed_link:
-                self._load(link)
-        return self.predictor
-
-    def _load(self, link):
-        if link is None:
-            self.failed_link = None
-            self.error = f"no model is deployed in {self.prod}"
-            if self.predictor is not None:
-                self.error += f" any more; still serving version {self.predictor.version}"
-            return
-        try:
-            try:
-                model, manifest = deployment.load_version(self.prod / link, loads=load_fitted)
-                predictor = Predictor(model, manifest)
-                if predictor.linear is None:
-                    raise NotPlainLinear("not a two-class scaler + logistic regression on the three features")
-            except NotPlainLinear:  # a model of another shape: scikit-learn itself unpickles and runs it
-                model, manifest = deployment.load_version(self.prod / link)
-                predictor = Predictor(model, manifest)
-            predictor.directory = self.prod / link
-        except (deployment.DeploymentError, OSError, KeyError, ValueError, TypeError) as exc:
-            self.failed_link = link
-            self.error = f"the deployed model {link} failed to load: {exc}"
-            if self.predictor is not None:
-                self.error += f"; still serving version {self.predictor.version}"
-            logger.warning("%s", self.error)
-            return
-        self.predictor, self.link, self.failed_link, self.error = predictor, link, None, None
-        logger.info("serving model version %s (%s)", predictor.version, link)
-
-
-# ---------------------------------------------------------------------------------------------
 # The service: everything the routes do, independent of Flask
 # ---------------------------------------------------------------------------------------------
 
@@ -302,7 +118,7 @@ class Service:
     def __init__(self, cfg: Config, token=None):
         self.cfg = cfg
         self.token = token
-        self.models = ModelStore(cfg.prod_deployment_path)
+        self.models = serving.ModelStore(cfg.prod_deployment_path)
         test_folder = cfg.test_data_file.parent
         self.data_roots = tuple(dict.fromkeys(
             Path(os.path.realpath(p)) for p in (cfg.input_folder_path, test_folder, cfg.output_folder_path)))
@@ -400,7 +216,7 @@ class Service:
         key = (p.version, id(p))
         with self._lock:
             if key not in self._scores:
-                in_process = ("sklearn" in sys.modules or not isinstance(p.model, Fitted)
+                in_process = ("sklearn" in sys.modules or not isinstance(p.model, serving.Fitted)
                               or p.directory is None)
                 self._scores = {key: self._score_here(p) if in_process else self._score_in_helper(p)}
             result = self._scores[key]
@@ -410,11 +226,11 @@ class Service:
                 "slices": audit.slices_for_deployment(p.manifest)}
 
     def _score_here(self, p):
-        import scoring
+        import scoring  # lazy: reached only when scikit-learn is loaded here already
 
         try:
             model = p.model
-            if isinstance(model, Fitted):  # scikit-learn is loaded here anyway: score its own model
+            if isinstance(model, serving.Fitted):  # scikit-learn is loaded here anyway: score its own model
                 model, _ = deployment.load_version(p.directory)
             X, y = scoring.read_test_data(self.cfg.test_data_file)
             return scoring.score_model(model, X, y)
@@ -422,15 +238,11 @@ class Service:
             raise Unavailable(str(exc)) from None
 
     def _score_in_helper(self, p):
-        """Score in a short-lived process, so that scikit-learn never enters a serving worker."""
-        import subprocess
-
-        done = subprocess.run([sys.executable, "-c", SCORE_HELPER, str(HERE), str(self.cfg.path), str(p.directory)],
-                              capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            raise Unavailable(lines[-1].removeprefix("error: ") if lines else f"scoring failed ({done.returncode})")
-        return json.loads(done.stdout)
+        """Score in a short-lived child process, so that scikit-learn never enters a serving worker."""
+        result = serving.score_in_child(p.directory, self.cfg.test_data_file)
+        if not result.ok:
+            raise Unavailable(result.error)
+        return result.scores
 
     def summarystats(self):
         summary = diagnostics.dataframe_summary(self.cfg) if self.cfg.history_db.exists() else {}

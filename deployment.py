@@ -83,7 +83,7 @@ def current_manifest(prod):
 def load_version(version_dir, loads=pickle.loads):
     """Unpickle a version's model after checking its SHA-256 against the manifest; return (model, manifest).
 
-    `loads` turns the checked bytes into the model (the API passes one that needs no scikit-learn).
+    `loads` turns the checked bytes into the model (serving passes load_fitted, which needs no scikit-learn).
     """
     manifest = read_manifest(version_dir)
     path = Path(version_dir) / "trainedmodel.pkl"

@@ -20,6 +20,7 @@ import deployment
 import history
 import ingestion
 import scoring
+import serving
 from settings import DEFAULT_CONFIG, FEATURES, load_config
 
 
@@ -125,7 +126,7 @@ def test_a_model_of_another_shape_is_served_through_scikit_learn(shared, model):
 
     df = datagen.generate(300, seed=5)
     tree = DecisionTreeClassifier(random_state=0, max_depth=3).fit(df[list(FEATURES)], df["exited"])
-    predictor = app_module.Predictor(tree, {"version": 9})
+    predictor = serving.Predictor(tree, {"version": 9})
     assert predictor.linear is None
     X = df[list(FEATURES)].to_numpy(dtype="float64")
     preds, probs = predictor.predict(X)
@@ -638,8 +639,14 @@ print(json.dumps(out))
 def test_the_scoring_helper_process_agrees_with_scoring_here(shared):
     service = app_module.create_app(shared).extensions["dras"]
     p = service.predictor()
-    assert isinstance(p.model, app_module.Fitted)
+    assert isinstance(p.model, serving.Fitted)
     assert service._score_in_helper(p) == service._score_here(p)
+
+
+def test_the_scoring_child_says_why_it_cannot_score(shared, tmp_path):
+    result = serving.score_in_child(tmp_path / "v0009", shared.test_data_file)
+    assert result == serving.ScoreResult(2, None, f"no manifest in {tmp_path / 'v0009'}")
+    assert not result.ok
 
 
 def test_a_model_of_another_shape_is_loaded_by_scikit_learn(deployed, tmp_path):
@@ -651,8 +658,8 @@ def test_a_model_of_another_shape_is_loaded_by_scikit_learn(deployed, tmp_path):
     tree = DecisionTreeClassifier(random_state=0, max_depth=3).fit(df[list(FEATURES)], df["exited"])
     pkl = tmp_path / "tree.pkl"
     pkl.write_bytes(pickle.dumps(tree))
-    with pytest.raises(app_module.NotPlainLinear, match="sklearn.tree._classes.DecisionTreeClassifier"):
-        app_module.load_fitted(pkl.read_bytes())
+    with pytest.raises(serving.NotPlainLinear, match="sklearn.tree._classes.DecisionTreeClassifier"):
+        serving.load_fitted(pkl.read_bytes())
     deployment.deploy(deployed.prod_deployment_path, pkl, deployed.score_file, deployed.ingested_list)
     client = app_module.create_app(deployed).test_client()
     rows = datagen.generate(20, seed=6)
@@ -669,7 +676,7 @@ def test_few_rows_computed_without_numpy_equal_scikit_learn(client, model):
     df.loc[2, "lastyear_activity"] = 2**53 - 1
     df.loc[3, FEATURES] = 0
     records = df[list(FEATURES)].to_dict("records")
-    assert len(records) <= app_module.SMALL_BATCH
+    assert len(records) <= serving.SMALL_BATCH
     resp = client.post("/prediction", json={"records": records})
     assert_answer(resp.get_json(), model, df)
     predictor = client.application.extensions["dras"].predictor()
