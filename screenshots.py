@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from settings import ConfigError, load_config
+
 # Chromium, headless, with nothing of its own that talks to the network.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -110,8 +112,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     url = args.url
     if url is None:
-        from settings import ConfigError, load_config
-
         try:
             url = load_config(args.config).api_url.rstrip("/") + "/"
         except ConfigError as exc:
