@@ -199,7 +199,7 @@ def _live_traffic(cfg):
         reports = [r[0] for r in conn.execute("SELECT at FROM step_timings WHERE step = 'report'"
                                               " ORDER BY id DESC LIMIT 2")]
     return traffic.report_data(cfg, since=reports[0] if reports else None,
-                                  previous_since=reports[1] if len(reports) > 1 else None)
+                               previous_since=reports[1] if len(reports) > 1 else None)
 
 
 # ---------------------------------------------------------------- drawing
