@@ -35,9 +35,11 @@ import audit
 import delivery
 import deployment
 import diagnostics
+import history
 import monitoring
 import serving
 import status as status_page  # the status page (status.py); `status` is a common local name here
+import traffic
 from settings import FEATURES, Config, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -270,10 +272,10 @@ class Service:
     def _latest_execution_time(self):
         import sqlite3
 
-        # Read-only: a GET never creates or migrates the history database.
-        uri = f"file:{self.cfg.history_db}?mode=ro"
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=5)
+            conn = history.connect_ro(self.cfg.history_db)  # a GET never creates or migrates it
+            if conn is None:
+                return None
             try:
                 row = conn.execute("SELECT value FROM diagnostics WHERE kind IN ('all', 'execution_time')"
                                    " ORDER BY id DESC LIMIT 1").fetchone()
@@ -453,7 +455,7 @@ def create_app(config=None, fast_path=True):
         limit = request.args.get("windows", "60")
         if not limit.isdigit() or not 1 <= int(limit) <= 10000:
             raise InputError(f"windows must be a whole number from 1 to 10000, not {limit!r}")
-        return jsonify(monitoring.windows(cfg, limit=int(limit), refs=monitor._refs))
+        return jsonify(traffic.windows(cfg, limit=int(limit), refs=monitor.references()))
 
     @app.get("/metrics")
     def metrics_route():

@@ -11,6 +11,12 @@ With too little history the statistical tests fall back to `raw` and say so.
 Feature drift: per feature, a two-sample Kolmogorov-Smirnov test and the population stability
 index between the training data and the new rows, with the KS p-values corrected for testing
 several features at once (Benjamini-Hochberg).
+
+The PSI is one implementation for both the cycle's feature drift and live monitoring: bins at the
+training data's quantiles (`quantile_edges`), counts per bin (`bin_counts`), the index from two
+sets of counts with one floor for an empty bin (`psi_counts`, PSI_FLOOR). `reference_bins` is the
+training histograms stored with a deployed model for live monitoring, `model_reference` reads them
+back from a manifest, and `psi_level` turns PSI values into "ok", "watch" or "act".
 """
 import numpy as np
 
@@ -66,37 +72,77 @@ def decide(test, *, new_f1, deployed_f1, history=(), min_history=3, significance
     return out
 
 
+BINS = 10
+# An empty bin would make the index infinite; a small floor on its share is the usual remedy.
+PSI_FLOOR = 1e-4
+LEVELS = ("ok", "watch", "act")
+
+
+def bin_counts(values, edges) -> np.ndarray:
+    """Counts of `values` in the bins with inner `edges` (len(edges) + 1 bins; bin i holds
+    edges[i-1] <= x < edges[i])."""
+    return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+
+
 def _bin_counts_sorted(values_sorted, edges):
-    """Counts per bin (bin i holds edges[i-1] <= x < edges[i]) of an ascending array, in O(bins log n)."""
+    """`bin_counts` of an ascending array, in O(bins log n)."""
     inner = np.searchsorted(values_sorted, edges, side="left")
     return np.diff(np.concatenate(([0], inner, [len(values_sorted)])))
 
 
-def _psi_from_counts(e_counts, a_counts, n_e, n_a) -> float:
-    e = e_counts / max(n_e, 1)
-    a = a_counts / max(n_a, 1)
-    # An empty bin would make the index infinite; a small floor is the usual remedy.
-    e, a = np.clip(e, 1e-4, None), np.clip(a, 1e-4, None)
+def psi_counts(expected, actual) -> float:
+    """Population stability index of the `actual` bin counts against the `expected` ones."""
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.clip(e / max(e.sum(), 1.0), PSI_FLOOR, None)
+    a = np.clip(a / max(a.sum(), 1.0), PSI_FLOOR, None)
     return float(np.sum((a - e) * np.log(a / e)))
 
 
 def psi(expected, actual, edges) -> float:
     """Population stability index of `actual` against `expected` over bins with inner `edges`."""
-    e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1)
-    a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1)
-    return _psi_from_counts(e, a, len(expected), len(actual))
+    return psi_counts(bin_counts(expected, edges), bin_counts(actual, edges))
 
 
 def psi_sorted(expected_sorted, actual_sorted, edges) -> float:
     """`psi` of two ascending arrays, equal to it, without binning every value."""
-    return _psi_from_counts(_bin_counts_sorted(expected_sorted, edges), _bin_counts_sorted(actual_sorted, edges),
-                            len(expected_sorted), len(actual_sorted))
+    return psi_counts(_bin_counts_sorted(expected_sorted, edges), _bin_counts_sorted(actual_sorted, edges))
 
 
-def quantile_edges(values, bins=10):
+def quantile_edges(values, bins=BINS):
     """Inner bin edges at the deciles (or other quantiles) of `values`, without repeats."""
     qs = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
     return np.unique(qs)
+
+
+def psi_level(psi_values, watch, act) -> str:
+    """"act", "watch" or "ok" for the largest of the PSI values (None ones ignored)."""
+    worst = max((v for v in psi_values if v is not None), default=None)
+    if worst is None:
+        return "ok"
+    return "act" if worst >= act else ("watch" if worst >= watch else "ok")
+
+
+def reference_bins(X, exit_share, exit_share_on, bins=BINS) -> dict:
+    """The training histograms of the feature matrix X (rows x FEATURES): fixed bins at the
+    quantiles of each feature, their counts, and the reference predicted exit share."""
+    X = np.asarray(X, dtype=np.float64)
+    features = {}
+    for j, name in enumerate(FEATURES):
+        col = X[:, j][np.isfinite(X[:, j])]
+        edges = quantile_edges(col, bins) if len(col) else np.array([])
+        features[name] = {"edges": [float(e) for e in edges], "counts": bin_counts(col, edges).tolist()}
+    return {"bins": bins, "rows": int(len(X)), "features": features,
+            "predicted_exit_share": None if exit_share is None else float(exit_share),
+            "exit_share_on": exit_share_on}
+
+
+def model_reference(manifest):
+    """The `reference_bins` stored with a deployed version (its manifest), with numpy edges; or None."""
+    ref = (manifest or {}).get("training", {}).get("monitoring")
+    if not isinstance(ref, dict) or "features" not in ref:
+        return None
+    return {**ref, "edges": [np.asarray(ref["features"][f]["edges"], dtype=np.float64) for f in FEATURES]}
 
 
 # scipy's ks_2samp computes exact p-values up to this sample size and Smirnov's asymptotic ones above.

@@ -451,11 +451,11 @@ def _fail(rec, reason):
 
 
 def _live_drift(cfg, conn):
-    """monitoring.crossings_since the last finished cycle (at most the last day when none finished)."""
-    import monitoring
+    """traffic.crossings_since the last finished cycle (at most the last day when none finished)."""
+    import traffic  # lazy: the no-new-data path imports no numpy
 
     last = conn.execute("SELECT MAX(finished_at) FROM cycles WHERE finished_at IS NOT NULL").fetchone()[0]
-    return monitoring.crossings_since(cfg, last if last is not None else time.time() - 86400)
+    return traffic.crossings_since(cfg, last if last is not None else time.time() - 86400)
 
 
 def _work(cyc, cycle_id, candidates, manifest, covered, published):

@@ -23,6 +23,7 @@ from xml.sax.saxutils import escape
 
 import atomicfiles
 import history
+import traffic
 from settings import COLUMNS, FEATURES, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -193,14 +194,12 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
 
 
 def _live_traffic(cfg):
-    """monitoring.report_data since the previous report (the last recorded "report" timing)."""
-    import monitoring
-
+    """traffic.report_data since the previous report (the last recorded "report" timing)."""
     with closing(history.connect(cfg.history_db)) as conn:
         reports = [r[0] for r in conn.execute("SELECT at FROM step_timings WHERE step = 'report'"
                                               " ORDER BY id DESC LIMIT 2")]
-    return monitoring.report_data(cfg, since=reports[0] if reports else None,
-                                  previous_since=reports[1] if len(reports) > 1 else None)
+    return traffic.report_data(cfg, since=reports[0] if reports else None,
+                               previous_since=reports[1] if len(reports) > 1 else None)
 
 
 # ---------------------------------------------------------------- drawing
@@ -642,7 +641,7 @@ def _trends_section(doc, data, W):
 
 
 def _live_section(doc, data, W):
-    """Online monitoring: what the API saw since the previous report (monitoring.report_data)."""
+    """Online monitoring: what the API saw since the previous report (traffic.report_data)."""
     live = data.get("live")
     doc.heading("Live traffic (online monitoring)")
     if not live or not live["days"]:

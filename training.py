@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 import atomicfiles
 import audit
 import delivery
+import drift
 import history
 import ingestion
 from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
@@ -71,17 +72,15 @@ def save_model(model, path, metadata):
 
 
 def monitoring_reference(cfg, model, X):
-    """monitoring.reference of the training rows, with the predicted exit share on the test data
+    """drift.reference_bins of the training rows, with the predicted exit share on the test data
     (on the training rows when the test data cannot be read)."""
-    import monitoring
-
     try:
         X_test, _ = delivery.read_labelled(cfg.test_data_file)
     except delivery.BadFile:
         X_test = X.iloc[:0]
     share, on = (float(model.predict(X_test).mean()), "test data") if len(X_test) else (
         float(model.predict(X).mean()), "training data")
-    return monitoring.reference(X.to_numpy(), share, on)
+    return drift.reference_bins(X.to_numpy(), share, on)
 
 
 def run(cfg, conn=None):

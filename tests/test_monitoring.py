@@ -21,8 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 import app as app_module
 import delivery
 import deployment
+import drift
 import history
 import monitoring
+import traffic
 from conftest import REPO
 from helpers import check_schema, free_port, pdf_images, response_schema, table_row
 from settings import FEATURES, load_config
@@ -72,11 +74,11 @@ def deployed_reference(cfg):
 
 def test_psi_against_hand_computed_values():
     # shares 0.5 0.3 0.2 -> 0.2 0.3 0.5: (0.2-0.5) ln(0.4) + 0 + (0.5-0.2) ln(2.5) = 0.6 ln 2.5
-    assert monitoring.psi_counts([50, 30, 20], [20, 30, 50]) == pytest.approx(0.5497744391, abs=1e-9)
+    assert drift.psi_counts([50, 30, 20], [20, 30, 50]) == pytest.approx(0.5497744391, abs=1e-9)
     # an empty training bin is floored at 1e-4: (0.5 - 1) ln(0.5) + (0.5 - 1e-4) ln(0.5 / 1e-4)
     #   = 0.3465736 + 0.4999 x 8.5171932 = 0.3465736 + 4.2577449
-    assert monitoring.psi_counts([100, 0], [50, 50]) == pytest.approx(0.3465736 + 4.2577449, abs=1e-6)
-    assert monitoring.psi_counts([7, 3], [70, 30]) == 0.0
+    assert drift.psi_counts([100, 0], [50, 50]) == pytest.approx(0.3465736 + 4.2577449, abs=1e-6)
+    assert drift.psi_counts([7, 3], [70, 30]) == 0.0
 
 
 def test_psi_of_counts_equals_drift_psi_on_the_rows():
@@ -85,7 +87,7 @@ def test_psi_of_counts_equals_drift_psi_on_the_rows():
     rng = np.random.default_rng(5)
     ref, live = rng.gamma(2.0, 10.0, 2000), rng.gamma(2.5, 10.0, 700)
     edges = drift.quantile_edges(ref)
-    assert monitoring.psi_counts(monitoring.bin_counts(ref, edges), monitoring.bin_counts(live, edges)) == \
+    assert drift.psi_counts(drift.bin_counts(ref, edges), drift.bin_counts(live, edges)) == \
         pytest.approx(drift.psi(ref, live, edges), abs=1e-12)
 
 
@@ -141,7 +143,7 @@ def test_aggregates_of_a_known_request_sequence(shared):
         got = w["features"][f]
         assert {k: got[k] for k in HAND[f]} == pytest.approx(HAND[f], rel=1e-12)
         assert got["histogram"] == hand_histogram(VALUES[f], ref["features"][f]["edges"])
-        assert w["psi"][f] == pytest.approx(monitoring.psi_counts(ref["features"][f]["counts"], got["histogram"]),
+        assert w["psi"][f] == pytest.approx(drift.psi_counts(ref["features"][f]["counts"], got["histogram"]),
                                              abs=1e-6)
     assert w["level"] == "ok"  # 5 rows: fewer than monitoring_min_rows, whatever the PSI
     assert 0 < w["latency_p50"] <= w["latency_p99"] < 5
@@ -173,13 +175,13 @@ def test_a_second_flush_adds_to_the_same_window_row(shared):
 def test_latency_quantiles_from_the_buckets():
     lat = {}
     for seconds in [0.001] * 98 + [0.01, 0.5]:
-        b = bisect.bisect_left(monitoring.LATENCY_BOUNDS, seconds)
+        b = bisect.bisect_left(traffic.LATENCY_BOUNDS, seconds)
         lat[b] = lat.get(b, 0) + 1
     # 1 ms and 10 ms are bucket bounds (20 per decade), 0.5 s falls in (0.4467, 0.5012]
-    assert monitoring.latency_quantile(lat, 0.5) == 0.001
-    assert monitoring.latency_quantile(lat, 0.99) == 0.01
-    assert monitoring.latency_quantile(lat, 1.0) == 0.501187234
-    assert monitoring.latency_quantile({}, 0.5) is None
+    assert traffic.latency_quantile(lat, 0.5) == 0.001
+    assert traffic.latency_quantile(lat, 0.99) == 0.01
+    assert traffic.latency_quantile(lat, 1.0) == 0.501187234
+    assert traffic.latency_quantile({}, 0.5) is None
 
 
 def test_monitoring_off_keeps_no_aggregates(make_deployed):
@@ -287,14 +289,14 @@ def test_crossings_since_for_the_monitoring_cycle(make_deployed):
     cfg = make_deployed(monitoring_min_rows=10, monitoring_window_seconds=60)
     app, monitor = fixed_clock_app(cfg)
     client = app.test_client()
-    assert monitoring.crossings_since(cfg, 0)["level"] == "ok"
+    assert traffic.crossings_since(cfg, 0)["level"] == "ok"
     client.post("/prediction", json={"records": [{"lastmonth_activity": 5000, "lastyear_activity": 90000,
                                                   "number_of_employees": 10**6}] * 10})
     monitor.flush()
-    got = monitoring.crossings_since(cfg, T0 - 60)
+    got = traffic.crossings_since(cfg, T0 - 60)
     assert (got["windows"], got["rows"], got["level"], got["watch"], got["act"]) == (1, 10, "act", True, True)
     assert sorted(got["max_psi"]) == list(FEATURES)
-    assert monitoring.crossings_since(cfg, T0 + 60) == {
+    assert traffic.crossings_since(cfg, T0 + 60) == {
         "since": T0 + 60, "windows": 0, "rows": 0, "level": "ok", "watch": False, "act": False, "max_psi": {},
         "psi_watch": 0.1, "psi_act": 0.2}
 
@@ -406,7 +408,7 @@ def test_report_data_and_the_report_section(make_deployed):
         answers.append(client.post("/prediction", json={"records": body}).get_json())
         monitor.flush()
     exits1 = sum(answers[0]["predictions"]) * 2
-    data = monitoring.report_data(cfg, until=base + 2 * day)
+    data = traffic.report_data(cfg, until=base + 2 * day)
     assert data["days"] == [
         {"day": "2023-11-14", "requests": 2, "rows": 400, "errors": 0, "exits": exits1, "exit_share": exits1 / 400},
         {"day": "2023-11-15", "requests": 1, "rows": 30, "errors": 0, "exits": sum(answers[2]["predictions"]),
@@ -417,11 +419,11 @@ def test_report_data_and_the_report_section(make_deployed):
     assert data["windows_crossing"] == {"watch": 0, "act": 1}
     assert data["previous_latency"] is None and data["latency"]["requests"] == 3
     # since the second day: only its window; the first day is the period to compare with
-    later = monitoring.report_data(cfg, since=base + day, previous_since=base, until=base + 2 * day)
+    later = traffic.report_data(cfg, since=base + day, previous_since=base, until=base + 2 * day)
     assert [d["day"] for d in later["days"]] == ["2023-11-15"]
     assert later["previous_latency"]["requests"] == 2
     # a window still open at the previous report belongs to this one
-    open_at = monitoring.report_data(cfg, since=base + day + 30, previous_since=base, until=base + 2 * day)
+    open_at = traffic.report_data(cfg, since=base + day + 30, previous_since=base, until=base + 2 * day)
     assert [w["window_start"] for w in open_at["windows"]] == [base + day]
     assert open_at["previous_latency"]["requests"] == 2
 
@@ -512,7 +514,7 @@ def test_the_status_page_reads_the_real_windows(shared):
     monitor.flush()
     conn = history.connect(shared.history_db)
     try:
-        found = monitoring.recent_windows(conn, shared, limit=60)
+        found = traffic.recent_windows(conn, shared, limit=60)
         summary = status.live_traffic(conn, shared)
     finally:
         conn.close()

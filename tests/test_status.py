@@ -18,6 +18,7 @@ from status_world import T0, fill_history
 
 import deployment
 import history
+import screenshots
 import status
 from app import TOKEN_ENV, create_app
 from settings import FEATURES, load_config
@@ -159,7 +160,7 @@ def test_a_newer_logged_check_shows_beside_the_last_recorded_cycle(running, tmp_
     assert status.gather(cfg, now=NOW)["last_check"] is None  # not newer than the recorded cycle
 
 
-# Two windows as monitoring.recent_windows summarizes them (branch `monitoring`), newest first.
+# Two windows as traffic.recent_windows summarizes them (branch `monitoring`), newest first.
 WINDOWS = [
     {"window_start": T0 + 60, "window_seconds": 60.0, "model_version": 2, "requests": 30, "rows": 60, "exits": 30,
      "latency_p50": 0.00125, "latency_p99": 0.0035, "level": "act",
@@ -326,8 +327,8 @@ def gunicorn(cfg, env=None):
 def browse(url, *args, width=1280, height=900, netlog=None):
     """Headless Chromium's output for url; a Chromium that cannot start fails the test with the reason."""
     try:
-        return status.run_chromium(url, *args, width=width, height=height, netlog=netlog)
-    except status.BrowserError as exc:
+        return screenshots.run_chromium(url, *args, width=width, height=height, netlog=netlog)
+    except screenshots.BrowserError as exc:
         pytest.fail(f"the browser test needs Chromium: {exc}")
 
 
@@ -415,7 +416,7 @@ def test_browser_token_protected(running):
 
 def test_screenshots_command(server, tmp_path):
     out = tmp_path / "shots"
-    done = subprocess.run([sys.executable, str(REPO / "status.py"), "--url", server + "/", "--out", str(out)],
+    done = subprocess.run([sys.executable, str(REPO / "screenshots.py"), "--url", server + "/", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"screenshot: {out / 'status-wide.png'}\nscreenshot: {out / 'status-narrow.png'}\n"
@@ -426,11 +427,11 @@ def test_screenshots_command(server, tmp_path):
 def test_screenshots_command_says_why_in_one_line(tmp_path):
     port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/"
-    done = subprocess.run([sys.executable, str(REPO / "status.py"), "--url", url, "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, str(REPO / "screenshots.py"), "--url", url, "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr == f"error: {url} cannot be reached: [Errno 111] Connection refused\n"
-    no_browser = subprocess.run([sys.executable, str(REPO / "status.py"), "--url", url, "--out", str(tmp_path)],
+    no_browser = subprocess.run([sys.executable, str(REPO / "screenshots.py"), "--url", url, "--out", str(tmp_path)],
                                 capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(tmp_path)})
     assert no_browser.returncode == 2
     assert no_browser.stderr == "error: chromium is not installed (make setup installs it: apt-get install -y chromium)\n"
@@ -442,7 +443,7 @@ def test_screenshots_command_takes_the_address_from_the_config(server, tmp_path)
 
     config = make_config(tmp_path, api_url=server)
     out = tmp_path / "shots"
-    done = subprocess.run([sys.executable, str(REPO / "status.py"), "--config", str(config), "--out", str(out)],
+    done = subprocess.run([sys.executable, str(REPO / "screenshots.py"), "--config", str(config), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"screenshot: {out / 'status-wide.png'}\nscreenshot: {out / 'status-narrow.png'}\n"
