@@ -40,8 +40,8 @@ import deployment
 import history
 import ingestion
 import schedule
-from cycle import (COLD_START, FAILED, INTERRUPTED, NO_DATA_YET, NO_NEW_DATA, NO_USABLE_ROWS, PUBLISHED,
-                   CycleRecord, Gate, Retrained, known)
+from cycle import (COLD_START, FAILED, NO_DATA_YET, NO_NEW_DATA, NO_USABLE_ROWS, PUBLISHED, CycleRecord, Gate,
+                   Retrained, known)
 from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
