@@ -231,7 +231,7 @@ def _score_child(send, version_dir, test_data):
 
     try:
         model, _ = deployment.load_version(version_dir)
-        X, y = scoring.read_labelled(Path(test_data))
+        X, y = scoring.read_test_data(Path(test_data))
         result = ScoreResult(SCORED, scoring.score_model(model, X, y))
     except (deployment.DeploymentError, scoring.ScoringError) as exc:
         result = ScoreResult(REFUSED, error=str(exc))

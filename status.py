@@ -29,13 +29,15 @@ from flask import Blueprint, abort, current_app, jsonify, redirect, render_templ
 
 import deployment
 import history
+import schedule
 import traffic
+from cycle import CycleRecord, Gate, known
 from settings import FEATURES
 
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-CRONJOB = HERE / "cronjob.txt"
+CRONJOB = schedule.CRONJOB
 BLUEPRINT = "status"
 COOKIE = "dras_token"
 REFRESH_SECONDS = 60
@@ -146,19 +148,18 @@ def _cycle_summary(row):
         rec = json.loads(row["record"])
     except (TypeError, json.JSONDecodeError):
         rec = {}
-    if not isinstance(rec, dict):
-        rec = {}
-    ingestion = rec.get("ingestion") if isinstance(rec.get("ingestion"), dict) else {}
+    rec = CycleRecord.from_dict(rec if isinstance(rec, dict) else {})
+    ingestion = rec.ingestion if isinstance(rec.ingestion, dict) else {}
     quarantined = ingestion.get("quarantined") or []
-    score = rec.get("score_drift") if isinstance(rec.get("score_drift"), dict) else None
-    feature = rec.get("feature_drift") if isinstance(rec.get("feature_drift"), dict) else None
+    score = rec.score_drift if isinstance(rec.score_drift, dict) else None
+    feature = rec.feature_drift if isinstance(rec.feature_drift, dict) else None
     if score is not None:
         drift = f"{'drift' if score.get('drift') else 'no drift'} ({score.get('used') or '?'} test)"
     elif feature is not None:
         drift = "feature drift" if feature.get("any") else "no feature drift"
     else:
         drift = None
-    previous, deployed = rec.get("previous_version"), rec.get("deployed_version")
+    previous, deployed = known(rec.previous_version), known(rec.deployed_version)
     evidence = []
     if score is not None and score.get("reason"):
         evidence.append(f"Score drift ({score.get('used')} test): {score['reason']}")
@@ -172,8 +173,9 @@ def _cycle_summary(row):
         drifted = feature.get("drifted") or []
         evidence.append(f"Feature drift: {', '.join(drifted) if drifted else 'none'}"
                         + (f" ({'; '.join(parts)})" if parts else ""))
-    if isinstance(rec.get("gate"), dict) and rec["gate"].get("reason"):
-        evidence.append(f"Promotion gate: {rec['gate']['reason']}")
+    gate = rec.gate.to_dict() if isinstance(rec.gate, Gate) else rec.gate
+    if isinstance(gate, dict) and gate.get("reason"):
+        evidence.append(f"Promotion gate: {gate['reason']}")
     for q in quarantined:
         if isinstance(q, dict):
             evidence.append(f"Quarantined {q.get('name')}: {q.get('reason')}")
@@ -181,16 +183,16 @@ def _cycle_summary(row):
         "id": row["id"],
         "at": _iso(row["started_at"]),
         "finished": _iso(row["finished_at"]),
-        "decision": row["decision"] or rec.get("decision") or "unfinished",
-        "new_files": len(rec.get("new_files") or []),
-        "new_file_names": list(rec.get("new_files") or []),
+        "decision": row["decision"] or rec.decision or "unfinished",
+        "new_files": len(rec.new_files or []),
+        "new_file_names": list(rec.new_files or []),
         "quarantined": len(quarantined),
         "drift": drift,
         "deployed": deployed if deployed is not None and deployed != previous else None,
         "serving": deployed,
-        "errors": [str(e) for e in rec.get("errors") or []],
+        "errors": [str(e) for e in rec.errors or []],
         "evidence": evidence,
-        "seconds": _number(rec.get("seconds")),
+        "seconds": _number(known(rec.seconds)),
         "psi": {name: _number(v.get("psi")) for name, v in (feature.get("features") or {}).items()
                 if isinstance(v, dict)} if feature else None,
     }
@@ -301,16 +303,14 @@ def next_cycle(now=None, path=None):
         return None
     except OSError as exc:
         return {"error": f"cannot read {Path(path).name}: {exc.strerror}"}
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")), None)
+    line = schedule.job_line(text)
     if line is None or len(line.split()) < 6:
         return {"error": f"{Path(path).name} holds no crontab line"}
     expr = " ".join(line.split()[:5])
     trigger = _TRIGGERS.get(expr)
     if trigger is None:
-        from apscheduler.triggers.cron import CronTrigger  # only when there is a schedule to read
-
         try:
-            trigger = CronTrigger.from_crontab(expr)
+            trigger = schedule.make_trigger(expr)
         except ValueError as exc:
             return {"error": f"{Path(path).name}: {exc}"}
         _TRIGGERS[expr] = trigger

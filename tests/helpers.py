@@ -128,7 +128,7 @@ import fullprocess
 
 def publish(cfg, record):
     with open(cfg.output_folder_path / "published.jsonl", "a") as f:
-        f.write(json.dumps({"version": record["deployed_version"], "decision": record["decision"]}) + "\\n")
+        f.write(json.dumps({"version": record.deployed_version, "decision": record.decision}) + "\\n")
     return {"report": "stand-in", "apireturns": "stand-in"}
 
 fullprocess.publish = publish
@@ -191,7 +191,7 @@ def assert_consistent(cfg, names):
 def stand_in(cfg, record):
     """The in-process twin of WRAPPER's publish."""
     with open(cfg.output_folder_path / "published.jsonl", "a") as f:
-        f.write(json.dumps({"version": record["deployed_version"], "decision": record["decision"]}) + "\n")
+        f.write(json.dumps({"version": record.deployed_version, "decision": record.decision}) + "\n")
     return {"report": "stand-in", "apireturns": "stand-in"}
 
 

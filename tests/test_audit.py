@@ -18,6 +18,7 @@ import drift
 import history
 import ingestion
 import measures
+import modelcard
 import scoring
 import training
 from settings import ConfigError, load_config
@@ -264,7 +265,7 @@ def test_the_card_states_the_recorded_facts(trained):
     prod = cfg.prod_deployment_path
     card = (prod / "modelcard.md").read_text()
     assert (prod / "modelcard.md").read_bytes() == (prod / "versions" / "v0001" / "modelcard.md").read_bytes()
-    assert card == audit.model_card(deployment.read_manifest(prod / "versions" / "v0001"))  # regenerated exactly
+    assert card == modelcard.model_card(deployment.read_manifest(prod / "versions" / "v0001"))  # regenerated exactly
     assert manifest["files"]["modelcard.md"] == {"sha256": sha(prod / "modelcard.md"),
                                                  "bytes": (prod / "modelcard.md").stat().st_size}
     assert audit.slices_for_deployment(manifest) == meta["evaluation"]["slices"]
@@ -355,7 +356,7 @@ def test_the_card_follows_the_serving_version_on_redeploy_and_rollback(trained):
     deployment.deploy_from_config(cfg)  # the newest model again, as v0003: its card is regenerated
     third = root.read_bytes()
     manifest = deployment.current_manifest(prod)
-    assert third.decode() == audit.model_card(manifest)
+    assert third.decode() == modelcard.model_card(manifest)
     changed = [(a, b) for a, b in zip(second.decode().splitlines(), third.decode().splitlines()) if a != b]
     assert [b for _, b in changed] == [
         "# Model card: client attrition model v0003",
@@ -381,12 +382,12 @@ def test_the_card_warns_of_data_outside_the_training_range(trained):
 def test_a_card_without_recorded_facts_says_so(tmp_path):
     manifest = {"version": 4, "deployed_at": "2026-01-02T03:04:05+00:00", "metrics": {"f1": 0.5},
                 "files": {"trainedmodel.pkl": {"sha256": "ab" * 32}}}
-    card = audit.model_card(manifest)
+    card = modelcard.model_card(manifest)
     assert "- Code version: unknown" in card.splitlines()
     assert section(card, "Drift decision") == ["First deployment / deployed by hand, no drift check."]
     assert "The ingested files were not recorded." in card
     assert audit.code_version(repo=tmp_path) == {"commit": None, "dirty": None}
-    assert audit.report_audit(manifest) is None  # deployed before audits: the report says none is provided
+    assert modelcard.report_audit(manifest) is None  # deployed before audits: the report says none is provided
 
 
 def test_f1_swing_by_hand():

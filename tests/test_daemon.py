@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-import delivery
+import cycle
 import deployment
 import fullprocess
 import ingestion
@@ -30,8 +30,8 @@ def test_two_cycles_at_once_one_works_one_exits(world):
     worked = [err for _, err in outs if "cycle finished: cold start: deployed" in err]
     assert len(locked) == 1 and len(worked) == 1
     assert "step:" not in locked[0]
-    assert decisions(world) == [(fullprocess.COLD_START, 1)]
-    assert published(world) == [{"version": 1, "decision": fullprocess.COLD_START}]
+    assert decisions(world) == [(cycle.COLD_START, 1)]
+    assert published(world) == [{"version": 1, "decision": cycle.COLD_START}]
     assert len(ingestion.read_finaldata(world.finaldata)) == 20000
 
 
@@ -41,7 +41,7 @@ def test_two_cycles_at_once_one_works_one_exits(world):
 @pytest.mark.parametrize("stage", ["ingestion", "training", "deployment"])
 def test_a_cycle_killed_mid_work_is_finished_by_the_next(world, stage):
     write_delivery(world, "first.csv", rows=2000, seed=1)
-    assert fullprocess.run_cycle(world, publisher=stand_in)["decision"] == fullprocess.COLD_START
+    assert fullprocess.run_cycle(world, publisher=stand_in).to_dict()["decision"] == cycle.COLD_START
     write_delivery(world, "shifted.csv", rows=8000, seed=2, drift="concept", strength=1.0)
     seen = []
     with subprocess.Popen(cycle_cmd(world), cwd=world.base, env=env(), stderr=subprocess.PIPE, text=True) as proc:
@@ -61,10 +61,10 @@ def test_a_cycle_killed_mid_work_is_finished_by_the_next(world, stage):
     assert (world.prod_deployment_path / "ingestedfiles.txt").read_text() == "first.csv\nshifted.csv\n"
     assert published(world)[-1]["version"] == manifest["version"]
     rows = decisions(world)
-    assert rows[0] == (fullprocess.COLD_START, 1)
+    assert rows[0] == (cycle.COLD_START, 1)
     assert all(done for _, done in rows)
-    assert rows[-1][0] in (fullprocess.REDEPLOYED, fullprocess.PUBLISHED, fullprocess.NO_DRIFT)
-    assert fullprocess.run_cycle(world, publisher=stand_in)["decision"] == fullprocess.NO_NEW_DATA
+    assert rows[-1][0] in (cycle.REDEPLOYED, cycle.PUBLISHED, cycle.NO_DRIFT)
+    assert fullprocess.run_cycle(world, publisher=stand_in).to_dict()["decision"] == cycle.NO_NEW_DATA
     assert decisions(world) == rows
     assert_consistent(world, ["first.csv", "shifted.csv"])
 
@@ -94,12 +94,12 @@ def test_the_daemon_runs_cycles_and_stops_on_sigterm(world):
             proc.wait()
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert lines[0]["decision"] == fullprocess.COLD_START
-    assert {line["decision"] for line in lines[1:]} == {fullprocess.NO_NEW_DATA}
+    assert lines[0]["decision"] == cycle.COLD_START
+    assert {line["decision"] for line in lines[1:]} == {cycle.NO_NEW_DATA}
     assert "daemon started: schedule '*/1 * * * * *'" in err
     assert "received SIGTERM: stopping after any running cycle" in err
     assert err.rstrip().endswith("daemon stopped")
-    assert published(world) == [{"version": 1, "decision": fullprocess.COLD_START}]
+    assert published(world) == [{"version": 1, "decision": cycle.COLD_START}]
 
 
 def test_the_daemon_logs_a_failing_cycle_and_keeps_going(world):
@@ -118,7 +118,7 @@ def test_the_daemon_logs_a_failing_cycle_and_keeps_going(world):
             proc.wait()
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert {line["decision"] for line in lines} == {fullprocess.FAILED}
+    assert {line["decision"] for line in lines} == {cycle.FAILED}
     assert "scheduled cycle failed: ScoringError: test data" in err
     assert "received SIGINT" in err
     assert deployment.current_manifest(world.prod_deployment_path) is None

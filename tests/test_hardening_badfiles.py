@@ -13,6 +13,7 @@ import pandas as pd
 from conftest import HEADER, write_delivery
 from helpers import run, stand_in
 
+import cycle
 import datagen
 import delivery
 import fullprocess
@@ -95,7 +96,7 @@ CORPUS = [
 
 def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(world):
     write_delivery(world, "first.csv", rows=300, seed=1)
-    assert fullprocess.run_cycle(world, publisher=stand_in)["decision"] == fullprocess.COLD_START
+    assert fullprocess.run_cycle(world, publisher=stand_in).to_dict()["decision"] == cycle.COLD_START
     corpus = []
     for name, data, expected in CORPUS:
         if name == BIG:
@@ -111,7 +112,7 @@ def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(world):
     assert "Traceback" not in proc.stderr
     rec = json.loads((world.log_folder_path / "cycles.jsonl").read_text().splitlines()[-1])
     assert rec["errors"] == []
-    assert rec["decision"] == fullprocess.REDEPLOYED  # the shifted rows among the good files drifted
+    assert rec["decision"] == cycle.REDEPLOYED  # the shifted rows among the good files drifted
     bad = [(n, e) for n, _, e in corpus if isinstance(e, str)]
     good = [(n, e) for n, _, e in corpus if isinstance(e, int)]
     assert sorted((q["name"], q["reason"]) for q in rec["ingestion"]["quarantined"]) == sorted(bad)
@@ -140,4 +141,4 @@ def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(world):
     again = run(world)
     assert again.returncode == 0, again.stderr
     assert json.loads((world.log_folder_path / "cycles.jsonl").read_text().splitlines()[-1])["decision"] == \
-        fullprocess.NO_NEW_DATA
+        cycle.NO_NEW_DATA

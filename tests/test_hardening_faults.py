@@ -24,6 +24,7 @@ import pandas as pd
 from conftest import HEADER, write_delivery
 
 import app as app_module
+import cycle
 import datagen
 import delivery
 import deployment
@@ -40,7 +41,7 @@ def stand_in(cfg, record):
     """Publishes by appending one line (the report and API returns are tested by their own modules)."""
     fd = os.open(cfg.output_folder_path / "published.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, (json.dumps({"version": record["deployed_version"]}) + "\n").encode())
+        os.write(fd, (json.dumps({"version": record.deployed_version}) + "\n").encode())
     finally:
         os.close(fd)
     return {"report": "stand-in"}
@@ -129,7 +130,7 @@ def _child(config_path, conn, point):
         root = logging.getLogger()
         root.handlers[:] = [handler]
         root.setLevel(logging.INFO)
-        rec = fullprocess.run_cycle(load_config(config_path), publisher=stand_in)
+        rec = fullprocess.run_cycle(load_config(config_path), publisher=stand_in).to_dict()
         code = 1 if rec["errors"] else 0
     finally:
         os._exit(code)
@@ -340,7 +341,7 @@ def test_the_cycle_survives_sigkill_at_30_seeded_moments(make_world):
         assert code == 0, out
         manifest = check_invariants(cfg, delivered)
         # nothing is owed: the next cycle finds nothing to do
-        assert fullprocess.run_cycle(cfg, publisher=stand_in)["decision"] == fullprocess.NO_NEW_DATA
+        assert fullprocess.run_cycle(cfg, publisher=stand_in).to_dict()["decision"] == cycle.NO_NEW_DATA
     assert kills == KILLS
     assert {"ingestion", "training", "deployment"} <= set(killed_in), killed_in
     assert set(POINTS) <= set(killed_in), killed_in  # every exact point was reached and killed at

@@ -531,6 +531,7 @@ def test_the_status_page_reads_the_real_windows(shared):
 @pytest.mark.parametrize("option", [False, True])
 def test_the_cycle_records_live_drift_and_may_retrain_on_it(tmp_path, monkeypatch, option):
     import datagen
+    import cycle
     import fullprocess
     from conftest import make_config, write_delivery
 
@@ -541,19 +542,19 @@ def test_the_cycle_records_live_drift_and_may_retrain_on_it(tmp_path, monkeypatc
                                   live_drift_triggers_retrain=option, package_index_url="http://127.0.0.1:9/simple"))
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
     write_delivery(cfg, "first.csv", rows=200, seed=1)
-    assert fullprocess.run_cycle(cfg)["decision"] == fullprocess.COLD_START
+    assert fullprocess.run_cycle(cfg).to_dict()["decision"] == cycle.COLD_START
     app = app_module.create_app(cfg)
     shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 10
     assert app.test_client().post("/prediction", json={"records": shifted}).status_code == 200
     app.extensions["dras"].monitor.flush()
     # the test data itself as the new delivery: no score drift (a tie), so only live drift may retrain
     write_delivery(cfg, "same.csv", text=cfg.test_data_file.read_bytes())
-    rec = fullprocess.run_cycle(cfg)
+    rec = fullprocess.run_cycle(cfg).to_dict()
     assert rec["score_drift"]["drift"] is False
     live = rec["live_drift"]
     assert (live["windows"], live["rows"], live["level"], live["act"]) == (1, 10, "act", True)
     assert rec["drift"] is option
-    assert rec["decision"] == (fullprocess.REDEPLOYED if option else fullprocess.NO_DRIFT)
+    assert rec["decision"] == (cycle.REDEPLOYED if option else cycle.NO_DRIFT)
     assert deployment.current_manifest(cfg.prod_deployment_path)["version"] == (2 if option else 1)
 
 
