@@ -1,8 +1,9 @@
 """Measures: confusion counts of 0/1 labels and predictions, and the F1, precision and recall they give.
 
-One implementation for the whole project: scoring's slices (audit.py), the model card's F1 swing,
-and the drift tests' permutations and bootstraps (drift.py) all count and divide here. Counts are
-an int64 array [tp, fp, fn, tn] (or rows of them); their recorded form is a dict with those keys.
+One implementation for the whole project: the audit's test metrics and slices and the model card's
+F1 swing (audit.py), and the drift test's permutations and bootstraps (drift.py) count and divide
+here. Counts are an int64 array [tp, fp, fn, tn] (or rows of them); their recorded form is a dict
+with those keys.
 """
 import numpy as np
 
