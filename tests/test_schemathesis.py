@@ -57,11 +57,23 @@ def warm(url, token=None):
     assert requests.get(f"{url}/scoring", headers=headers, timeout=120).status_code == 200
 
 
+@pytest.fixture(scope="module")
+def with_token(world):
+    with gunicorn(world, workers=1, env={"DRAS_API_TOKEN": TOKEN}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def without_token(world):
+    with gunicorn(world, workers=1, env={"DRAS_API_TOKEN": ""}) as url:
+        yield url
+
+
 @pytest.mark.parametrize("token", [TOKEN, None], ids=["token", "no-token"])
-def test_schemathesis_finds_nothing(world, tmp_path, token):
-    with gunicorn(world, workers=1, env={"DRAS_API_TOKEN": token or ""}) as url:
-        warm(url, token)
-        report, result = run_schemathesis(url, tmp_path / "run", token)
+def test_schemathesis_finds_nothing(request, tmp_path, token):
+    url = request.getfixturevalue("with_token" if token else "without_token")
+    warm(url, token)
+    report, result = run_schemathesis(url, tmp_path / "run", token)
     summary = {k: report[k] for k in ("exit_code", "failures", "errors")}
     assert summary == {"exit_code": 0, "failures": [], "errors": []}, result.stdout[-6000:]
     assert report["operations"]["tested"] == 9
@@ -69,12 +81,6 @@ def test_schemathesis_finds_nothing(world, tmp_path, token):
 
 
 # --- What schemathesis found, each pinned down on the live server ---------------------------------
-
-@pytest.fixture(scope="module")
-def with_token(world):
-    with gunicorn(world, workers=1, env={"DRAS_API_TOKEN": TOKEN}) as url:
-        yield url
-
 
 @pytest.mark.parametrize("query", ["%1F", "%7F", "a%0Ab", "x%3By", "a%20b", "%C3%A9", "wrong"])
 def test_a_query_token_that_is_not_the_token_sets_no_cookie(with_token, query):
@@ -91,9 +97,8 @@ def test_the_right_query_token_becomes_the_cookie(with_token):
     assert resp.headers["Set-Cookie"] == "dras_token=s3cret; HttpOnly; Path=/; SameSite=Strict"
 
 
-def test_without_a_token_set_the_query_token_sets_no_cookie(world):
-    with gunicorn(world, workers=1, env={"DRAS_API_TOKEN": ""}) as url:
-        resp = requests.get(f"{url}/?token=%1F", allow_redirects=False, timeout=30)
+def test_without_a_token_set_the_query_token_sets_no_cookie(without_token):
+    resp = requests.get(f"{without_token}/?token=%1F", allow_redirects=False, timeout=30)
     assert (resp.status_code, resp.headers["Location"], resp.headers.get("Set-Cookie")) == (303, "/", None)
 
 
