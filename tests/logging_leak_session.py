@@ -8,8 +8,7 @@ it), doing what the suite does that printed `--- Logging error ---` tracebacks:
 """
 import app as app_module
 import ingestion
-from conftest import write_delivery
-from test_app import build_world
+from conftest import build_world, write_delivery
 
 SHIFTED = [{"lastmonth_activity": 10_000 + i, "lastyear_activity": 100_000 + i, "number_of_employees": 10**7}
            for i in range(60)]

@@ -10,9 +10,8 @@ import requests
 import yaml
 
 import schemathesis  # pinned in requirements-dev.txt; imported here so a missing install fails loudly
-from conftest import REPO
-from test_app import build_world
-from test_server import gunicorn
+from conftest import REPO, build_world
+from helpers import gunicorn
 
 TOKEN = "s3cret"
 # All checks are on by default but the response-time one, which needs its limit. positive_data_acceptance
