@@ -389,6 +389,9 @@ def create_app(config=None, fast_path=True):
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_request_bytes
     app.extensions["dras"] = service
     spec = yaml.safe_load(OPENAPI.read_text(encoding="utf-8"))
+    # openapi.yaml says the token is optional (set or not by DRAS_API_TOKEN); the copy this server
+    # serves says which: a client, or schemathesis, sees exactly what this server requires.
+    spec["security"] = [{"bearer": []}] if service.token else []
 
     @app.before_request
     def check_token():

@@ -1,6 +1,6 @@
 """Writing files so that a reader, or a crash, never sees one half-written.
 
-hashlib and tempfile are imported where used: the monitoring cycle's idle path imports this
+hashlib is imported where used: the monitoring cycle's idle path imports this
 module and must stay fast.
 """
 import os
@@ -18,6 +18,18 @@ def _fsync_dir(folder: Path):
 def _tmp_prefix(path: Path) -> str:
     # The writer's pid in the name: remove_leftovers can tell a dead writer's file from a live one's.
     return f".{path.name}.{os.getpid()}."
+
+
+def _create_tmp(path: Path):
+    """Create and open a new temporary file beside `path`; return (fd, its path). Unlike mkstemp's
+    0600, the file gets 0666 less the umask, as any program's output does (0644 under the usual 022)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.parent / f"{_tmp_prefix(path)}{os.urandom(6).hex()}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 def remove_leftovers(folder) -> list:
@@ -52,11 +64,9 @@ def remove_leftovers(folder) -> list:
 
 def write_bytes(path, data: bytes):
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    fd, tmp = _create_tmp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -75,11 +85,9 @@ def write_text(path, text: str):
 
 def write_with(path, writer):
     """Call `writer(tmp_path)` to produce the file, then move it into place atomically."""
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    fd, tmp = _create_tmp(path)
     os.close(fd)
     try:
         writer(Path(tmp))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS file_hashes (
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    inode INTEGER, ctime_ns INTEGER
 );
 CREATE TABLE IF NOT EXISTS ingested_files (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE,
@@ -60,7 +61,21 @@ def connect(path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    _upgrade(conn)
     return conn
+
+
+def _upgrade(conn):
+    """Bring a database made by an older version up to SCHEMA. The hash cache gained inode and ctime
+    (which no `utime` call can set); its old rows, NULL there, are never trusted and so hashed again."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(file_hashes)")}
+    for column in ("inode", "ctime_ns"):
+        if column not in columns:
+            try:
+                conn.execute(f"ALTER TABLE file_hashes ADD COLUMN {column} INTEGER")
+            except sqlite3.OperationalError as exc:  # another process upgraded it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def connect_ro(path):

@@ -73,14 +73,23 @@ def delivery_files(folder, settle_seconds=0.0, now=None) -> list:
 
 
 def file_sha256(conn, path: Path) -> str:
-    """SHA-256 of a file's bytes, cached in the history database by path, size and mtime."""
+    """SHA-256 of a file's bytes, cached in the history database by path, size, mtime, inode and
+    ctime. A rewrite that keeps the size and restores the mtime (`cp -p`, `tar x`, `rsync -t`) still
+    changes the ctime, which no `utime` call can set, so it is hashed again."""
     st = path.stat()
-    row = conn.execute("SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path = ?", (str(path),)).fetchone()
-    if row is not None and row["size"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns:
+    key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    row = conn.execute("SELECT size, mtime_ns, inode, ctime_ns, sha256 FROM file_hashes WHERE path = ?",
+                       (str(path),)).fetchone()
+    if row is not None and tuple(row)[:4] == key:
         return row["sha256"]
     digest = atomicfiles.sha256_file(path)
-    conn.execute("INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
-                 (str(path), st.st_size, st.st_mtime_ns, digest))
+    # The ctime ticks coarsely (a jiffy): a file changed within a second of hashing could change again
+    # under the same ctime, so its hash is not cached (as git does with its "racy" index entries).
+    if time.time_ns() - st.st_ctime_ns > 1_000_000_000:
+        conn.execute("INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, inode, ctime_ns, sha256)"
+                     " VALUES (?, ?, ?, ?, ?, ?)", (str(path), *key, digest))
+    else:
+        conn.execute("DELETE FROM file_hashes WHERE path = ?", (str(path),))
     return digest
 
 

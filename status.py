@@ -16,10 +16,12 @@ A browser cannot send an Authorization header from the address bar, so `/?token=
 token, stores it in an HttpOnly, SameSite=Strict cookie and redirects to `/`; the cookie is
 accepted on this blueprint's routes only (never on /prediction).
 """
+import hmac
 import json
 import logging
 import math
 import os
+import re
 import sqlite3
 import time
 from datetime import datetime, timezone
@@ -40,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 CRONJOB = schedule.CRONJOB
 BLUEPRINT = "status"
 COOKIE = "dras_token"
+# What a cookie may hold (RFC 6265 cookie-octets): printable ASCII but space, ", comma, ; and \.
+COOKIE_VALUE = re.compile(r"[!#-+\--:<-\[\]-~]+")
 REFRESH_SECONDS = 60
 CYCLE_ROWS = 20
 TREND_POINTS = 50
@@ -512,11 +516,16 @@ def page():
     service = _service()
     token = request.args.get("token")
     if token is not None:
-        # The app checked the token before this view: keep it in a cookie and drop it from the address bar.
-        resp = redirect(request.script_root + "/", code=303)
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path=request.script_root or "/",
-                        secure=request.is_secure)
-        return resp
+        # Dropped from the address bar; kept in a cookie only if it is the token (the request may have been
+        # let in by its Authorization header, or need no token) and only as characters a cookie may hold.
+        right = bool(service.token) and hmac.compare_digest(token.encode(), service.token.encode())
+        if not right or COOKIE_VALUE.fullmatch(token):
+            resp = redirect(request.script_root + "/", code=303)
+            if right:
+                resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path=request.script_root or "/",
+                                secure=request.is_secure)
+            return resp
+        # The right token, but one no cookie can hold: the page is served here, at this address.
     started = time.perf_counter()
     facts = gather(service.cfg)
     html = render_template("status.html", **view(facts), ago=ago, shown_time=shown_time)

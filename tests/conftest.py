@@ -1,6 +1,7 @@
 """A throwaway world per test: its builders (data folders, a config, a deployed model) and its fixtures."""
 import functools
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +17,40 @@ from settings import load_config
 REPO = Path(__file__).resolve().parent.parent
 CLOSED_INDEX = "http://127.0.0.1:9/simple"  # nothing listens on port 9: the index is unreachable
 HEADER = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item):
+    """Leave the root logger as the test found it. An entry point run in-process (main()) puts a handler
+    on the test's stderr there, which pytest closes (at the test's end under capsys, at the session's
+    otherwise): left in place, every later record printed a `--- Logging error ---` traceback."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return (yield)
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def monitors_stopped_before_the_session_ends():
+    """Apps made in-process start monitoring threads that would flush, and may log, at exit, after
+    pytest has closed its streams: close them (their last flush) while pytest still captures what they say."""
+    yield
+    import gc
+
+    import monitoring
+
+    for obj in gc.get_objects():
+        if isinstance(obj, monitoring.Monitor):
+            obj.close()
 
 
 def make_config(root: Path, **overrides) -> Path:

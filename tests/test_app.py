@@ -555,10 +555,15 @@ def test_the_model_is_loaded_once_per_version(deployed, monkeypatch):
 
 # --- the OpenAPI description matches the real responses -------------------------------------------
 
-def test_openapi_json_is_the_yaml(client):
+def test_openapi_json_is_the_yaml_saying_whether_this_server_needs_a_token(client, shared, monkeypatch):
+    spec = yaml.safe_load((REPO / "openapi.yaml").read_text())
+    assert spec["security"] == [{}, {"bearer": []}]  # the file: optional, it depends on DRAS_API_TOKEN
     resp = client.get("/openapi.json")
     assert resp.status_code == 200
-    assert resp.get_json() == yaml.safe_load((REPO / "openapi.yaml").read_text())
+    assert resp.get_json() == {**spec, "security": []}
+    monkeypatch.setenv("DRAS_API_TOKEN", "s3cret")
+    resp = app_module.create_app(shared).test_client().get("/openapi.json", headers={"Authorization": "Bearer s3cret"})
+    assert resp.get_json() == {**spec, "security": [{"bearer": []}]}
 
 
 def test_the_openapi_description_matches_real_responses(deployed, monkeypatch):
