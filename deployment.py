@@ -27,6 +27,7 @@ from pathlib import Path
 
 import atomicfiles
 import history
+import modelfile
 from settings import ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -81,10 +82,11 @@ def current_manifest(prod, missing_ok=False):
     return read_manifest(vdir)
 
 
-def load_version(version_dir, loads=pickle.loads):
+def load_version(version_dir, loads=modelfile.load_model):
     """Unpickle a version's model after checking its SHA-256 against the manifest; return (model, manifest).
 
-    `loads` turns the checked bytes into the model (serving passes load_fitted, which needs no scikit-learn).
+    Every reader of a deployed model comes through here. `loads` is one of modelfile's allow-list
+    loaders (serving passes load_fitted, which needs no scikit-learn): a pickle is never run.
     """
     manifest = read_manifest(version_dir)
     path = Path(version_dir) / "trainedmodel.pkl"
@@ -98,9 +100,23 @@ def load_version(version_dir, loads=pickle.loads):
         raise DeploymentError(f"{path} does not match its manifest (sha256 {digest[:12]}, expected {expected[:12]})")
     try:
         model = loads(data)
+    except modelfile.Refused as exc:
+        raise DeploymentError(f"{path} is refused: {exc}") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
         raise DeploymentError(f"{path} cannot be unpickled: {exc}") from None
     return model, manifest
+
+
+def check_model(src, data: bytes):
+    """Refuse (DeploymentError) a model file the allow-list loader cannot read: what is deployed is safe to serve."""
+    try:
+        model = modelfile.load_model(data)
+    except modelfile.Refused as exc:
+        raise DeploymentError(f"cannot deploy {src}: {exc}") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as exc:
+        raise DeploymentError(f"cannot deploy {src}: it is not a readable model ({exc})") from None
+    if not (callable(getattr(model, "predict", None)) and callable(getattr(model, "predict_proba", None))):
+        raise DeploymentError(f"cannot deploy {src}: it holds a {type(model).__name__}, not a classifier")
 
 
 def load_deployed(prod):
@@ -185,13 +201,15 @@ def _deploy(prod, model_path, score_path, ingested_path, metrics, keep, conn, ex
     for name, src in sources.items():
         if not src.exists():
             raise DeploymentError(f"cannot deploy: {src} does not exist")
+    model_bytes = sources["trainedmodel.pkl"].read_bytes()
+    check_model(model_path, model_bytes)  # these very bytes are published
     number = (versions(prod) or [0])[-1] + 1
     building = vroot / f".building-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir()
     files = {}
     for name, src in sources.items():
-        data = src.read_bytes()
+        data = model_bytes if name == "trainedmodel.pkl" else src.read_bytes()
         atomicfiles.write_bytes(building / name, data)
         files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     # lazy: the idle cycle reads the serving manifest through this module and imports no numpy
@@ -251,7 +269,11 @@ def _rollback(prod, conn) -> dict:
 
 def deploy_from_config(cfg, conn=None, extra=None) -> dict:
     """Deploy the config's trained model, score and ingested list, with the recorded test metrics."""
-    digest = atomicfiles.sha256_file(cfg.model_file) if cfg.model_file.exists() else None
+    digest = None
+    if cfg.model_file.exists():
+        data = cfg.model_file.read_bytes()
+        check_model(cfg.model_file, data)  # the refusal that says why, before "no score recorded"
+        digest = hashlib.sha256(data).hexdigest()
     metrics = None
     own = conn is None
     conn = conn or history.connect(cfg.history_db)

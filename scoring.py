@@ -14,6 +14,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 import atomicfiles
 import delivery
 import history
+import modelfile
 from settings import ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,16 @@ def score_model(model, X, y) -> dict:
 
 
 def load_pickle(path):
+    """The trained model in `path`, through modelfile's allow-list (a pickle is never run); raises ScoringError."""
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ScoringError(f"{path} does not exist: run training first") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+    try:
+        return modelfile.load_model(data)
+    except modelfile.Refused as exc:
+        raise ScoringError(f"{path} is refused: {exc}") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as exc:
         raise ScoringError(f"{path} is not a readable model: {exc}") from None
 
 

@@ -2,19 +2,18 @@
 
     ModelStore(prod)          the serving version, reloaded when production_deployment/current moves
     Predictor(model, manifest)  one loaded version; predict(X) -> (predictions, probabilities)
-    load_fitted(data)         a scaler + logistic regression Pipeline unpickled without scikit-learn
     score_in_child(version_dir, test_data)  the version's test score, computed by a child process
                               that imports scikit-learn so that the calling worker never does
 
+A model is unpickled by modelfile's allow-list only, never by pickle itself: a deployed file that
+names anything else is refused and the previous version keeps serving (README, "Trust boundary").
 An API worker that imports this module gets numpy and deployment, never scikit-learn or scipy
 (tests/test_app.py checks it); a model of another shape is the one case that loads them.
 """
-import io
 import logging
 import math
 import multiprocessing
 import os
-import pickle
 import sys
 import threading
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import deployment
+import modelfile
+from modelfile import ESTIMATORS, Fitted
 from settings import FEATURES
 
 logger = logging.getLogger(__name__)
@@ -35,40 +36,8 @@ SCORE_TIMEOUT = 120.0  # seconds the scoring child may take
 # The model
 # ---------------------------------------------------------------------------------------------
 
-# What the Pipeline training.py builds unpickles to, read without importing scikit-learn (which,
-# with the scipy and pandas it pulls in, would take a worker past 150 MB of resident memory).
-ESTIMATORS = {("sklearn.pipeline", "Pipeline"), ("sklearn.preprocessing._data", "StandardScaler"),
-              ("sklearn.linear_model._logistic", "LogisticRegression")}
-NUMPY_GLOBALS = {("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-                 ("numpy._core.numeric", "_frombuffer"), ("numpy", "ndarray"), ("numpy", "dtype")}
-
-
 class NotPlainLinear(Exception):
-    """The pickle holds something else than a scaler + logistic regression Pipeline."""
-
-
-class Fitted:
-    """A scikit-learn estimator's fitted state (its __dict__), without scikit-learn."""
-
-    kind = None
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-
-
-def load_fitted(data: bytes):
-    """Unpickle a scaler + logistic regression Pipeline into `Fitted` objects; raise NotPlainLinear otherwise."""
-    kinds = {}
-
-    class Reader(pickle.Unpickler):
-        def find_class(self, module, name):
-            if (module, name) in ESTIMATORS:
-                return kinds.setdefault(name, type(name, (Fitted,), {"kind": name}))
-            if (module, name) in NUMPY_GLOBALS:
-                return super().find_class(module, name)
-            raise NotPlainLinear(f"{module}.{name}")
-
-    return Reader(io.BytesIO(data)).load()
+    """The allow-listed pickle holds something else than a two-class scaler + logistic regression Pipeline."""
 
 
 def _kind(step):
@@ -181,12 +150,12 @@ class ModelStore:
             return
         try:
             try:
-                model, manifest = deployment.load_version(self.prod / link, loads=load_fitted)
+                model, manifest = deployment.load_version(self.prod / link, loads=modelfile.load_fitted)
                 predictor = Predictor(model, manifest)
                 if predictor.linear is None:
                     raise NotPlainLinear("not a two-class scaler + logistic regression on the three features")
-            except NotPlainLinear:  # a model of another shape: scikit-learn itself unpickles and runs it
-                model, manifest = deployment.load_version(self.prod / link)
+            except NotPlainLinear:  # a model of another shape: scikit-learn's classes, through the same allow-list
+                model, manifest = deployment.load_version(self.prod / link, loads=modelfile.load_model)
                 predictor = Predictor(model, manifest)
             predictor.directory = self.prod / link
         except (deployment.DeploymentError, OSError, KeyError, ValueError, TypeError) as exc:

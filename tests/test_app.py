@@ -19,6 +19,7 @@ import delivery
 import deployment
 import history
 import ingestion
+import modelfile
 import scoring
 import serving
 from settings import DEFAULT_CONFIG, FEATURES, load_config
@@ -658,21 +659,41 @@ def test_the_scoring_child_says_why_it_cannot_score(shared, tmp_path):
 def test_a_model_of_another_shape_is_loaded_by_scikit_learn(deployed, tmp_path):
     import pickle
 
+    from sklearn.linear_model import LogisticRegression
+
+    df = datagen.generate(300, seed=5)
+    bare = LogisticRegression(C=0.5).fit(df[list(FEATURES)], df["exited"])  # no scaler: not the numpy path
+    pkl = tmp_path / "bare.pkl"
+    pkl.write_bytes(pickle.dumps(bare))
+    assert serving.Predictor(modelfile.load_fitted(pkl.read_bytes()), {"version": 2}).linear is None
+    deployment.deploy(deployed.prod_deployment_path, pkl, deployed.score_file, deployed.ingested_list)
+    client = app_module.create_app(deployed).test_client()
+    rows = datagen.generate(20, seed=6)
+    resp = client.post("/prediction", json={"records": rows[list(FEATURES)].to_dict("records")})
+    assert resp.status_code == 200
+    assert_answer(resp.get_json(), bare, rows, version=2)
+    assert type(client.application.extensions["dras"].predictor().model) is LogisticRegression
+    assert client.get("/scoring").get_json()["model_version"] == 2
+
+
+def test_a_decision_tree_is_refused_at_deployment(deployed, tmp_path):
+    import pickle
+
     from sklearn.tree import DecisionTreeClassifier
 
     df = datagen.generate(300, seed=5)
     tree = DecisionTreeClassifier(random_state=0, max_depth=3).fit(df[list(FEATURES)], df["exited"])
     pkl = tmp_path / "tree.pkl"
     pkl.write_bytes(pickle.dumps(tree))
-    with pytest.raises(serving.NotPlainLinear, match="sklearn.tree._classes.DecisionTreeClassifier"):
-        serving.load_fitted(pkl.read_bytes())
-    deployment.deploy(deployed.prod_deployment_path, pkl, deployed.score_file, deployed.ingested_list)
-    client = app_module.create_app(deployed).test_client()
-    rows = datagen.generate(20, seed=6)
-    resp = client.post("/prediction", json={"records": rows[list(FEATURES)].to_dict("records")})
-    assert resp.status_code == 200
-    assert_answer(resp.get_json(), tree, rows, version=2)
-    assert client.get("/scoring").get_json()["model_version"] == 2
+    with pytest.raises(modelfile.Refused, match="^it names sklearn.tree._classes.DecisionTreeClassifier, "):
+        modelfile.load_fitted(pkl.read_bytes())
+    with pytest.raises(deployment.DeploymentError) as refused:
+        deployment.deploy(deployed.prod_deployment_path, pkl, deployed.score_file, deployed.ingested_list)
+    assert str(refused.value) == (
+        f"cannot deploy {pkl}: it names sklearn.tree._classes.DecisionTreeClassifier, which is not on the model "
+        "allow-list (a scikit-learn Pipeline, StandardScaler, LogisticRegression and numpy arrays): refused, "
+        "since loading it could run code")
+    assert deployment.versions(deployed.prod_deployment_path) == [1]
 
 
 def test_few_rows_computed_without_numpy_equal_scikit_learn(client, model):
