@@ -98,7 +98,8 @@ def rows_from_records(records):
                 continue
             what = delivery.value_problem(v)
             if what is not None:
-                value = "" if what == delivery.MISSING else f" {json.dumps(v)}"
+                shown = v.text if isinstance(v, delivery.NotWhole) else json.dumps(v)
+                value = "" if what == delivery.MISSING else f" {shown}"
                 raise InputError(f"column {FEATURES[j]!r}, row {i}: value{value} {what}")
         rows.append(row)
     return rows
@@ -156,7 +157,8 @@ class Service:
         if not body.strip():
             raise InputError("empty body: send JSON {\"records\": [...]} or {\"filepath\": \"...\"}")
         try:
-            doc = json.loads(body.decode("utf-8"))
+            # A number's text decides whether it is whole (delivery.json_number), not its float.
+            doc = json.loads(body.decode("utf-8"), parse_float=delivery.json_number)
         except UnicodeDecodeError:
             raise InputError("body is not UTF-8 text") from None
         except json.JSONDecodeError as exc:

@@ -182,20 +182,29 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
     conn = conn or history.connect(cfg.history_db)
     result = IngestResult()
     try:
+        known = history.ingested_hashes(conn)
         if candidates is None:
-            known = history.ingested_hashes(conn)
             candidates = []
             for path in delivery_files(folder, cfg.ingest_settle_seconds):
                 digest = file_sha256(conn, path)
                 if digest in known:
                     result.skipped.append(path.name)
                 else:
-                    known.add(digest)
                     candidates.append(Candidate(path, digest))
         good = []
         for cand in candidates:
-            data = cand.path.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()  # the bytes we parse are the bytes we record
+            # Read once; hash, judge and record those same bytes. The cached hash only chose the
+            # candidate: a file replaced since by content already ingested (or taken earlier in this
+            # run) is that content, and is skipped like it.
+            try:
+                data = cand.path.read_bytes()
+            except FileNotFoundError:  # removed since it was listed: nothing left to judge
+                logger.warning("%s disappeared before it could be read; nothing ingested from it", cand.path.name)
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in known:
+                result.skipped.append(cand.path.name)
+                continue
             try:
                 df = delivery.parse_delivery(data)
             except delivery.BadFile as exc:
@@ -215,6 +224,7 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
                 logger.warning("quarantined %s: %s (moved to %s)", cand.path.name, exc, moved)
                 result.quarantined.append({"name": cand.path.name, "reason": str(exc), "moved_to": str(moved)})
                 continue
+            known.add(digest)
             good.append((cand.path, digest, df))
         if good:
             frames = [read_finaldata(cfg.finaldata)] if cfg.finaldata.exists() else []
