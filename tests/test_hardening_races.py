@@ -1,0 +1,199 @@
+"""Writers racing: every pairing of the entry points that write, as real processes, seeded start offsets.
+
+The writers are ingestion.py, the cycle (fullprocess.py, `publish` replaced by a stand-in),
+training.py, scoring.py, deployment.py and deployment.py --rollback. The issue's repro and the
+daemon run as `python script.py` subprocesses; the pairing matrix runs each script's own `main`
+in a child forked from a warm fork server (pandas and scikit-learn imported once: a child costs
+a fraction of a second instead of the seconds of an interpreter's imports on a busy machine),
+each a real process with its own lock, really racing the other. After each race the invariants
+of README's "Reliability" must hold exactly: every file recorded as ingested has all its rows in
+finaldata.csv exactly once, in the order of the history; ingestedfiles.txt says the same; the
+history's last deployment is what `current` serves, its files match its manifest and its
+recorded F1 is the model's; and nothing is lost (a file not yet ingested is ingested by the next
+run).
+"""
+import hashlib
+import itertools
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import HEADER, REPO, build_world, retrain_and_deploy
+from helpers import cycle_cmd, env, stand_in
+
+import datagen
+import delivery
+import deployment
+import fullprocess
+import ingestion
+import locks
+import scoring
+import training
+from settings import FEATURES, load_config
+
+SEED = 20261201
+WAITING = "waiting up to 60s for "
+
+FORKSERVER = multiprocessing.get_context("forkserver")
+PRELOAD = ["pandas", "numpy", "scipy.stats", "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing",
+           "sklearn.metrics", "fullprocess", "ingestion", "training", "scoring", "deployment", "drift", "audit"]
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def ingested(cfg):
+    with sqlite3.connect(cfg.history_db) as conn:
+        return conn.execute("SELECT name, sha256, folder FROM ingested_files ORDER BY id").fetchall()
+
+
+def check_invariants(cfg, delivered):
+    """finaldata, ingestedfiles.txt, the history and production agree; `delivered` (path -> bytes)
+    are each ingested once or still new; returns the names still new."""
+    files = ingested(cfg)
+    shas = [s for _, s, _ in files]
+    assert len(shas) == len(set(shas)), "a content recorded twice"
+    frames = [delivery.parse_delivery((Path(folder) / name).read_bytes()) for name, _, folder in files]
+    for (name, digest, folder), df in zip(files, frames):
+        assert sha(Path(folder) / name) == digest, name
+    expected = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+    final = ingestion.read_finaldata(cfg.finaldata)
+    assert final.to_csv(index=False) == expected.to_csv(index=False)
+    assert cfg.ingested_list.read_text() == "".join(dict.fromkeys(n + "\n" for n, _, _ in files))
+    with sqlite3.connect(cfg.history_db) as conn:
+        assert conn.execute("SELECT rows FROM summaries ORDER BY id DESC LIMIT 1").fetchone()[0] == len(final)
+        last = conn.execute("SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
+        assert conn.execute("SELECT count(*) FROM cycles WHERE finished_at IS NULL").fetchone()[0] == 0
+    model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
+    current = deployment.current_dir(cfg.prod_deployment_path)
+    for name, meta in manifest["files"].items():
+        assert sha(current / name) == meta["sha256"], name
+    assert last == (manifest["version"], manifest["files"]["trainedmodel.pkl"]["sha256"])
+    X, y = scoring.read_test_data(cfg.test_data_file)
+    assert manifest["metrics"]["f1"] == scoring.score_model(model, X, y)["f1"]  # its score is its own
+    for folder in (cfg.output_folder_path, cfg.output_model_path):
+        assert sorted(p.name for p in folder.glob(".*.tmp")) == [], folder
+    new = sorted(str(p) for p, data in delivered.items() if hashlib.sha256(data).hexdigest() not in shas)
+    return new
+
+
+def nothing_lost(cfg, delivered, folders):
+    """The next ingestion of each folder takes what the race left: then every delivered file is in."""
+    for folder in folders:
+        ingestion.ingest(cfg, folder)
+    assert check_invariants(cfg, delivered) == []
+
+
+def rows_file(path, n, seed, shift=0):
+    """`n` seeded rows, their activity moved by `shift` (feature drift: the cycle then retrains)."""
+    df = datagen.generate(n, seed=seed)
+    df["lastmonth_activity"] += shift
+    df["lastyear_activity"] += 12 * shift
+    df.to_csv(path, index=False)
+    return path
+
+
+# --- the issue's repro, through the real scripts -------------------------------------------------
+
+def script(cfg, name, *args):
+    return [sys.executable, str(REPO / name), "--config", str(cfg.path), *args]
+
+
+def popen(cmd):
+    return subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_large_ingestion_and_a_small_one_a_third_of_a_second_later_lose_nothing(make_world):
+    """The issue's repro: 300,000 rows by hand, and 0.33 s later one row by hand, both through ingestion.py."""
+    cfg = make_world(cv_folds=0)
+    big, small = cfg.base / "big", cfg.base / "small"
+    big.mkdir()
+    small.mkdir()
+    rows_file(big / "big.csv", 300_000, seed=5)
+    (small / "small.csv").write_text(HEADER + "late arrival,1,2,3,1\n")
+    first = popen(script(cfg, "ingestion.py", "--input-folder", big))
+    time.sleep(0.33)
+    second = popen(script(cfg, "ingestion.py", "--input-folder", small))
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    assert sorted(n for n, _, _ in ingested(cfg)) == ["big.csv", "small.csv"]
+    final = ingestion.read_finaldata(cfg.finaldata)
+    assert final[final["corporation"] == "late arrival"].to_dict("records") == [
+        {"corporation": "late arrival", "lastmonth_activity": 1, "lastyear_activity": 2,
+         "number_of_employees": 3, "exited": 1}]
+    # whichever started its work second waited for the first, and said so once
+    waited = [err for _, err in outs if "WARNING locks: " + WAITING in err]
+    assert len(waited) == 1 and waited[0].count(WAITING) == 1
+    assert f"/.writer.lock, held by pid {(first if waited[0] == outs[1][1] else second).pid} (ingestion.py)" in waited[0]
+    expected = pd.concat([delivery.parse_delivery((Path(folder) / name).read_bytes())
+                          for name, _, folder in ingested(cfg)], ignore_index=True).drop_duplicates(ignore_index=True)
+    assert final.to_csv(index=False) == expected.to_csv(index=False)
+
+
+# ingestion.py, paused between reading finaldata.csv and writing it until the file `go` appears
+PAUSED_INGESTION = """
+import os, sys, time
+import atomicfiles, ingestion
+
+real = atomicfiles.write_with
+
+def write_with(path, writer):
+    if os.path.basename(path) == "finaldata.csv":
+        open("paused", "w").close()
+        while not os.path.exists("go"):
+            time.sleep(0.02)
+    real(path, writer)
+
+atomicfiles.write_with = write_with
+sys.exit(ingestion.main(sys.argv[1:]))
+"""
+
+
+def test_an_ingestion_started_while_another_merges_waits_for_it(make_world):
+    """The lost update made certain: the second ingestion.py starts while the first holds finaldata.csv's
+    old rows in memory and has not written the merged ones yet."""
+    cfg = make_world(cv_folds=0)
+    first_dir, second_dir = cfg.base / "first", cfg.base / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    rows_file(first_dir / "first.csv", 500, seed=5)
+    (second_dir / "second.csv").write_text(HEADER + "late arrival,1,2,3,1\n")
+    logs = {name: open(cfg.base / f"{name}.err", "w") for name in ("first", "second")}
+    first = subprocess.Popen([sys.executable, "-c", PAUSED_INGESTION, "--config", str(cfg.path), "--input-folder",
+                              str(first_dir)], cwd=cfg.base, env=env(), stdout=subprocess.DEVNULL, stderr=logs["first"])
+    deadline = time.monotonic() + 60
+    while not (cfg.base / "paused").exists():
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    second = subprocess.Popen(script(cfg, "ingestion.py", "--input-folder", second_dir), env=env(),
+                              stdout=subprocess.PIPE, stderr=logs["second"], text=True)
+    while second.poll() is None and WAITING not in (cfg.base / "second.err").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    (cfg.base / "go").touch()
+    assert first.wait(60) == 0
+    out, _ = second.communicate(timeout=60)
+    err = (cfg.base / "second.err").read_text()
+    assert second.returncode == 0, err
+    assert out.splitlines()[0] == "ingested    second.csv (1 rows)"
+    for f in logs.values():
+        f.close()
+    final = ingestion.read_finaldata(cfg.finaldata)
+    assert final.iloc[-1].to_dict() == {"corporation": "late arrival", "lastmonth_activity": 1,
+                                        "lastyear_activity": 2, "number_of_employees": 3, "exited": 1}
+    assert len(final) == 501
+    assert [n for n, _, _ in ingested(cfg)] == ["first.csv", "second.csv"]  # the order they held the lock
+    waiting = [line for line in err.splitlines() if WAITING in line]
+    assert len(waiting) == 1
+    assert waiting[0].endswith(f"WARNING locks: waiting up to 60s for {cfg.output_folder_path}/.writer.lock, "
+                               f"held by pid {first.pid} (ingestion.py)")
