@@ -27,6 +27,7 @@ from pathlib import Path
 
 import atomicfiles
 import history
+import locks
 from settings import ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -250,7 +251,13 @@ def _rollback(prod, conn) -> dict:
 
 
 def deploy_from_config(cfg, conn=None, extra=None) -> dict:
-    """Deploy the config's trained model, score and ingested list, with the recorded test metrics."""
+    """Deploy the config's trained model, score and ingested list, with the recorded test metrics.
+    Holds the writer lock throughout (locks.py; raises locks.Busy when another writer keeps it too long)."""
+    with locks.writer(cfg.output_folder_path, "deployment.py", cfg.writer_wait_seconds):
+        return _deploy_from_config(cfg, conn, extra)
+
+
+def _deploy_from_config(cfg, conn, extra) -> dict:
     digest = atomicfiles.sha256_file(cfg.model_file) if cfg.model_file.exists() else None
     metrics = None
     own = conn is None
@@ -297,7 +304,8 @@ def main(argv=None):
             return 0
         with closing(history.connect(cfg.history_db)) as conn:
             if args.rollback:
-                m = rollback(prod, conn)
+                with locks.writer(cfg.output_folder_path, "deployment.py --rollback", cfg.writer_wait_seconds):
+                    m = rollback(prod, conn)
                 print(f"rolled back: now serving {version_name(m['version'])} (F1 {m['metrics'].get('f1')!r})")
             else:
                 m = deploy_from_config(cfg, conn)
@@ -305,6 +313,9 @@ def main(argv=None):
     except (ConfigError, DeploymentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except locks.Busy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return locks.EXIT_BUSY
     return 0
 
 

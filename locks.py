@@ -49,11 +49,10 @@ def _depths() -> dict:
     return _held.depths
 
 
-@contextmanager
-def writer(folder, what, wait=0.0, reentrant=True):
-    """Hold the writer lock of output folder `folder` for the block; `what` names the entry point.
+def acquire(folder, what, wait=0.0, reentrant=True):
+    """Take the writer lock of output folder `folder` for entry point `what`; return its release.
 
-    Held already by this thread: the block runs at once (unless not `reentrant`: the cycle never
+    Held already by this thread: taken again at once (unless not `reentrant`: the cycle never
     runs inside another writer). Held by another process or thread: wait up to `wait` seconds,
     logging once whom for; raise Busy, with a one-line reason, when the wait runs out (at once
     when `wait` is 0).
@@ -67,25 +66,36 @@ def writer(folder, what, wait=0.0, reentrant=True):
         if not reentrant:
             raise Busy(f"{path} is held by this process ({holder(folder)})")
         depths[key] += 1
-        try:
-            yield
-        finally:
+
+        def release_nested():
             depths[key] -= 1
-        return
+        return release_nested
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        _acquire(fd, folder, wait)
+        _flock(fd, folder, wait)
         os.pwrite(fd, f"{os.getpid()} {what}"[:_WIDTH - 1].ljust(_WIDTH - 1).encode() + b"\n", 0)
-        depths[key] = 1
-        try:
-            yield
-        finally:
-            del depths[key]
+    except BaseException:
+        os.close(fd)
+        raise
+    depths[key] = 1
+
+    def release():
+        del depths[key]
+        os.close(fd)  # drops the flock
+    return release
+
+
+@contextmanager
+def writer(folder, what, wait=0.0, reentrant=True):
+    """The writer lock held for the block (see `acquire`)."""
+    release = acquire(folder, what, wait, reentrant)
+    try:
+        yield
     finally:
-        os.close(fd)  # releases the flock
+        release()
 
 
-def _acquire(fd, folder, wait):
+def _flock(fd, folder, wait):
     path = lock_path(folder)
     deadline = time.monotonic() + wait
     said = False
