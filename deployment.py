@@ -302,10 +302,11 @@ def main(argv=None):
                 print(f"{mark} {version_name(n)}  {m['deployed_at']}  F1 {f1!r}  "
                       f"sha256 {m['files']['trainedmodel.pkl']['sha256'][:12]}")
             return 0
-        with closing(history.connect(cfg.history_db)) as conn:
+        what = "deployment.py --rollback" if args.rollback else "deployment.py"
+        with (locks.writer(cfg.output_folder_path, what, cfg.writer_wait_seconds),
+              closing(history.connect(cfg.history_db)) as conn):
             if args.rollback:
-                with locks.writer(cfg.output_folder_path, "deployment.py --rollback", cfg.writer_wait_seconds):
-                    m = rollback(prod, conn)
+                m = rollback(prod, conn)
                 print(f"rolled back: now serving {version_name(m['version'])} (F1 {m['metrics'].get('f1')!r})")
             else:
                 m = deploy_from_config(cfg, conn)

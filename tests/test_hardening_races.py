@@ -197,3 +197,88 @@ def test_an_ingestion_started_while_another_merges_waits_for_it(make_world):
     assert len(waiting) == 1
     assert waiting[0].endswith(f"WARNING locks: waiting up to 60s for {cfg.output_folder_path}/.writer.lock, "
                                f"held by pid {first.pid} (ingestion.py)")
+
+
+# --- every pairing of the writers, each a real process forked from a warm server -----------------
+
+WRITERS = ["ingestion", "cycle", "training", "scoring", "deploy", "rollback"]
+PAIRS = list(itertools.combinations_with_replacement(WRITERS, 2))
+# What a writer may answer besides 0: a refusal that says why in one line, never a half-done change.
+REFUSALS = {
+    "deploy": "error: no test score is recorded for ",  # training ran just before it: score first
+    "rollback": "error: version 1 is the oldest kept: nothing to roll back to",
+}
+
+
+def _writer(kind, config_path, folder, start_at, out_path, err_path):
+    """In a child of the fork server: the script's own `main` for `kind`, started at `start_at`."""
+    code = 3
+    try:
+        for fd, path in ((1, out_path), (2, err_path)):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+        time.sleep(max(0.0, start_at - time.time()))
+        argv = ["--config", config_path]
+        if kind == "ingestion":
+            code = ingestion.main(argv + (["--input-folder", folder] if folder else []))
+        elif kind == "cycle":
+            fullprocess.publish = stand_in
+            code = fullprocess.main(argv)
+        elif kind == "training":
+            code = training.main(argv)
+        elif kind == "scoring":
+            code = scoring.main(argv)
+        elif kind == "deploy":
+            code = deployment.main(argv)
+        elif kind == "rollback":
+            code = deployment.main(argv + ["--rollback"])
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A deployed world with two versions (so a rollback has somewhere to go), copied for each race."""
+    FORKSERVER.set_forkserver_preload(PRELOAD)
+    root = tmp_path_factory.mktemp("template") / "world"
+    cfg = build_world(root, rows=200, cv_folds=0, feature_drift_triggers_retrain=True)
+    retrain_and_deploy(cfg, seed=7)
+    return root
+
+
+@pytest.mark.parametrize(("a", "b"), PAIRS, ids=[f"{a}-x-{b}" for a, b in PAIRS])
+def test_two_writers_racing_never_interleave(template, tmp_path, a, b):
+    root = tmp_path / "world"
+    shutil.copytree(template, root, symlinks=True)
+    cfg = load_config(root / "config.json")
+    rng = random.Random(f"{SEED} {a} {b}")
+    delivered = {p: p.read_bytes() for p in cfg.input_folder_path.glob("*.csv")}
+    new = rows_file(cfg.input_folder_path / "race.csv", 100, seed=rng.randrange(1000), shift=3000)
+    delivered[new] = new.read_bytes()
+    extra = root / "extra"
+    extra.mkdir()
+    other = rows_file(extra / "extra.csv", 100, seed=rng.randrange(1000))
+    delivered[other] = other.read_bytes()
+    offsets = [0.0, rng.uniform(0.0, 0.6)]
+    rng.shuffle(offsets)
+    start_at = time.time() + 0.3
+    procs = []
+    for i, kind in enumerate((a, b)):
+        folder = str(extra) if (kind, i) == ("ingestion", 1) else None  # two ingestions: two folders
+        proc = FORKSERVER.Process(target=_writer, args=(kind, str(cfg.path), folder, start_at + offsets[i],
+                                                        str(root / f"{i}.out"), str(root / f"{i}.err")))
+        proc.start()
+        procs.append(proc)
+    for proc in procs:
+        proc.join(120)
+    for i, (kind, proc) in enumerate(zip((a, b), procs)):
+        out, err = (root / f"{i}.out").read_text(), (root / f"{i}.err").read_text()
+        assert "Traceback" not in err, err
+        assert err.count(WAITING) <= 1, err
+        if proc.exitcode != 0:
+            assert (proc.exitcode, err.splitlines()[-1][:len(REFUSALS.get(kind, "-"))]) == (2, REFUSALS.get(kind)), err
+        if kind == "cycle":
+            assert "INFO fullprocess: cycle finished: " in err or " holds " + str(cfg.output_folder_path) in err, err
+    check_invariants(cfg, delivered)
+    nothing_lost(cfg, delivered, [cfg.input_folder_path, extra])
