@@ -282,3 +282,53 @@ def test_two_writers_racing_never_interleave(template, tmp_path, a, b):
             assert "INFO fullprocess: cycle finished: " in err or " holds " + str(cfg.output_folder_path) in err, err
     check_invariants(cfg, delivered)
     nothing_lost(cfg, delivered, [cfg.input_folder_path, extra])
+
+
+def test_the_daemon_and_hand_runs_share_the_lock(template, tmp_path):
+    """The daemon (`python fullprocess.py --daemon`, a cycle every 2 s) with ingestion.py and deployment.py
+    --rollback run by hand meanwhile: each hand run waits for a cycle or goes first, none interleaves."""
+    root = tmp_path / "world"
+    shutil.copytree(template, root, symlinks=True)
+    cfg = load_config(root / "config.json")
+    rng = random.Random(f"{SEED} daemon")
+    delivered = {p: p.read_bytes() for p in cfg.input_folder_path.glob("*.csv")}
+    new = rows_file(cfg.input_folder_path / "race.csv", 100, seed=11, shift=3000)
+    delivered[new] = new.read_bytes()
+    extra = root / "extra"
+    extra.mkdir()
+    other = rows_file(extra / "extra.csv", 100, seed=12)
+    delivered[other] = other.read_bytes()
+    log = open(root / "daemon.err", "w")
+    daemon = subprocess.Popen(cycle_cmd(cfg, "--daemon", "--schedule", "*/2 * * * * *"), cwd=root, env=env(),
+                              stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 90
+        while "daemon started" not in (root / "daemon.err").read_text():
+            assert daemon.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        hands = []
+        start_at = time.time()
+        for i, (kind, folder) in enumerate((("ingestion", str(extra)), ("rollback", None))):
+            proc = FORKSERVER.Process(target=_writer, args=(kind, str(cfg.path), folder, start_at + rng.uniform(0, 1.5),
+                                                            str(root / f"{i}.out"), str(root / f"{i}.err")))
+            proc.start()
+            hands.append(proc)
+        for proc in hands:
+            proc.join(120)
+        outs = [((root / f"{i}.out").read_text(), (root / f"{i}.err").read_text()) for i in range(2)]
+        assert [p.exitcode for p in hands] == [0, 0], outs
+        assert outs[0][0].splitlines()[0] == "ingested    extra.csv (100 rows)"
+        assert outs[1][0].startswith("rolled back: now serving v")
+        lines = (cfg.log_folder_path / "cycles.jsonl").read_text().count("\n")
+        while (cfg.log_folder_path / "cycles.jsonl").read_text().count("\n") < lines + 1:  # one cycle more
+            assert daemon.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(60)
+        log.close()
+    err = (root / "daemon.err").read_text()
+    assert code == 0 and "Traceback" not in err, err
+    assert "cycle finished: drift: redeployed" in err
+    check_invariants(cfg, delivered)
+    nothing_lost(cfg, delivered, [cfg.input_folder_path, extra])
