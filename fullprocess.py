@@ -518,7 +518,8 @@ def main(argv=None):
     try:
         cfg = load_config(args.config)
         if args.daemon:
-            return schedule.run_daemon(lambda: run_cycle(cfg, who="fullprocess.py --daemon"), args.schedule or schedule.read_cronjob(), cfg.path)
+            return schedule.run_daemon(lambda: run_cycle(cfg, who="fullprocess.py --daemon"),
+                                       args.schedule or schedule.read_cronjob(), cfg.path)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

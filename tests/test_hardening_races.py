@@ -35,10 +35,9 @@ import delivery
 import deployment
 import fullprocess
 import ingestion
-import locks
 import scoring
 import training
-from settings import FEATURES, load_config
+from settings import load_config
 
 SEED = 20261201
 WAITING = "waiting up to 60s for "
@@ -273,7 +272,7 @@ def test_two_writers_racing_never_interleave(template, tmp_path, a, b):
     for proc in procs:
         proc.join(120)
     for i, (kind, proc) in enumerate(zip((a, b), procs)):
-        out, err = (root / f"{i}.out").read_text(), (root / f"{i}.err").read_text()
+        err = (root / f"{i}.err").read_text()
         assert "Traceback" not in err, err
         assert err.count(WAITING) <= 1, err
         if proc.exitcode != 0:
