@@ -27,6 +27,7 @@ from pathlib import Path
 
 import atomicfiles
 import history
+import locks
 import modelfile
 from settings import ConfigError, load_config, setup_logging
 
@@ -268,7 +269,13 @@ def _rollback(prod, conn) -> dict:
 
 
 def deploy_from_config(cfg, conn=None, extra=None) -> dict:
-    """Deploy the config's trained model, score and ingested list, with the recorded test metrics."""
+    """Deploy the config's trained model, score and ingested list, with the recorded test metrics.
+    Holds the writer lock throughout (locks.py; raises locks.Busy when another writer keeps it too long)."""
+    with locks.writer(cfg.output_folder_path, "deployment.py", cfg.writer_wait_seconds):
+        return _deploy_from_config(cfg, conn, extra)
+
+
+def _deploy_from_config(cfg, conn, extra) -> dict:
     digest = None
     if cfg.model_file.exists():
         data = cfg.model_file.read_bytes()
@@ -317,7 +324,9 @@ def main(argv=None):
                 print(f"{mark} {version_name(n)}  {m['deployed_at']}  F1 {f1!r}  "
                       f"sha256 {m['files']['trainedmodel.pkl']['sha256'][:12]}")
             return 0
-        with closing(history.connect(cfg.history_db)) as conn:
+        what = "deployment.py --rollback" if args.rollback else "deployment.py"
+        with (locks.writer(cfg.output_folder_path, what, cfg.writer_wait_seconds),
+              closing(history.connect(cfg.history_db)) as conn):
             if args.rollback:
                 m = rollback(prod, conn)
                 print(f"rolled back: now serving {version_name(m['version'])} (F1 {m['metrics'].get('f1')!r})")
@@ -327,6 +336,9 @@ def main(argv=None):
     except (ConfigError, DeploymentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except locks.Busy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return locks.EXIT_BUSY
     return 0
 
 

@@ -4,8 +4,8 @@
     python fullprocess.py --daemon [--schedule EXPR] the same cycle on cronjob.txt's schedule
 
 One cycle (README, "The monitoring cycle"):
-1. take an exclusive lock (flock on output_folder_path/.cycle.lock); if another cycle holds it,
-   log that and exit 0;
+1. take the writer lock (locks.py: a flock on output_folder_path/.writer.lock, which every
+   writing entry point takes); if another cycle or writer holds it, log that and exit 0 at once;
 2. look for delivery files whose content has not been ingested (history database); none, and no
    unfinished work: log "no new data" and exit 0. This path imports no pandas, scikit-learn or
    scipy: it runs every ten minutes and must take milliseconds;
@@ -23,7 +23,6 @@ history at the start of the next one: ingested files no finished cycle has decid
 ("pending"), and a deployed version no cycle has published. A cycle killed at any point is
 finished by the next.
 """
-import fcntl
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ import delivery
 import deployment
 import history
 import ingestion
+import locks
 import schedule
 from cycle import (COLD_START, FAILED, NO_DATA_YET, NO_NEW_DATA, NO_USABLE_ROWS, PUBLISHED, CycleRecord, Gate,
                    Retrained, known)
@@ -47,7 +47,6 @@ from settings import FEATURES, TARGET, ConfigError, load_config, rotate_logs, se
 
 logger = logging.getLogger(__name__)
 
-LOCK_NAME = ".cycle.lock"
 LOG_NAME = "cycles.jsonl"
 
 
@@ -57,25 +56,22 @@ def _iso(t):
 
 
 @contextmanager
-def cycle_lock(folder):
-    """Hold an exclusive, non-blocking flock on folder/.cycle.lock; yield whether we got it.
+def cycle_lock(folder, who="fullprocess.py"):
+    """Hold the writer lock of output folder `folder` without waiting; yield whether we got it.
 
-    The kernel drops the lock when the process dies, however it dies, so a killed cycle never
-    leaves a stale lock behind.
+    Never re-entrant: a cycle does not run inside another writer, even in the same thread. The
+    kernel drops the lock when the process dies, however it dies, so a killed cycle never leaves
+    a stale lock behind.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.pwrite(fd, f"{os.getpid():>10}\n".encode(), 0)  # fixed width: no truncate needed
+        release = locks.acquire(folder, who, wait=0, reentrant=False)
+    except locks.Busy:
+        yield False
+        return
+    try:
         yield True
     finally:
-        os.close(fd)
+        release()
 
 
 def publish(cfg, record) -> dict:
@@ -280,11 +276,14 @@ class Cycle:
         return passed
 
 
-def run_cycle(cfg, publisher=None) -> CycleRecord:
-    """Run one cycle under the lock; return its record (decision "locked" when another cycle runs)."""
-    with cycle_lock(cfg.output_folder_path) as held:
+def run_cycle(cfg, publisher=None, who="fullprocess.py") -> CycleRecord:
+    """Run one cycle under the writer lock; return its record (decision "locked" when another cycle
+    or writer holds it). `who` names the entry point in the lock file."""
+    with cycle_lock(cfg.output_folder_path, who) as held:
         if not held:
-            logger.info("another cycle holds %s: exiting", cfg.output_folder_path / LOCK_NAME)
+            holder = locks.holder(cfg.output_folder_path)
+            logger.info("another %s holds %s, %s: exiting", "cycle" if "(fullprocess.py" in holder else "writer",
+                        locks.lock_path(cfg.output_folder_path), holder)
             return CycleRecord.locked()
         rotate_logs(cfg.log_folder_path, cfg.log_max_bytes, cfg.log_backups)
         try:
@@ -520,7 +519,8 @@ def main(argv=None):
     try:
         cfg = load_config(args.config)
         if args.daemon:
-            return schedule.run_daemon(lambda: run_cycle(cfg), args.schedule or schedule.read_cronjob(), cfg.path)
+            return schedule.run_daemon(lambda: run_cycle(cfg, who="fullprocess.py --daemon"),
+                                       args.schedule or schedule.read_cronjob(), cfg.path)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

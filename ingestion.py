@@ -23,6 +23,7 @@ from pathlib import Path
 import atomicfiles
 import delivery
 import history
+import locks
 from settings import COLUMNS, FEATURES, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -170,8 +171,14 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
     """Ingest the new files of `folder` (default: the config's input folder) into finaldata.csv.
 
     Good files are merged with what was ingested before and deduplicated; bad files are
-    quarantined. Returns what happened to each file.
+    quarantined. Returns what happened to each file. Holds the writer lock throughout (locks.py);
+    raises locks.Busy when another writer keeps it past writer_wait_seconds.
     """
+    with locks.writer(cfg.output_folder_path, "ingestion.py", cfg.writer_wait_seconds):
+        return _ingest(cfg, folder, conn, candidates)
+
+
+def _ingest(cfg, folder, conn, candidates) -> IngestResult:
     import hashlib  # here, not at the top: the cycle's idle path imports this module
 
     import pandas as pd
@@ -274,7 +281,11 @@ def main(argv=None):
     if not folder.is_dir():
         print(f"error: input folder {folder} does not exist", file=sys.stderr)
         return 2
-    result = ingest(cfg, folder)
+    try:
+        result = ingest(cfg, folder)
+    except locks.Busy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return locks.EXIT_BUSY
     for f in result.ingested:
         print(f"ingested    {f['name']} ({f['rows']} rows)")
     for name in result.skipped:

@@ -14,6 +14,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 import atomicfiles
 import delivery
 import history
+import locks
 import modelfile
 from settings import ConfigError, load_config, setup_logging
 
@@ -68,7 +69,13 @@ def load_pickle(path):
 
 
 def run(cfg, conn=None) -> dict:
-    """Score output_model_path/trainedmodel.pkl on the test data; write latestscore.txt; return the metrics."""
+    """Score output_model_path/trainedmodel.pkl on the test data; write latestscore.txt; return the metrics.
+    Holds the writer lock throughout (locks.py; raises locks.Busy when another writer keeps it too long)."""
+    with locks.writer(cfg.output_folder_path, "scoring.py", cfg.writer_wait_seconds):
+        return _run(cfg, conn)
+
+
+def _run(cfg, conn):
     started = time.perf_counter()
     model = load_pickle(cfg.model_file)
     X, y = read_test_data(cfg.test_data_file)
@@ -99,6 +106,9 @@ def main(argv=None):
     except (ConfigError, ScoringError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except locks.Busy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return locks.EXIT_BUSY
     print(f"{cfg.score_file}: F1 {result['f1']!r} (precision {result['precision']:.4f}, "
           f"recall {result['recall']:.4f}, {result['rows']} test rows)")
     return 0

@@ -31,6 +31,7 @@ SCHEMA = {
     "log_max_bytes": (int, 1_000_000),
     "log_backups": (int, 20),
     "ingest_settle_seconds": (float, 2.0),
+    "writer_wait_seconds": (float, 60.0),
     "model": (dict, {}),
     "keep_versions": (int, 5),
     "drift_test": (str, "raw"),
@@ -89,6 +90,7 @@ class Config:
     log_max_bytes: int
     log_backups: int
     ingest_settle_seconds: float
+    writer_wait_seconds: float
     model: dict
     keep_versions: int
     drift_test: str
@@ -237,6 +239,8 @@ def load_config(path=None) -> Config:
         raise ConfigError("config key 'keep_versions' must be at least 2, so a rollback has somewhere to go")
     if not 0 < values["drift_significance_level"] < 1:
         raise ConfigError("config key 'drift_significance_level' must be between 0 and 1")
+    if values["writer_wait_seconds"] < 0:
+        raise ConfigError("config key 'writer_wait_seconds' must be 0 (refuse at once) or a positive number of seconds")
     if values["cv_max_rows"] < 0:
         raise ConfigError("config key 'cv_max_rows' must be 0 (every row) or a positive number of rows")
     if values["cv_folds"] == 1 or values["cv_folds"] < 0:

@@ -23,6 +23,7 @@ import delivery
 import drift
 import history
 import ingestion
+import locks
 from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,13 @@ def monitoring_reference(cfg, model, X):
 
 
 def run(cfg, conn=None):
-    """Train on finaldata.csv and save trainedmodel.pkl; return the metadata written."""
+    """Train on finaldata.csv and save trainedmodel.pkl; return the metadata written. Holds the
+    writer lock throughout (locks.py; raises locks.Busy when another writer keeps it too long)."""
+    with locks.writer(cfg.output_folder_path, "training.py", cfg.writer_wait_seconds):
+        return _run(cfg, conn)
+
+
+def _run(cfg, conn):
     started = time.perf_counter()
     if not cfg.finaldata.exists():
         raise TrainingError(f"{cfg.finaldata} does not exist: run ingestion first")
@@ -182,6 +189,9 @@ def main(argv=None):
     except (ConfigError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except locks.Busy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return locks.EXIT_BUSY
     print(f"{cfg.model_file}: trained on {meta['training_rows']} rows")
     return 0
 

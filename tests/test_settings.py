@@ -38,6 +38,8 @@ def test_relative_paths_resolve_against_the_config_not_the_cwd(tmp_path, monkeyp
     ({"model": {"class_weight": "heavy"}}, "model key 'class_weight' must be null or \"balanced\", not 'heavy'"),
     ({"drift_bootstrap_rounds": 0}, "config key 'drift_bootstrap_rounds' must be at least 1, not 0"),
     ({"max_request_bytes": -5}, "config key 'max_request_bytes' must be at least 1, not -5"),
+    ({"writer_wait_seconds": -1}, "config key 'writer_wait_seconds' must be 0 (refuse at once) or a positive number of seconds"),
+    ({"writer_wait_seconds": "60"}, "config key 'writer_wait_seconds' must be float, not \"60\""),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(ConfigError) as err:
