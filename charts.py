@@ -57,9 +57,9 @@ def f1_trend_png(deployments) -> bytes:
     ys = [d["f1"] if d["f1"] is not None else float("nan") for d in deployments]
     ax.plot(xs, ys, marker="o", color="tab:blue")
     for x, d in zip(xs, deployments):
-        if d["action"] == "rollback":
+        if d["action"] != "deploy":  # a rollback, or a restore (--rollback --to)
             ax.plot([x], [d["f1"]], marker="s", color="tab:red", linestyle="none")
-    labels = [f"v{d['version']:04d}" + (" (rb)" if d["action"] == "rollback" else "") for d in deployments]
+    labels = [f"v{d['version']:04d}" + (" (rb)" if d["action"] != "deploy" else "") for d in deployments]
     step = max(1, len(xs) // 12)
     ax.set_xticks(xs[::step], labels[::step], fontsize=8)
     ax.set_xlabel("deployment (rb: rollback)")

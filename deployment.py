@@ -242,30 +242,80 @@ def _deploy(prod, model_path, score_path, ingested_path, metrics, keep, conn, ex
     return manifest
 
 
-def rollback(prod, conn=None) -> dict:
-    """Make the version before the serving one the serving one; return its manifest."""
+def served_before(conn, current: int, kept) -> int | None:
+    """The kept version that served before `current`, by the deployment history; None when it does not say.
+
+    The history is read as a stack: a deployment or a `--rollback --to` ("restore") puts its version
+    in service on top of the one it replaced, a plain rollback takes the top one out of service
+    again. So after v2 rolled back to v1 and v3 deployed, what served before v3 is v1, not v2: v2 had
+    been rolled away from. Versions pruned since are skipped.
+    """
+    stack = []
+    for row in conn.execute("SELECT version, action FROM deployments ORDER BY id"):
+        if row[1] == "rollback":
+            if stack:
+                stack.pop()
+        elif not stack or stack[-1] != row[0]:
+            stack.append(row[0])
+    if not stack or stack[-1] != current:
+        return None  # the history does not describe what serves (deployed without one)
+    for number in reversed(stack[:-1]):
+        if number != current and number in kept:
+            return number
+    return None
+
+
+def rollback(prod, conn=None, to=None) -> dict:
+    """Serve version `to`, or (without it) the version that served before the serving one (served_before;
+    the previous kept number when the history does not say); return its manifest."""
     prod = Path(prod)
     with deploy_lock(prod):
-        return _rollback(prod, conn)
+        return _rollback(prod, conn, to)
 
 
-def _rollback(prod, conn) -> dict:
+def _rollback(prod, conn, to) -> dict:
     current = current_dir(prod)
     if current is None:
         raise DeploymentError(f"nothing is deployed in {prod}: nothing to roll back")
     now = int(current.name[1:])
-    older = [n for n in versions(prod) if n < now]
-    if not older:
-        raise DeploymentError(f"version {now} is the oldest kept: nothing to roll back to")
-    target = older[-1]
+    kept = versions(prod)
+    if to is not None:
+        if to not in kept:
+            raise DeploymentError(f"version {to} is not kept in {prod} (kept: "
+                                  f"{', '.join(str(n) for n in kept) or 'none'})")
+        if to == now:
+            raise DeploymentError(f"version {to} is already serving")
+        target = to
+    else:
+        target = served_before(conn, now, kept) if conn is not None else None
+        if target is None:
+            older = [n for n in kept if n < now]
+            if not older:
+                raise DeploymentError(f"version {now} is the oldest kept: nothing to roll back to")
+            target = older[-1]
     _, manifest = load_version(prod / "versions" / version_name(target))  # refuse a broken target
     _swap_current(prod, target)
     if conn is not None:
-        history.record_json(conn, "deployments", at=time.time(), version=target, action="rollback",
+        history.record_json(conn, "deployments", at=time.time(), version=target,
+                            action="rollback" if to is None else "restore",
                             model_sha256=manifest["files"]["trainedmodel.pkl"]["sha256"],
                             f1=manifest["metrics"].get("f1"))
     logger.info("rolled back from version %d to %d", now, target)
     return manifest
+
+
+def version_list(prod) -> list:
+    """One line per kept version: its state (serving / kept), time, F1, model hash, lineage."""
+    import lineage
+
+    current = current_dir(prod)
+    lines = []
+    for n in versions(prod):
+        m = read_manifest(prod / "versions" / version_name(n))
+        state = "serving" if current is not None and current.name == version_name(n) else "kept"
+        lines.append(f"{version_name(n)}  {state:<7}  {m['deployed_at']}  F1 {m['metrics'].get('f1')!r}  "
+                     f"sha256 {m['files']['trainedmodel.pkl']['sha256'][:12]}  from {lineage.text(m)}")
+    return lines
 
 
 def deploy_from_config(cfg, conn=None, extra=None) -> dict:
@@ -305,30 +355,37 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Deploy the trained model to production, list or roll back versions.")
     parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--rollback", action="store_true", help="serve the previous version again")
-    group.add_argument("--list", action="store_true", help="list the kept versions")
+    group.add_argument("--rollback", action="store_true",
+                       help="serve the version that served before the current one (or, with --to, version N)")
+    group.add_argument("--list", action="store_true", help="list the kept versions, their state and lineage")
+    group.add_argument("--reproduce", type=int, metavar="N",
+                       help="rebuild version N from the delivery archive and compare (touches nothing live)")
+    parser.add_argument("--to", type=int, metavar="N", help="with --rollback: the version to serve")
     args = parser.parse_args(argv)
+    if args.to is not None and not args.rollback:
+        parser.error("--to goes with --rollback")
     setup_logging()
     try:
         cfg = load_config(args.config)
         prod = cfg.prod_deployment_path
         if args.list:
-            current = current_dir(prod)
-            numbers = versions(prod)
-            if not numbers:
-                print(f"no versions in {prod}")
-            for n in numbers:
-                m = read_manifest(prod / "versions" / version_name(n))
-                mark = "*" if current is not None and current.name == version_name(n) else " "
-                f1 = m["metrics"].get("f1")
-                print(f"{mark} {version_name(n)}  {m['deployed_at']}  F1 {f1!r}  "
-                      f"sha256 {m['files']['trainedmodel.pkl']['sha256'][:12]}")
+            print("\n".join(version_list(prod)) if versions(prod) else f"no versions in {prod}")
             return 0
+        if args.reproduce is not None:
+            import reproduce  # lazy: pandas and scikit-learn, for this command only
+
+            vdir = prod / "versions" / version_name(args.reproduce)
+            if args.reproduce not in versions(prod):
+                print(f"version {args.reproduce} is not kept in {prod}")
+                return 2
+            code, lines = reproduce.reproduce(cfg, read_manifest(vdir), lambda: load_version(vdir)[0])
+            print("\n".join(lines))
+            return code
         what = "deployment.py --rollback" if args.rollback else "deployment.py"
         with (locks.writer(cfg.output_folder_path, what, cfg.writer_wait_seconds),
               closing(history.connect(cfg.history_db)) as conn):
             if args.rollback:
-                m = rollback(prod, conn)
+                m = rollback(prod, conn, to=args.to)
                 print(f"rolled back: now serving {version_name(m['version'])} (F1 {m['metrics'].get('f1')!r})")
             else:
                 m = deploy_from_config(cfg, conn)

@@ -33,6 +33,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import archive
 import atomicfiles
 import cycle
 import delivery
@@ -420,7 +421,7 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
     import training
 
     cfg, conn, rec = cyc.cfg, cyc.conn, cyc.record
-    for folder in (cfg.output_folder_path, cfg.output_model_path, cfg.quarantine_folder_path):
+    for folder in (cfg.output_folder_path, archive.folder_of(cfg), cfg.output_model_path, cfg.quarantine_folder_path):
         removed = atomicfiles.remove_leftovers(folder)  # a killed writer's half-written copies
         if removed:
             logger.warning("removed %d temporary file(s) left by a killed writer in %s", len(removed), folder)

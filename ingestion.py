@@ -6,6 +6,7 @@ Rules (README, "Ingestion rules"):
 - the checks are the delivery rules (delivery.py); a file that breaks one is bad;
 - a file is known by the SHA-256 of its bytes: the same content is never ingested twice, whatever
   its name, and a changed file under an old name is a new delivery;
+- a good file's bytes are kept in the archive (archive.py) before it is recorded as ingested;
 - a bad file is moved to the quarantine folder with a `.reason.txt` beside it, never deleted;
 - a missing value (empty cell, NA, NaN, null) keeps its row in finaldata.csv, so the
   missing-data diagnostic sees it; training drops such rows.
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import archive
 import atomicfiles
 import delivery
 import history
@@ -167,6 +169,12 @@ def write_ingested_list(conn, path) -> bool:
     return True
 
 
+def keep_in_archive(cfg, digest, data):
+    """Archive a good delivery's bytes (archive.py) before anything records it as ingested: a
+    recorded delivery can always be read back, whatever happens to the input folder."""
+    archive.store(archive.folder_of(cfg), digest, data)
+
+
 def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
     """Ingest the new files of `folder` (default: the config's input folder) into finaldata.csv.
 
@@ -232,6 +240,7 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
                 result.quarantined.append({"name": cand.path.name, "reason": str(exc), "moved_to": str(moved)})
                 continue
             known.add(digest)
+            keep_in_archive(cfg, digest, data)
             good.append((cand.path, digest, df))
         if good:
             frames = [read_finaldata(cfg.finaldata)] if cfg.finaldata.exists() else []

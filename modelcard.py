@@ -9,6 +9,7 @@ in blocks may hold markdown's inline marks (`code`, **bold**), which a plain ren
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import lineage
 from audit import CV_METRICS, MODEL_TYPE, _num, cross_validation_for_deployment, f1_swing, slices_for_deployment
 from settings import FEATURES
 
@@ -173,6 +174,14 @@ def card(facts) -> list:
                           [[f["name"], f"`{f['sha256']}`", str(f["rows"]), _when(f["at"])] for f in files]))
     else:
         data.append(Para("The ingested files were not recorded."))
+    deliveries = lineage.deliveries(facts)
+    if "lineage" in training:
+        data.append(Para(f"Lineage: {lineage.text(facts)}. Each delivery is kept in the archive as "
+                         "`deliveries/<SHA-256>.csv.gz`; `python deployment.py --reproduce "
+                         f"{version}` rebuilds this model from them."))
+    elif deliveries:
+        data.append(Para(f"Lineage: {lineage.text(facts)} (deployed before the delivery archive: "
+                         "not reproducible)."))
     ranges = training.get("feature_ranges")
     if ranges:
         data.append(Table(["feature", "training min", "training max"], ["---", "---:", "---:"],

@@ -25,6 +25,7 @@ import charts
 import deployment
 import diagnostics
 import history
+import lineage
 import modelcard
 import reportpdf
 import scoring
@@ -164,7 +165,8 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
             "training_rows": training.get("training_rows"),
             "sha256": model_sha,
             "params": training.get("params"),
-            "files": [{"name": n, "rows": past["file_rows"].get(n)} for n in files],
+            "files": ([{"name": d["name"], "rows": d["rows"], "sha256": d["sha256"]} for d in lineage.deliveries(manifest)]
+                      or [{"name": n, "rows": past["file_rows"].get(n), "sha256": None} for n in files]),
             "card": card,
         },
         "test_data": str(cfg.test_data_file),

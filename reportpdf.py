@@ -114,10 +114,11 @@ def _model_section(doc, data, W):
         ["Parameters", ", ".join(f"{k}={v}" for k, v in (m["params"] or {}).items()) or "n/a"],
     ], [0.25 * W, 0.75 * W], numeric_from=None, header=False)
     doc.space()
-    doc.para(f"Ingested files behind this model ({len(m['files'])}):", doc.lead)
+    doc.para(f"Lineage: the deliveries behind this model ({len(m['files'])}), by their archive SHA-256:", doc.lead)
     if m["files"]:
-        doc.table([["File", "Rows"]] + [[f["name"], _fmt(f["rows"], ",d")] for f in m["files"]],
-                  [0.55 * W, 0.15 * W])
+        doc.table([["File", "Archive SHA-256", "Rows"]]
+                  + [[f["name"], (f.get("sha256") or "n/a")[:12], _fmt(f["rows"], ",d")] for f in m["files"]],
+                  [0.45 * W, 0.25 * W, 0.15 * W], numeric_from=2)
     else:
         doc.para("none recorded", doc.small)
 

@@ -31,6 +31,7 @@ from flask import Blueprint, abort, current_app, jsonify, redirect, render_templ
 
 import deployment
 import history
+import lineage
 import schedule
 import traffic
 from cycle import CycleRecord, Gate, known
@@ -124,6 +125,7 @@ def deployed_model(cfg):
         "recall": _number(metrics.get("recall")),
         "test_rows": metrics.get("rows"),
         "training_rows": training.get("training_rows"),
+        "lineage": [{"name": d["name"], "sha256": lineage.short(d["sha256"])} for d in lineage.deliveries(manifest)],
         "cross_validation": cross,
         "drift_test": manifest.get("drift_test"),
         "cycle": manifest.get("cycle"),

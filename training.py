@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import pickle
+import pickletools
 import platform
 import sys
 import time
@@ -62,9 +63,30 @@ def library_versions():
             "pandas": pandas.__version__, "scikit-learn": sklearn.__version__}
 
 
+def model_bytes(model) -> bytes:
+    """The model pickled canonically: the same fitted model gives the same bytes in any process.
+
+    Two things could vary between runs with the same coefficients: which string objects the
+    feature names in `feature_names_in_` are (the pickle memo refers back to a string object seen
+    twice, so shared or distinct objects give different opcodes), and the memo's numbering.
+    Fresh copies of the names and `pickletools.optimize` (it drops unused memo entries) remove both.
+    """
+    import copy
+
+    import numpy as np
+
+    model = copy.deepcopy(model)
+    for _, step in getattr(model, "steps", [("", model)]):
+        names = getattr(step, "feature_names_in_", None)
+        if names is not None:
+            step.feature_names_in_ = np.array(["".join(list(str(n))) for n in names], dtype=object)
+    return pickletools.optimize(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+
+
 def save_model(model, path, metadata):
-    """Write the pickled model and its metadata (`trainedmodel.json`) atomically; return the pickle's SHA-256."""
-    data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    """Write the pickled model (model_bytes) and its metadata (`trainedmodel.json`, which holds the
+    time: the pickle holds none) atomically; return the pickle's SHA-256."""
+    data = model_bytes(model)
     atomicfiles.write_bytes(path, data)
     digest = atomicfiles.sha256_file(path)
     meta = {**metadata, "model_sha256": digest}
@@ -115,6 +137,10 @@ def _run(cfg, conn):
             "training_rows": int(len(X)),
             "data_sha256": data_sha,
             "training_files": history.ingested_files(conn),
+            # What --reproduce rebuilds the training set from: the deliveries in the order they were
+            # ingested, each kept in the archive under its hash (archive.py).
+            "lineage": [{"name": f["name"], "sha256": f["sha256"], "rows": f["rows"]}
+                        for f in history.ingested_files(conn)],
             "feature_ranges": audit.feature_ranges(X),
             "params": cfg.model,
             "cross_validation": cv,

@@ -288,6 +288,8 @@ def test_the_card_states_the_recorded_facts(trained):
     assert data[0] == f"- 200 complete rows of `finaldata.csv` (SHA-256 `{sha(cfg.finaldata)}`), merged and " \
                       "deduplicated from:"
     assert data[3] == f"| a.csv | `{sha(a_csv)}` | 200 | {when} |"
+    assert data[4] == (f"Lineage: a.csv {sha(a_csv)[:12]}. Each delivery is kept in the archive as "
+                       "`deliveries/<SHA-256>.csv.gz`; `python deployment.py --reproduce 1` rebuilds this model from them.")
     evaluation = section(card, "Evaluation")
     assert evaluation[1] == (f"- F1 {score['f1']:.4f}, precision {score['precision']:.4f}, recall "
                              f"{score['recall']:.4f}, ROC AUC {score['roc_auc']:.4f}, on 40 rows")

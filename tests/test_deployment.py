@@ -90,9 +90,10 @@ def test_list_and_pruning(trained):
     assert deployment.versions(prod) == [5, 6, 7]
     proc = run_script("deployment.py", "--config", trained.path, "--list")
     lines = proc.stdout.splitlines()
-    assert [line[:7] for line in lines] == ["  v0005", "  v0006", "* v0007"]
+    assert [line[:16] for line in lines] == ["v0005  kept     ", "v0006  kept     ", "v0007  serving  "]
     f1 = trained.score_file.read_text().strip()
-    assert all(f"F1 {f1}  sha256 {sha(trained.model_file)[:12]}" in line for line in lines)
+    a = sha(trained.input_folder_path / "a.csv")[:12]
+    assert all(line.endswith(f"F1 {f1}  sha256 {sha(trained.model_file)[:12]}  from a.csv {a}") for line in lines)
 
 
 def test_an_interrupted_deployment_leaves_the_old_version_serving(trained):

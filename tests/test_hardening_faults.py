@@ -24,6 +24,7 @@ import pandas as pd
 from conftest import HEADER, write_delivery
 
 import app as app_module
+import archive
 import cycle
 import datagen
 import delivery
@@ -48,7 +49,7 @@ def stand_in(cfg, record):
 
 
 # Exact points where the child SIGKILLs itself: between a write and what records it.
-POINTS = ["after quarantine move", "before finaldata.csv", "after finaldata.csv", "after commit",
+POINTS = ["after quarantine move", "after archive", "before finaldata.csv", "after finaldata.csv", "after commit",
           "before ingestedfiles.txt", "after ingestedfiles.txt", "after trainedmodel.pkl", "after latestscore.txt",
           "after manifest.json", "before swap", "after swap"]
 
@@ -88,6 +89,14 @@ def arm(point):
 
     history.transaction = transaction
     deployment._swap_current = swap
+    real_store = archive.store
+
+    def store(*args):  # between a delivery's archive write and the history's record of it
+        path = real_store(*args)
+        hook("after archive")
+        return path
+
+    archive.store = store
     real_replace = ingestion.os.replace
 
     def replace(src, dst):  # ingestion moves a bad file into quarantine with os.replace
@@ -261,11 +270,15 @@ def check_invariants(cfg, delivered):
     assert final.to_csv(index=False) == expected.to_csv(index=False)
     assert summary_rows == len(final)
     assert cfg.ingested_list.read_text() == "".join(n + "\n" for n, _ in ingested)
+    # every ingested delivery is in the archive, whole (a killed archive write may leave one more)
+    assert set(ingested_shas) <= set(archive.contents(archive.folder_of(cfg)))
+    for n, s in ingested:
+        assert archive.load(archive.folder_of(cfg), s) == (cfg.input_folder_path / n).read_bytes()
     manifest = check_production(cfg)
     assert last_deploy == (manifest["version"], manifest["files"]["trainedmodel.pkl"]["sha256"])
     assert unfinished == 0
     # no half-written copies left behind by the killed writers
-    for folder in (cfg.output_folder_path, cfg.output_model_path, cfg.quarantine_folder_path):
+    for folder in (cfg.output_folder_path, archive.folder_of(cfg), cfg.output_model_path, cfg.quarantine_folder_path):
         assert sorted(p.name for p in folder.glob(".*.tmp")) == [], folder
     published = [json.loads(line) for line in (cfg.output_folder_path / "published.jsonl").read_text().splitlines()]
     assert published[-1] == {"version": manifest["version"]}
@@ -309,8 +322,8 @@ def test_the_cycle_survives_sigkill_at_30_seeded_moments(make_world):
     total = first["seconds"]
     check_invariants(cfg, delivered)
 
-    # 11 exact points, 15 random moments inside a named step, 6 random moments anywhere (30 kills)
-    schedule = [("point", p) for p in POINTS] + [("step", s) for s in STEPS * 3][:15] + [("any", None)] * 6
+    # 12 exact points, 12 random moments inside a named step, 6 random moments anywhere (30 kills)
+    schedule = [("point", p) for p in POINTS] + [("step", s) for s in STEPS * 2] + [("any", None)] * 6
     rng.shuffle(schedule)
     killed_in, kills, runs = [], 0, 0
     while kills < KILLS:

@@ -1,3 +1,4 @@
+import hashlib
 import math
 import pickle
 import re
@@ -87,7 +88,9 @@ def test_single_run_report_shows_the_computed_numbers(world1, tmp_path):
     assert table_row(text, "Training rows") == ["200"]
     assert table_row(text, "Test rows scored") == [str(truth["rows"])]
     assert table_row(text, "Version") == ["v0001"]
-    assert table_row(text, "a.csv") == ["200"] and table_row(text, "gap.csv") == ["1"]
+    shorts = {n: hashlib.sha256((world1.input_folder_path / n).read_bytes()).hexdigest()[:12] for n in ("a.csv", "gap.csv")}
+    assert "Lineage: the deliveries behind this model (2), by their archive SHA-256:" in text
+    assert table_row(text, "a.csv") == [shorts["a.csv"], "200"] and table_row(text, "gap.csv") == [shorts["gap.csv"], "1"]
 
     final = pd.read_csv(world1.finaldata)
     assert len(final) == 201

@@ -42,6 +42,12 @@ def fresh(tmp_path):
     return load_config(make_config(tmp_path))
 
 
+def sha256_of(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def manifest(cfg):
     return deployment.current_manifest(cfg.prod_deployment_path)
 
@@ -73,6 +79,7 @@ def test_the_deployed_model_as_its_manifest_records_it(running):
         "version": 1, "deployed_at": m["deployed_at"], "f1": m["metrics"]["f1"],
         "precision": m["metrics"]["precision"], "recall": m["metrics"]["recall"], "test_rows": 40,
         "training_rows": m["training"]["training_rows"],
+        "lineage": [{"name": "a.csv", "sha256": sha256_of(running.input_folder_path / "a.csv")[:12]}],
         "cross_validation": {"folds": 5, "note": None, "f1_mean": cv["f1"]["mean"], "f1_std": cv["f1"]["std"]},
         "drift_test": None, "cycle": None,
     }
@@ -244,6 +251,8 @@ def test_the_page_shows_the_facts_and_nothing_from_outside(running):
     assert f'<span class="big" id="model-version">{m["version"]}</span>' in html
     assert f'<span class="big" id="model-f1">{m["metrics"]["f1"]:.4f}</span>' in html
     assert f'id="model-cv">{m["audit"]["cross_validation"]["f1"]["mean"]:.3f}</span>' in html
+    short = sha256_of(running.input_folder_path / "a.csv")[:12]
+    assert f'<dd id="model-lineage">a.csv <code>{short}</code></dd>' in html
     assert '<span class="badge ok" id="last-decision">no drift</span>' in html
     assert html.count("<tr>") == 1 + 20 + 1 + len(m["audit"]["slices"]["slices"])  # header rows and body rows
     assert '<meta http-equiv="refresh" content="60">' in html
