@@ -16,7 +16,7 @@ Each condition's state is a row of the history database's `alerts` table, so "al
 across cron runs, processes and API workers; a state changes inside one write transaction, so of
 two processes seeing the same change one sends. In the API one process checks at a time (a lease
 row, `api_sender`). A new quarantined file is news while the quarantine condition holds; the same
-file (its quarantine path names its hash) is not.
+file delivered again (same name and hash) is not.
 
 Delivery: at most `alert_budget_seconds` (3 s) in all per cycle or per API check, whatever the
 receiver does: each POST has connect and read timeouts inside what is left, up to ATTEMPTS tries
@@ -214,6 +214,13 @@ def send(cfg, conn, pending):
 KEPT = "drift: retrained"  # the decisions of a retrained model not promoted start so (cycle.GATE_KEPT, ...)
 
 
+def _quarantine_key(q):
+    """The same file delivered again is the same news: its name and the hash in its quarantine name
+    (ingestion.quarantine_target: TIMESTAMP-HASH-NAME)."""
+    parts = str(q["moved_to"]).rsplit("/", 1)[-1].split("-", 2)
+    return f"{parts[1]}-{q['name']}" if len(parts) == 3 else str(q["moved_to"])
+
+
 def _cycle_events(conn, rec, previous_failed, now):
     found = []
     serving = known(rec.deployed_version)
@@ -245,7 +252,7 @@ def _cycle_events(conn, rec, previous_failed, now):
     ingestion = known(rec.ingestion) or {}
     bad = ingestion.get("quarantined") or []
     if bad:
-        by_path = {q["moved_to"]: q for q in bad}
+        by_path = {_quarantine_key(q): q for q in bad}
 
         def quarantined(prev, fresh):
             files = [by_path[k] for k in fresh]
