@@ -17,6 +17,8 @@ setup: $(STAMP)
 	@# mount and chattr: the hardening tests fill a real tmpfs and make folders immutable (tests/test_hardening_disk.py).
 	@command -v mount >/dev/null || (apt-get update && apt-get install -y mount)
 	@command -v chattr >/dev/null || (apt-get update && apt-get install -y e2fsprogs)
+	@# prometheus and promtool: the alerting rules are checked and a real Prometheus scrapes the API (tests/test_prometheus.py).
+	@command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
