@@ -28,11 +28,9 @@ fatal, never on a request's path. The webhook URL is never logged (Slack's holds
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
-import uuid
 
 import history
 from cycle import LOCKED, LOG_NAME, REDEPLOYED, known, last_logged
@@ -130,6 +128,8 @@ def conditions(conn):
 
 def _reason(exc):
     """A delivery error in a few words, without the URL (it may hold a secret)."""
+    import re  # lazy: the idle cycle does without it
+
     import requests
 
     if isinstance(exc, requests.ConnectTimeout):
@@ -338,13 +338,19 @@ def _estimate(win):
     return value if isinstance(value, (int, float)) else None
 
 
+def _process_name():
+    import uuid  # lazy: only the API needs it
+
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 class ApiWatch:
     """The API's alerts (live drift at "act", estimated F1 too low), one process at a time."""
 
     def __init__(self, cfg, monitor):
         self.cfg = cfg
         self.monitor = monitor
-        self.me = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.me = _process_name()
         self._conn = None
         self._pid = os.getpid()
         self._renewed = -1e18
@@ -352,7 +358,7 @@ class ApiWatch:
     def _db(self):
         if self._conn is None or self._pid != os.getpid():  # a forked worker opens its own
             self._conn, self._pid = history.connect(self.cfg.history_db), os.getpid()
-            self.me = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self.me = _process_name()
         return self._conn
 
     def _lease(self, conn, now):
