@@ -19,6 +19,8 @@ setup: $(STAMP)
 	@command -v chattr >/dev/null || (apt-get update && apt-get install -y --no-install-recommends e2fsprogs)
 	@# cron: the schedule tests start a real cron daemon (tests/test_cron.py).
 	@command -v cron >/dev/null || (apt-get update && apt-get install -y --no-install-recommends cron)
+	@# prometheus and promtool: the alerting rules are checked and a real Prometheus scrapes the API (tests/test_prometheus.py).
+	@command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

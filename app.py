@@ -31,6 +31,7 @@ import numpy as np
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+import alerts
 import audit
 import delivery
 import deployment
@@ -509,6 +510,7 @@ def create_app(config=None, fast_path=True):
     service.models.get()
     if cfg.monitoring:
         service.monitor = monitor
+        monitor.watchers.append(alerts.ApiWatch(cfg, monitor))  # live drift and estimated F1 (alerts.py)
         app.wsgi_app = monitoring.Middleware(app.wsgi_app, monitor, {
             r.rule for r in app.url_map.iter_rules() if r.endpoint != "static"}, serving_version)
     return app

@@ -31,6 +31,7 @@ PUBLISHED = "published the deployed version"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
 LOCKED = "locked"
+LOG_NAME = "cycles.jsonl"  # in log_folder_path: one JSON line per cycle, idle ones included
 
 
 class _Unset:
@@ -112,6 +113,7 @@ class CycleRecord:
     retrained: Retrained = UNSET
     gate: Gate = UNSET
     published: dict = UNSET
+    alerts: list = UNSET  # the webhook deliveries (alerts.py): event, delivered, attempts, error, seconds
     finished_at: str = UNSET
     seconds: float = UNSET
 
@@ -154,6 +156,28 @@ def _plain(obj) -> dict:
             continue
         out[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
     return out
+
+
+def last_logged(path):
+    """The last cycle record of the log at `path` (cycles.jsonl) as a dict, or None: read from the
+    end, so an idle cycle reads a few kilobytes, not the whole log."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            chunk = 8192
+            while True:
+                f.seek(max(0, size - chunk))
+                lines = f.read().rstrip(b"\n").split(b"\n")
+                if len(lines) > 1 or chunk >= size:
+                    break
+                chunk *= 4
+    except OSError:
+        return None
+    try:
+        last = json.loads(lines[-1]) if lines[-1] else None
+    except ValueError:  # a line cut by a full disk
+        return None
+    return last if isinstance(last, dict) else None
 
 
 # ---------------------------------------------------------------- what a cycle owes (from the history)

@@ -33,6 +33,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import alerts
 import archive
 import atomicfiles
 import cycle
@@ -42,13 +43,11 @@ import history
 import ingestion
 import locks
 import schedule
-from cycle import (COLD_START, FAILED, NO_DATA_YET, NO_NEW_DATA, NO_USABLE_ROWS, PUBLISHED, CycleRecord, Gate,
-                   Retrained, known)
+from cycle import (COLD_START, FAILED, LOG_NAME, NO_DATA_YET, NO_NEW_DATA, NO_USABLE_ROWS, PUBLISHED, CycleRecord,
+                   Gate, Retrained, known)
 from settings import FEATURES, TARGET, ConfigError, load_config, rotate_logs, setup_logging
 
 logger = logging.getLogger(__name__)
-
-LOG_NAME = "cycles.jsonl"
 
 
 def _iso(t):
@@ -297,6 +296,7 @@ def run_cycle(cfg, publisher=None, who="fullprocess.py") -> CycleRecord:
             manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
             rec.previous_version = rec.deployed_version = manifest["version"] if manifest else None
             logger.error("cycle failed: %s", rec.errors[0])
+            _alerts(cfg, None, rec)
             rec.finished_at = _iso(time.time())
             rec.seconds = round(time.time() - started, 6)
             _log_line(cfg, rec.to_json())
@@ -465,7 +465,15 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
         rec.decision = NO_NEW_DATA
 
 
+def _alerts(cfg, conn, rec):
+    """Tell the webhook what is news (alerts.py), within its time budget; the outcomes go in the record."""
+    sent = alerts.after_cycle(cfg, conn, rec, cycle.last_logged(cfg.log_folder_path / LOG_NAME))
+    if sent:
+        rec.alerts = sent
+
+
 def _finish(cfg, conn, rec, cycle_id, cyc):
+    _alerts(cfg, conn, rec)
     now = time.time()
     rec.finished_at = _iso(now)
     rec.seconds = round(time.perf_counter() - cyc.t0, 6)

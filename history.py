@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS cycles (
     id INTEGER PRIMARY KEY, started_at REAL NOT NULL, finished_at REAL, decision TEXT,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alerts (
+    condition TEXT PRIMARY KEY, state TEXT NOT NULL, event TEXT NOT NULL, payload TEXT NOT NULL,
+    changed_at REAL NOT NULL, memo TEXT NOT NULL, delivered INTEGER, tries INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, last_attempt_at REAL
+);
 """
 
 

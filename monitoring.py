@@ -33,6 +33,7 @@ import weakref
 
 import numpy as np
 
+import alerts
 import history
 from drift import LEVELS, bin_counts, model_reference
 from settings import FEATURES
@@ -150,6 +151,7 @@ class Monitor:
         self._conn = None
         self._prom = None
         self._error = None
+        self.watchers = []  # callables the flush thread runs after each pass (alerts.ApiWatch)
 
     # -- what other modules read ------------------------------------------------------------
     def references(self):
@@ -251,6 +253,11 @@ class Monitor:
                 if str(exc) != self._error:  # once per kind of failure, not every few seconds
                     logger.warning("monitoring flush failed, will retry: %s", exc)
                 self._error = str(exc)
+            for watch in self.watchers:  # here, off every request's path; a delivery has its own time bound
+                try:
+                    watch()
+                except (sqlite3.Error, OSError, ValueError) as exc:
+                    logger.warning("alert check failed, will retry: %s", exc)
 
     def close(self):
         """Stop the flush thread after a last flush."""
@@ -483,6 +490,7 @@ def metrics_text(monitor, version):
     else:
         registry.register(_Forward(monitor.live_registry()))
     registry.register(_StateCollector(monitor, version))
+    registry.register(alerts.Gauges(monitor.cfg, version))
     return generate_latest(registry)
 
 

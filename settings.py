@@ -8,6 +8,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.json"
 
@@ -58,6 +59,10 @@ SCHEMA = {
     "psi_watch": (float, 0.1),
     "psi_act": (float, 0.2),
     "live_drift_triggers_retrain": (bool, False),
+    # alerts (alerts.py): where the JSON events go (none: no webhook), the estimated-F1 margin, the time budget
+    "alert_webhook_url": ((str, type(None)), None),
+    "alert_f1_margin": (float, 0.1),
+    "alert_budget_seconds": (float, 3.0),
 }
 # The slices every audit reports unless config.json names others: three size bands and three
 # activity bands, at the terciles of the training data.
@@ -116,6 +121,9 @@ class Config:
     psi_watch: float
     psi_act: float
     live_drift_triggers_retrain: bool
+    alert_webhook_url: str
+    alert_f1_margin: float
+    alert_budget_seconds: float
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -258,6 +266,17 @@ def load_config(path=None) -> Config:
         raise ConfigError("config keys 'psi_watch' and 'psi_act' must satisfy 0 < psi_watch <= psi_act")
     if values["log_max_bytes"] < 1024 or values["log_backups"] < 0:
         raise ConfigError("config keys 'log_max_bytes' and 'log_backups' must be at least 1024 and 0")
+    url = values["alert_webhook_url"]
+    if url is not None:
+        parts = urlsplit(url)
+        # The URL itself is never echoed: a Slack webhook's holds its secret.
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+            raise ConfigError("config key 'alert_webhook_url' must be an http:// or https:// URL with a host, "
+                              "or absent (no webhook)")
+    if not 0 <= values["alert_f1_margin"] <= 1:
+        raise ConfigError("config key 'alert_f1_margin' must be between 0 and 1")
+    if not 0 < values["alert_budget_seconds"] <= 30:
+        raise ConfigError("config key 'alert_budget_seconds' must be more than 0 and at most 30")
     for key in PATH_KEYS + ("quarantine_folder_path", "log_folder_path"):
         p = Path(values[key]).expanduser()
         values[key] = p if p.is_absolute() else (path.parent / p).resolve()
