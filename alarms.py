@@ -104,9 +104,9 @@ def chi_square_statistics(reference_counts, window_counts, min_reference=MIN_REF
     w = np.asarray(window_counts, dtype=np.float64)
     if r.shape[-1] != w.shape[-1]:
         raise ValueError(f"bin counts differ in length: {r.shape[-1]} and {w.shape[-1]}")
-    groups = merged_bins(r, min_reference)
-    rg = np.array([r[g].sum() for g in groups])
-    wg = np.stack([w[..., g].sum(axis=-1) for g in groups], axis=-1)
+    starts = [g[0] for g in merged_bins(r, min_reference)]
+    rg = np.add.reduceat(r, starts)
+    wg = np.add.reduceat(w, starts, axis=-1)
     R, N = rg.sum(), wg.sum(axis=-1, keepdims=True)
     col = rg + wg
     total = R + N

@@ -20,8 +20,9 @@ The calibration is fitted on labelled rows the model never trained on: the test 
 never the training rows (their probabilities are optimistic). As NannyML does: three stratified
 half splits; on each, isotonic regression is fitted on one half and the expected calibration error
 (ECE, ten equal-width bins) of the raw and of the calibrated probabilities measured on the other;
-isotonic regression on all the rows is kept only when it lowers the mean ECE, else the raw
-probabilities are used as they are ("identity"). The table is plain JSON (breakpoints of a
+isotonic regression on all the rows is kept only when it lowers the mean ECE (and there are at
+least MIN_ISOTONIC_ROWS rows: it overfits fewer), else the raw probabilities are used as they are
+("identity": the logistic regression's own probabilities are usually close to calibrated). The table is plain JSON (breakpoints of a
 piecewise-linear map), applied with numpy's interp alone: no scikit-learn in the API worker.
 
 What it cannot see: a concept shift. When the relation between activity and leaving changes,
@@ -43,6 +44,10 @@ import numpy as np
 
 ECE_BINS = 10
 SPLITS = 3
+# Isotonic regression overfits small samples (scikit-learn's calibration guide warns below about
+# 1,000 rows): with fewer held-out rows than this the check is still run and reported, but the raw
+# probabilities are kept.
+MIN_ISOTONIC_ROWS = 200
 Z95 = 1.959963984540054
 SUM_KEYS = ("rows", "predicted_positive", "c_pos", "c2_pos", "c_neg", "c2_neg")
 
@@ -93,13 +98,15 @@ def _half_splits(labels, splits, seed):
     return out
 
 
-def fit_calibration(probabilities, labels, *, source="", splits=SPLITS, seed=0, bins=ECE_BINS) -> dict:
+def fit_calibration(probabilities, labels, *, source="", splits=SPLITS, seed=0, bins=ECE_BINS,
+                    min_isotonic_rows=MIN_ISOTONIC_ROWS) -> dict:
     """The calibration table of the model's probabilities of "exit" on labelled held-out rows.
 
     Returns {"kind": "isotonic" | "identity", "x": [...], "y": [...] (isotonic only), "rows",
     "positives", "source" (where the rows came from, in words), "check": {"splits", "bins",
-    "ece_raw", "ece_isotonic" (means over the splits' check halves), "chosen"}, "ece" (of the
-    chosen map on all the rows: in-sample, so optimistic for isotonic)}. Raises ValueError with
+    "ece_raw", "ece_isotonic" (means over the splits' check halves), "min_isotonic_rows",
+    "chosen"}, "ece" (of the chosen map on all the rows: in-sample, so optimistic for isotonic)}.
+    Isotonic is chosen when it lowers the split ECE and there are min_isotonic_rows rows. Raises ValueError with
     fewer than 4 rows of each class (nothing to split)."""
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
@@ -113,10 +120,10 @@ def fit_calibration(probabilities, labels, *, source="", splits=SPLITS, seed=0, 
         raw.append(ece(p[check], y[check], bins))
         iso.append(ece(calibrate(_isotonic(p[fit], y[fit]), p[check]), y[check], bins))
     ece_raw, ece_iso = float(np.mean(raw)), float(np.mean(iso))
-    table = _isotonic(p, y) if ece_iso < ece_raw else {"kind": "identity"}
+    table = _isotonic(p, y) if ece_iso < ece_raw and len(y) >= min_isotonic_rows else {"kind": "identity"}
     return {**table, "rows": int(len(y)), "positives": positives, "source": source,
             "check": {"splits": splits, "bins": bins, "ece_raw": ece_raw, "ece_isotonic": ece_iso,
-                      "chosen": table["kind"]},
+                      "min_isotonic_rows": min_isotonic_rows, "chosen": table["kind"]},
             "ece": ece(calibrate(table, p), y, bins)}
 
 
