@@ -285,7 +285,7 @@ def main():
         "",
         "## Alarms",
         "",
-        f"New rule: per feature, Pearson chi-square of the window's bin counts against the reference's "
+        f"New rule: per feature, the Cressie-Read (lambda 2/3) chi-square test of the window's bin counts against the reference's "
         f"(bins merged to >= {alarms.MIN_REFERENCE} reference rows), \"act\" at p < {alarms.ACT_PER_DAY} / "
         f"({alarms.LOOKS_PER_DAY} looks x {len(FEATURES)} features) = {alpha['act']:.3g}, \"watch\" at p < "
         f"{alarms.WATCH_PER_DAY:g} / ({alarms.LOOKS_PER_DAY} x {len(FEATURES)}) = {alpha['watch']:.3g}; windows "
