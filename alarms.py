@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from drift import _psi_from_counts
+from drift import psi_counts
 
 LEVELS = ("ok", "watch", "act")
 ACT_PER_DAY = 0.05    # P(any "act" in a day of undrifted traffic) at most this
@@ -164,9 +164,7 @@ def thresholds(features, looks_per_day=LOOKS_PER_DAY, act_per_day=ACT_PER_DAY, w
 def psi(reference_counts, window_counts) -> float:
     """The displayed magnitude: PSI of the window's counts against the reference's (drift.psi's
     floor of 1e-4 for an empty bin)."""
-    r = np.asarray(reference_counts, dtype=np.float64)
-    w = np.asarray(window_counts, dtype=np.float64)
-    return _psi_from_counts(r, w, r.sum(), w.sum())
+    return psi_counts(reference_counts, window_counts)
 
 
 def judge(reference, window_counts, *, looks_per_day=LOOKS_PER_DAY, act_per_day=ACT_PER_DAY,

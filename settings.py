@@ -53,6 +53,11 @@ SCHEMA = {
     "monitoring_min_rows": (int, 100),
     "psi_watch": (float, 0.1),
     "psi_act": (float, 0.2),
+    # live-drift alarms (alarms.py): the chance of any "act" in a day of undrifted traffic, the
+    # expected "watch" looks a day, and how long small windows are pooled before being dropped
+    "alarm_act_per_day": (float, 0.04),
+    "alarm_watch_per_day": (float, 1.0),
+    "alarm_pool_seconds": (float, 3600.0),
     "live_drift_triggers_retrain": (bool, False),
 }
 # The slices every audit reports unless config.json names others: three size bands and three
@@ -108,6 +113,9 @@ class Config:
     monitoring_min_rows: int
     psi_watch: float
     psi_act: float
+    alarm_act_per_day: float
+    alarm_watch_per_day: float
+    alarm_pool_seconds: float
     live_drift_triggers_retrain: bool
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -247,6 +255,13 @@ def load_config(path=None) -> Config:
         raise ConfigError("config key 'monitoring_flush_requests' must be at least 1")
     if not 0 < values["psi_watch"] <= values["psi_act"]:
         raise ConfigError("config keys 'psi_watch' and 'psi_act' must satisfy 0 < psi_watch <= psi_act")
+    if not 0 < values["alarm_act_per_day"] <= values["alarm_watch_per_day"]:
+        raise ConfigError("config keys 'alarm_act_per_day' and 'alarm_watch_per_day' must satisfy"
+                          " 0 < alarm_act_per_day <= alarm_watch_per_day")
+    if values["alarm_pool_seconds"] < values["monitoring_window_seconds"]:
+        raise ConfigError("config key 'alarm_pool_seconds' must be at least 'monitoring_window_seconds'")
+    if values["monitoring_min_rows"] < 1:
+        raise ConfigError("config key 'monitoring_min_rows' must be at least 1")
     for key in PATH_KEYS + ("quarantine_folder_path", "log_folder_path"):
         p = Path(values[key]).expanduser()
         values[key] = p if p.is_absolute() else (path.parent / p).resolve()

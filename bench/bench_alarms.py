@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 import alarms  # noqa: E402
 import datagen  # noqa: E402
+import delivery  # noqa: E402
 import drift  # noqa: E402
 import estimate  # noqa: E402
 import training  # noqa: E402
@@ -97,11 +98,8 @@ def today_psi(ref_counts, win):
 
 
 def check_today_psi(ref_counts, win):
-    """The vectorized PSI is monitoring's (or drift's, after issue 13) PSI, window by window."""
-    try:
-        from monitoring import psi_counts
-    except ImportError:  # issue 13 moves the PSI maths into drift.py
-        from drift import psi_counts
+    """The vectorized PSI is drift.psi_counts (the one the API shows), window by window."""
+    from drift import psi_counts
     got = today_psi(ref_counts, win)
     for k in range(0, len(win), max(1, len(win) // 20)):
         assert abs(got[k] - psi_counts(ref_counts, win[k])) < 1e-9, (got[k], psi_counts(ref_counts, win[k]))
@@ -256,10 +254,10 @@ def estimate_bench(rng):
     model = training.train(datagen.generate(2000, seed=SEED), params)
     rows = []
     for n_cal in EST_CALIBRATION:
-        X_cal, y_cal = training.training_frame(datagen.generate(n_cal, seed=SEED + 1))
+        X_cal, y_cal = delivery.training_frame(datagen.generate(n_cal, seed=SEED + 1))
         table = estimate.fit_calibration(model.predict_proba(X_cal)[:, 1], y_cal.to_numpy(),
                                          source=f"{n_cal} held-out rows")
-        X_chk, y_chk = training.training_frame(datagen.generate(20000, seed=SEED + 2))
+        X_chk, y_chk = delivery.training_frame(datagen.generate(20000, seed=SEED + 2))
         rel = estimate.reliability(table, model.predict_proba(X_chk)[:, 1], y_chk.to_numpy())
         cases = [("covariate", s) for s in EST_STRENGTHS] + [("concept", 0.5)]
         for drift_kind, strength in cases:
@@ -268,7 +266,7 @@ def estimate_bench(rng):
                 f1s = []
                 for t in range(EST_TRIALS):
                     df = datagen.generate(n, seed=int(rng.integers(1 << 31)), drift=drift_kind, strength=strength)
-                    X, y = training.training_frame(df)
+                    X, y = delivery.training_frame(df)
                     prob = model.predict_proba(X)[:, 1]
                     pred = (prob > 0.5).astype(np.int64)
                     est = estimate.estimate_f1(estimate.window_sums(table, prob, pred))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import datagen
+import delivery
 import estimate
 import training
 
@@ -117,12 +118,12 @@ def test_fit_calibration_keeps_calibrated_or_few_rows_raw():
 @pytest.fixture(scope="module")
 def model_and_table():
     model = training.train(datagen.generate(2000, seed=11), PARAMS)
-    X, y = training.training_frame(datagen.generate(1000, seed=12))  # held out: never trained on
+    X, y = delivery.training_frame(datagen.generate(1000, seed=12))  # held out: never trained on
     return model, estimate.fit_calibration(model.predict_proba(X)[:, 1], y.to_numpy(), source="held-out rows")
 
 
 def window(model, table, rows, seed, **drift):
-    X, y = training.training_frame(datagen.generate(rows, seed=seed, **drift))
+    X, y = delivery.training_frame(datagen.generate(rows, seed=seed, **drift))
     prob = model.predict_proba(X)[:, 1]
     pred = model.predict(X)
     est = estimate.estimate_f1(estimate.window_sums(table, prob, pred))
