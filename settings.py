@@ -51,6 +51,7 @@ SCHEMA = {
     "monitoring_flush_requests": (int, 1000),
     "monitoring_window_seconds": (float, 60.0),
     "monitoring_min_rows": (int, 100),
+    "monitoring_estimate": (bool, True),
     "psi_watch": (float, 0.1),
     "psi_act": (float, 0.2),
     # live-drift alarms (alarms.py): the chance of any "act" in a day of undrifted traffic, the
@@ -111,6 +112,7 @@ class Config:
     monitoring_flush_requests: int
     monitoring_window_seconds: float
     monitoring_min_rows: int
+    monitoring_estimate: bool
     psi_watch: float
     psi_act: float
     alarm_act_per_day: float
