@@ -18,13 +18,18 @@ from settings import FEATURES, ConfigError, load_config, setup_logging  # noqa: 
 from traffic import summary_lines  # noqa: E402
 
 
+def burst_records(requests_count, seed=11):
+    """The burst's rows: 5 x `requests_count` covariate-shifted records (datagen, strength 2: activity x3)."""
+    rows = datagen.generate(5 * requests_count, seed=seed, drift="covariate", strength=2.0)[list(FEATURES)]
+    return [{k: int(v) for k, v in r.items()} for r in rows.to_dict("records")]
+
+
 def send_burst(url, requests_count, seed=11, token=None):
     """POST `requests_count` 5-row predictions of covariate-shifted data (datagen) to url/prediction;
     return the status codes seen, with counts."""
     import requests
 
-    rows = datagen.generate(5 * requests_count, seed=seed, drift="covariate", strength=2.0)[list(FEATURES)]
-    records = [{k: int(v) for k, v in r.items()} for r in rows.to_dict("records")]
+    records = burst_records(requests_count, seed)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     seen = {}
     with requests.Session() as session:
