@@ -132,3 +132,31 @@ def test_estimated_f1_follows_the_labels_of_a_covariate_shifted_stream(tmp_path)
     text = client.get("/metrics").get_data(as_text=True)
     [line] = [x for x in text.splitlines() if x.startswith("dras_estimated_f1{")]
     assert line == f'dras_estimated_f1{{model_version="1"}} {est["value"]!r}'
+
+
+def test_the_status_page_shows_the_configured_levels_and_why_a_large_psi_is_no_alarm(make_deployed):
+    cfg = make_deployed(psi_watch=0.15, psi_act=0.35, alarm_act_per_day=0.02, alarm_watch_per_day=0.5,
+                        monitoring_min_rows=30, feature_drift_psi_threshold=0.3)
+    app = app_module.create_app(cfg)
+    monitor = app.extensions["dras"].monitor
+    monitor.clock = lambda: T0 + 1.0
+    client = app.test_client()
+    # 30 rows of the training data's top decile of size: PSI far above 0.35, too few rows for the test
+    rows = datagen.generate(2000, seed=5)
+    big = rows[rows["number_of_employees"] > rows["number_of_employees"].quantile(0.5)].head(30)
+    assert client.post("/prediction", json={"records": big[list(FEATURES)].to_dict("records")}).status_code == 200
+    monitor.flush()
+    closed(monitor, cfg)
+    [w] = client.get("/monitoring").get_json()["versions"]["1"]
+    assert w["psi"]["number_of_employees"] > 0.35 and w["level"] == "ok" and w["alarm"]["state"] == "judged"
+    html = client.get("/").get_data(as_text=True)
+    p_act, p_watch = 0.02 / (1440 * 3), 0.5 / (1440 * 3)
+    assert (f'a look (30 rows or more, small windows pooled, each judged once when it closes) is at "act" when a'
+            f' feature\'s p-value is below {p_act:.2g} (at most 0.02 false "act" days of undrifted traffic) and at'
+            f' "watch" below {p_watch:.2g} (at most 0.5 false "watch" a day). The lines 0.15 and 0.35 are for reading'
+            f' PSI only.</p>') in html
+    smallest = min(v for v in w["alarm"]["p_values"].values() if v is not None)
+    assert (f'A PSI above 0.35 is not counted as drift here: the test did not reject (smallest p-value {smallest:.2g},'
+            f' "act" needs below {p_act:.2g}): with this few rows, a PSI that large is within sampling noise.') in html
+    assert f'<span class="flag small">above 0.35</span>' in html
+    assert "0.1:" not in html and "0.2:" not in html
