@@ -306,7 +306,7 @@ class Service:
         live = self.monitor.current_status(body["model_version"]) if self.monitor is not None else None
         if live is not None and live["level"] == "act" and live["model_version"] == body["model_version"]:
             body["status"] = "degraded"
-            body["live_drift"] = {k: live[k] for k in ("level", "psi", "window_start", "rows")}
+            body["live_drift"] = {k: live[k] for k in ("level", "psi", "window_start", "rows", "p_values")}
         return body, 200
 
 

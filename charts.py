@@ -110,8 +110,13 @@ def live_psi_png(windows, thresholds) -> bytes:
     xs = [datetime.fromtimestamp(w["window_start"], timezone.utc) for w in windows]
     for col in FEATURES:
         ax.plot(xs, [w["psi"].get(col, float("nan")) for w in windows], marker=".", label=col)
-    ax.axhline(thresholds["psi_watch"], color="tab:orange", linestyle="--", linewidth=1, label="watch")
-    ax.axhline(thresholds["psi_act"], color="tab:red", linestyle="--", linewidth=1, label="act")
+    # display lines only: the level is the alarm's test (traffic.py), marked on the windows it judged "act"
+    ax.axhline(thresholds["psi_watch"], color="tab:orange", linestyle="--", linewidth=1,
+               label=f"PSI {thresholds['psi_watch']:g}")
+    ax.axhline(thresholds["psi_act"], color="tab:red", linestyle="--", linewidth=1, label=f"PSI {thresholds['psi_act']:g}")
+    alarmed = [(x, max(w["psi"].values())) for x, w in zip(xs, windows) if w["level"] == "act" and w["psi"]]
+    if alarmed:
+        ax.scatter(*zip(*alarmed), marker="x", color="black", s=40, zorder=3, label="alarm: act")
     peak = max([v for w in windows for v in w["psi"].values()] + [thresholds["psi_act"]])
     if peak > 5:
         ax.set_yscale("symlog", linthresh=0.1)

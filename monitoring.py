@@ -8,11 +8,15 @@ data's fixed bins) and writes them to the history database every `monitoring_flu
 `monitoring_flush_requests` requests: one row per window, model version and worker, replaced as
 the window grows. A request never waits on the database. No raw input is ever written.
 
-Live input drift: the population stability index (PSI) of each feature's live histogram against
-the training histogram stored with the deployed model (trainedmodel.json's "monitoring", made by
-drift.reference_bins), per window, all workers merged (traffic.py reads the windows back). A
-window with at least `monitoring_min_rows` rows whose PSI reaches `psi_act` makes /health say
-"degraded" (never down) and is logged as a warning.
+Live input drift: each feature's live histogram against the training histogram stored with the
+deployed model (trainedmodel.json's "monitoring", made by drift.reference_bins), per window, all
+workers merged (traffic.py reads the windows back): PSI is the magnitude shown, the level is
+alarms.py's test (each closed window judged once, small windows pooled to `monitoring_min_rows`
+rows). A look at "act" makes /health say "degraded" (never down) and is logged as a warning.
+
+Estimated F1 (estimate.py): when the version's reference holds a calibration table, the flush
+thread adds each window's six calibrated sums (the request only keeps its answers by reference);
+`monitoring_estimate` false turns it off.
 
     Monitor(cfg)                     one per app: the in-memory aggregates and the flush thread
     Middleware(app, monitor, ...)    WSGI: times every request, the fast path included
@@ -34,6 +38,7 @@ import weakref
 import numpy as np
 
 import alerts
+import estimate
 import history
 from drift import LEVELS, bin_counts, model_reference
 from settings import FEATURES
@@ -100,6 +105,14 @@ def _observe(prom, endpoint, status, buckets, seconds):
     child._sum.inc(seconds)
 
 
+def _answer_sums(table, answers):
+    """estimate.window_sums of a flush's answers, [(probabilities, predictions)], in one pass."""
+    n = sum(len(p) for p, _ in answers)
+    prob = np.fromiter(itertools.chain.from_iterable(p for p, _ in answers), dtype=np.float64, count=n)
+    pred = np.fromiter(itertools.chain.from_iterable(q for _, q in answers), dtype=np.int64, count=n)
+    return estimate.window_sums(table, prob, pred)
+
+
 def _worker_name():
     import uuid
 
@@ -109,13 +122,14 @@ def _worker_name():
 class _Pending:
     """What requests added since the last flush, for one window and model version."""
 
-    __slots__ = ("latency", "seconds", "chunks", "lists", "rows", "exits", "probability_sum")
+    __slots__ = ("latency", "seconds", "chunks", "lists", "answers", "rows", "exits", "probability_sum")
 
     def __init__(self):
         self.latency = {}  # (endpoint, status) -> {latency bucket: requests}
         self.seconds = {}  # (endpoint, status) -> seconds answering them
         self.chunks = []  # feature matrices (numpy), by reference
         self.lists = []  # rows given as lists (the fast path's few-row JSON requests)
+        self.answers = []  # (probabilities, predictions) by reference, for the estimated F1
         self.rows = 0
         self.exits = 0
         self.probability_sum = 0.0
@@ -131,6 +145,7 @@ class Monitor:
         self.clock = clock
         self.worker = None
         self.status = {"level": "ok", "psi": {}, "window_start": None, "model_version": None, "rows": 0}
+        self.estimating = cfg.monitoring_estimate
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._pending = {}
@@ -216,6 +231,8 @@ class Monitor:
             slot.rows += len(X)
             slot.exits += exits
             slot.probability_sum += probability_sum
+            if self.estimating:
+                slot.answers.append((probabilities, predictions))
 
     # -- the flush thread --------------------------------------------------------------------
     def _forked(self):
@@ -318,6 +335,9 @@ class Monitor:
                 if chunks:
                     X = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
                     fold_matrix(agg["features"], X, ref)
+                if slot.answers and ref is not None and ref.get("calibration"):
+                    sums = _answer_sums(ref["calibration"], slot.answers)
+                    agg["estimate"] = estimate.add_sums(agg["estimate"], sums) if "estimate" in agg else sums
                 agg["rows"] += slot.rows
                 agg["exits"] += slot.exits
                 agg["probability_sum"] += slot.probability_sum
@@ -366,7 +386,7 @@ class Monitor:
         return self.status
 
     def _update_status(self, conn):
-        """The drift level of the serving version's latest window with enough rows, all workers merged."""
+        """The drift level of the serving version's latest judged look (alarms.py), all workers merged."""
         self._refreshed = time.monotonic()
         version = self._serving
         if not version:
@@ -376,16 +396,19 @@ class Monitor:
         # The current window and the two before it: an old crossing does not stay degraded forever.
         now = self.clock()
         since = now - now % self.window_seconds - 2 * self.window_seconds
-        latest = recent_windows(conn, self.cfg, version=version, limit=3, since=since, refs=self._refs)
+        latest = recent_windows(conn, self.cfg, version=version, limit=3, since=since, refs=self._refs, now=now)
         for win in latest:
-            if win["rows"] >= self.cfg.monitoring_min_rows and win["psi"]:
+            alarm = win["alarm"]
+            if alarm["judged"]:
                 new = {"level": win["level"], "psi": win["psi"], "window_start": win["window_start"],
-                       "model_version": version, "rows": win["rows"]}
+                       "model_version": version, "rows": alarm["rows"], "p_values": alarm["p_values"]}
                 if new["level"] == "act" and (self.status["level"] != "act"
                                               or self.status["window_start"] != new["window_start"]):
-                    worst = max(new["psi"], key=lambda f: new["psi"][f])
-                    logger.warning("live input drift: PSI of %s is %.3f (act threshold %.2f) over %d rows "
-                                   "of model version %s", worst, new["psi"][worst], self.cfg.psi_act,
+                    worst = min((f for f in alarm["p_values"] if alarm["p_values"][f] is not None),
+                                key=lambda f: alarm["p_values"][f])
+                    logger.warning("live input drift: %s's histogram differs from training (p = %.2g, act below"
+                                   " %.2g; PSI %.3f) over %d rows of model version %s", worst,
+                                   alarm["p_values"][worst], alarm["alpha"]["act"], new["psi"].get(worst, math.nan),
                                    new["rows"], version)
                 self.status = new
                 return
@@ -452,8 +475,10 @@ class _StateCollector:
                                 "latest window with enough rows", labels=["feature"])
         share = GaugeMetricFamily("dras_predicted_exit_share", "Share of rows predicted to exit, latest window "
                                   "with enough rows", labels=["model_version"])
-        drift = GaugeMetricFamily("dras_live_drift_level", "0 ok, 1 watch, 2 act", value=LEVELS.index(
-            self.monitor.status["level"]))
+        drift = GaugeMetricFamily("dras_live_drift_level", "Live input drift of the latest judged look (alarms.py):"
+                                  " 0 ok, 1 watch, 2 act", value=LEVELS.index(self.monitor.status["level"]))
+        f1 = GaugeMetricFamily("dras_estimated_f1", "Estimated F1 (calibrated probabilities, estimate.py) of the"
+                               " latest window with enough rows", labels=["model_version"])
         conn = history.connect_ro(cfg.history_db)
         latest = []
         if conn is not None:
@@ -467,9 +492,12 @@ class _StateCollector:
                     psi.add_metric([f], v)
                 if win["exit_share"] is not None:
                     share.add_metric([str(win["model_version"])], win["exit_share"])
+                if win["estimated_f1"] is not None and win["estimated_f1"]["value"] is not None:
+                    f1.add_metric([str(win["model_version"])], win["estimated_f1"]["value"])
                 break
         yield psi
         yield share
+        yield f1
         yield drift
         finished = last_cycle(cfg)
         yield GaugeMetricFamily("dras_seconds_since_last_cycle", "Seconds since the last successful monitoring "

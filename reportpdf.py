@@ -251,6 +251,13 @@ def _drift_section(doc, data, W):
                          "yes" if f.get("drifted") else "no"])
         doc.table(rows, [0.25 * W] + [0.125 * W] * 6)
         doc.para("Drifted features: " + (", ".join(fd.get("drifted", [])) or "none"))
+        above = [col for col, f in fd.get("features", {}).items()
+                 if not f.get("drifted") and f.get("psi") is not None and fd.get("psi_threshold") is not None
+                 and f["psi"] >= fd["psi_threshold"]]
+        if above:
+            doc.para(f"{', '.join(above)}: PSI at or above {fd['psi_threshold']} but not drifted: a feature counts as "
+                     f"drifted only when its KS test also rejects (adjusted p below {fd.get('level')}), and here it "
+                     "did not.")
     else:
         doc.para("No feature-drift result in this cycle's record.")
     slices = data.get("delivery_slices")
@@ -346,9 +353,26 @@ def _live_section(doc, data, W):
         return
     t = live["thresholds"]
     doc.para(("Since the previous report, " + _stamp(live["since"]) if live["since"] else "All recorded traffic")
-             + f", until {_stamp(live['until'])}. Windows with at least {t['min_rows']} rows are judged: PSI "
-             f"{t['psi_watch']} watch, {t['psi_act']} act. Windows crossing: {live['windows_crossing']['watch']} "
-             f"at watch, {live['windows_crossing']['act']} at act.")
+             + f", until {_stamp(live['until'])}. Each closed window is judged once, small windows pooled to "
+             f"{t['min_rows']} rows, by a test on the bin counts that allows for the window's and the training "
+             f"data's sizes: \"act\" when a feature's p-value is below {t['p_act']:.2g} (at most "
+             f"{t['alarm_act_per_day']} false \"act\" days of undrifted traffic), \"watch\" below "
+             f"{t['p_watch']:.2g}. PSI is the size of the change; its lines {t['psi_watch']} and {t['psi_act']} are "
+             f"for reading only. Looks judged: {live.get('judged', 0)}; at watch: {live['windows_crossing']['watch']}, "
+             f"at act: {live['windows_crossing']['act']}.")
+    if live.get("above_psi_act_not_alarmed"):
+        doc.para(f"{live['above_psi_act_not_alarmed']} window(s) had a PSI above {t['psi_act']} without an alarm: "
+                 "the test did not reject (too few rows for a PSI that size to stand out from sampling noise), or "
+                 "the window was pooled or still open.")
+    est = live.get("estimated_f1")
+    if est and est.get("value") is not None:
+        test_f1 = (data.get("metrics") or {}).get("f1")
+        doc.para(f"Estimated F1 of version {est['model_version']} on this period's {est['rows']:,d} rows: "
+                 f"{est['value']:.3f} (95% interval {est['interval'][0]:.3f} to {est['interval'][1]:.3f})"
+                 + (f", beside its test F1 {test_f1:.3f}" if isinstance(test_f1, (int, float)) else "")
+                 + f". From the model's calibrated probabilities (calibrated on {est['calibration_source']}): it "
+                 "follows a change in the inputs, not a change in how inputs relate to leaving; the score-drift "
+                 "test on labelled deliveries shows that.")
     doc.table([["day (UTC)", "requests", "errors", "rows predicted", "predicted exit share"]]
               + [[d["day"], f"{d['requests']:,d}", f"{d['errors']:,d}", f"{d['rows']:,d}",
                   _fmt(d["exit_share"])] for d in live["days"]], [0.2 * W, 0.18 * W, 0.14 * W, 0.2 * W, 0.25 * W])

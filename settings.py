@@ -56,8 +56,14 @@ SCHEMA = {
     "monitoring_flush_requests": (int, 1000),
     "monitoring_window_seconds": (float, 60.0),
     "monitoring_min_rows": (int, 100),
+    "monitoring_estimate": (bool, True),
     "psi_watch": (float, 0.1),
     "psi_act": (float, 0.2),
+    # live-drift alarms (alarms.py): the chance of any "act" in a day of undrifted traffic, the
+    # expected "watch" looks a day, and how long small windows are pooled before being dropped
+    "alarm_act_per_day": (float, 0.04),
+    "alarm_watch_per_day": (float, 1.0),
+    "alarm_pool_seconds": (float, 3600.0),
     "live_drift_triggers_retrain": (bool, False),
     # alerts (alerts.py): where the JSON events go (none: no webhook), the estimated-F1 margin, the time budget
     "alert_webhook_url": ((str, type(None)), None),
@@ -118,8 +124,12 @@ class Config:
     monitoring_flush_requests: int
     monitoring_window_seconds: float
     monitoring_min_rows: int
+    monitoring_estimate: bool
     psi_watch: float
     psi_act: float
+    alarm_act_per_day: float
+    alarm_watch_per_day: float
+    alarm_pool_seconds: float
     live_drift_triggers_retrain: bool
     alert_webhook_url: str
     alert_f1_margin: float
@@ -264,6 +274,13 @@ def load_config(path=None) -> Config:
         raise ConfigError("config key 'monitoring_flush_requests' must be at least 1")
     if not 0 < values["psi_watch"] <= values["psi_act"]:
         raise ConfigError("config keys 'psi_watch' and 'psi_act' must satisfy 0 < psi_watch <= psi_act")
+    if not 0 < values["alarm_act_per_day"] <= values["alarm_watch_per_day"]:
+        raise ConfigError("config keys 'alarm_act_per_day' and 'alarm_watch_per_day' must satisfy"
+                          " 0 < alarm_act_per_day <= alarm_watch_per_day")
+    if values["alarm_pool_seconds"] < values["monitoring_window_seconds"]:
+        raise ConfigError("config key 'alarm_pool_seconds' must be at least 'monitoring_window_seconds'")
+    if values["monitoring_min_rows"] < 1:
+        raise ConfigError("config key 'monitoring_min_rows' must be at least 1")
     if values["log_max_bytes"] < 1024 or values["log_backups"] < 0:
         raise ConfigError("config keys 'log_max_bytes' and 'log_backups' must be at least 1024 and 0")
     url = values["alert_webhook_url"]

@@ -57,6 +57,7 @@ FILES = {
     "apireturns.txt": ("output_model_path", "text/plain"),
     "modelcard.md": ("prod_deployment_path", "text/plain"),
 }
+# Display lines when no config is at hand (settings' defaults): the levels themselves come from the config.
 PSI_WATCH, PSI_ACT = 0.1, 0.2
 
 bp = Blueprint(BLUEPRINT, __name__, template_folder="templates")
@@ -250,12 +251,13 @@ def psi_per_cycle(conn, limit=TREND_POINTS):
     return list(reversed(points))
 
 
-def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT):
+def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT, alarm_rule=None):
     """Live traffic over `windows` (online monitoring's summarized windows, newest first), or None.
 
     Each window is a dict as traffic.summarize returns it: window_start, window_seconds,
     model_version, requests, rows, exits, latency_p50 and latency_p99 (seconds), psi {feature:
-    value} and level ("ok", "watch" or "act").
+    value}, level ("ok", "watch" or "act"), alarm and estimated_f1; `alarm_rule` is
+    traffic.alarm_thresholds (the config's levels), shown as given.
     """
     windows = [w for w in windows or [] if isinstance(w, dict)]
     if not windows:
@@ -271,6 +273,11 @@ def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT):
         return None if _number(seconds) is None else seconds * 1000
 
     psi = latest.get("psi") if isinstance(latest.get("psi"), dict) else {}
+    # The level is the alarm's latest judged look (alarms.py); PSI is the magnitude shown.
+    judged = next((w for w in windows if isinstance(w.get("alarm"), dict) and w["alarm"].get("judged")), None)
+    alarm = judged["alarm"] if judged else None
+    estimated = next((w["estimated_f1"] for w in windows if isinstance(w.get("estimated_f1"), dict)
+                      and w["estimated_f1"].get("value") is not None), None)
     return {
         "windows": len(windows),
         "since": _iso(min((t for t in starts if t is not None), default=None)),
@@ -284,6 +291,12 @@ def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT):
         "level": latest.get("level"),
         "psi": {name: _number(v) for name, v in psi.items()},
         "watch": watch, "act": act,
+        "alarm": None if alarm is None else {
+            "level": alarm.get("level"), "rows": alarm.get("rows"), "window_start": _iso(judged.get("window_start")),
+            "p_values": alarm.get("p_values") or {}, "p_act": (alarm.get("alpha") or {}).get("act"),
+            "p_watch": (alarm.get("alpha") or {}).get("watch")},
+        "alarm_rule": alarm_rule,
+        "estimated_f1": estimated,
     }
 
 
@@ -294,7 +307,7 @@ def live_traffic(conn, cfg, limit=TRAFFIC_WINDOWS):
     except (AttributeError, KeyError, ValueError, sqlite3.Error) as exc:
         logger.warning("status page: live traffic unreadable: %s", exc)
         return None
-    return traffic_summary(found, getattr(cfg, "psi_watch", PSI_WATCH), getattr(cfg, "psi_act", PSI_ACT))
+    return traffic_summary(found, cfg.psi_watch, cfg.psi_act, traffic.alarm_thresholds(cfg))
 
 
 _TRIGGERS = {}
@@ -352,6 +365,8 @@ def gather(cfg, now=None, cronjob=None) -> dict:
         "cycles": [], "last_cycle": None, "last_check": last_check(cfg),
         "f1_trend": [], "psi_trend": [], "traffic": None,
         "schedule": next_cycle(now, cronjob),
+        # the cycle's feature-drift rule: PSI at least this AND a significant KS test
+        "feature_drift_rule": {"psi_threshold": cfg.feature_drift_psi_threshold, "level": cfg.drift_significance_level},
         "links": links(cfg),
         "history": "absent",
     }
@@ -481,8 +496,9 @@ def view(facts) -> dict:
     if psi:
         names = [n for n in FEATURES if any(n in p["psi"] for p in psi)]
         names += sorted({n for p in psi for n in p["psi"]} - set(names))
+        line = facts["feature_drift_rule"]["psi_threshold"]
         psi_chart = line_chart([(n, [(f"cycle {p['cycle']}", p["psi"].get(n)) for p in psi]) for n in names],
-                               thresholds=((PSI_WATCH, "watch 0.1"), (PSI_ACT, "act 0.2")))
+                               thresholds=((line, f"PSI {line:g} (with KS)"),))
     return {"facts": facts, "f1_chart": f1_chart, "psi_chart": psi_chart, "refresh": REFRESH_SECONDS}
 
 

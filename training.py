@@ -22,6 +22,7 @@ import atomicfiles
 import audit
 import delivery
 import drift
+import estimate
 import history
 import ingestion
 import locks
@@ -96,14 +97,25 @@ def save_model(model, path, metadata):
 
 def monitoring_reference(cfg, model, X):
     """drift.reference_bins of the training rows, with the predicted exit share on the test data
-    (on the training rows when the test data cannot be read)."""
+    (on the training rows when the test data cannot be read) and the calibration table of the
+    estimated live F1 (estimate.py), fitted on the test data: labelled rows the model never
+    trained on (None when they hold fewer than 4 rows of either class)."""
     try:
-        X_test, _ = delivery.read_labelled(cfg.test_data_file)
+        X_test, y_test = delivery.read_labelled(cfg.test_data_file)
     except delivery.BadFile:
-        X_test = X.iloc[:0]
+        X_test, y_test = X.iloc[:0], None
     share, on = (float(model.predict(X_test).mean()), "test data") if len(X_test) else (
         float(model.predict(X).mean()), "training data")
-    return drift.reference_bins(X.to_numpy(), share, on)
+    ref = drift.reference_bins(X.to_numpy(), share, on)
+    ref["calibration"] = None
+    if len(X_test):
+        try:
+            ref["calibration"] = estimate.fit_calibration(
+                model.predict_proba(X_test)[:, 1], y_test.to_numpy(),
+                source=f"test data ({cfg.test_data_file.name}, {len(X_test)} rows)")
+        except ValueError as exc:
+            logger.warning("no calibration for the estimated live F1: %s", exc)
+    return ref
 
 
 def run(cfg, conn=None):

@@ -245,17 +245,24 @@ def test_a_shifted_stream_shows_in_monitoring_metrics_and_health(caplog, make_de
     assert newest["window_start"] == T0 + 3600 and newest["rows"] == 60 and newest["level"] == "act"
     assert newest["psi"] == pytest.approx(expected, abs=1e-6)
     assert min(newest["psi"].values()) > 0.2
+    assert newest["alarm"]["state"] == "judged" and newest["alarm"]["pooled_windows"] == 1
+    assert max(newest["alarm"]["p_values"].values()) < newest["alarm"]["alpha"]["act"]
+    assert client.get("/health").get_json() == {"status": "ok", "model_version": 1}  # its window still open
+    with caplog.at_level(logging.WARNING, logger="monitoring"):
+        monitor.clock = lambda: T0 + 7200 + cfg.monitoring_flush_seconds  # closed, and every worker flushed
+        monitor.refresh()
     health = client.get("/health")
     assert health.status_code == 200
     assert health.get_json() == {"status": "degraded", "model_version": 1, "live_drift": {
-        "level": "act", "psi": newest["psi"], "window_start": T0 + 3600, "rows": 60}}
+        "level": "act", "psi": newest["psi"], "window_start": T0 + 3600, "rows": 60,
+        "p_values": newest["alarm"]["p_values"]}}
     spec = yaml.safe_load((REPO / "openapi.yaml").read_text())
     check_schema(health.get_json(), response_schema(spec, "/health", "get", 200), spec)
     check_schema(body, response_schema(spec, "/monitoring", "get", 200), spec)
     # (other tests' apps may log from their flush threads meanwhile: take this one's drift warnings)
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING and "over 60 rows" in r.getMessage()]
-    assert re.fullmatch(r"live input drift: PSI of \w+ is \d+\.\d{3} \(act threshold 0\.20\) over 60 rows "
-                        r"of model version 1", warning.getMessage())
+    assert re.fullmatch(r"live input drift: \w+'s histogram differs from training \(p = \S+, act below 0\.00056;"
+                        r" PSI \d+\.\d{3}\) over 60 rows of model version 1", warning.getMessage())
     monitor.flush()  # the request counts of /metrics, like /monitoring, are those flushed
     resp = client.get("/metrics")
     assert resp.status_code == 200 and resp.content_type == "text/plain; version=0.0.4; charset=utf-8"
@@ -267,7 +274,7 @@ def test_a_shifted_stream_shows_in_monitoring_metrics_and_health(caplog, make_de
     assert samples[("dras_predicted_exit_share", (("model_version", "1"),))] == newest["exit_share"]
     assert samples[("dras_rows_predicted_total", (("model_version", "1"),))] == 200 + 60
     assert samples[("dras_http_request_duration_seconds_count", (("endpoint", "/prediction"), ("status", "200")))] == 13
-    assert samples[("dras_http_request_duration_seconds_count", (("endpoint", "/health"), ("status", "200")))] == 2
+    assert samples[("dras_http_request_duration_seconds_count", (("endpoint", "/health"), ("status", "200")))] == 3
     assert math.isnan(samples[("dras_seconds_since_last_cycle", ())])  # no cycle has run in this world
 
 
@@ -297,8 +304,9 @@ def test_crossings_since_for_the_monitoring_cycle(make_deployed):
     assert (got["windows"], got["rows"], got["level"], got["watch"], got["act"]) == (1, 10, "act", True, True)
     assert sorted(got["max_psi"]) == list(FEATURES)
     assert traffic.crossings_since(cfg, T0 + 60) == {
-        "since": T0 + 60, "windows": 0, "rows": 0, "level": "ok", "watch": False, "act": False, "max_psi": {},
-        "psi_watch": 0.1, "psi_act": 0.2}
+        "since": T0 + 60, "windows": 0, "rows": 0, "level": "ok", "watch": False, "act": False, "judged": 0,
+        "above_psi_act_not_alarmed": 0, "max_psi": {}, "psi_watch": 0.1, "psi_act": 0.2,
+        "alarm_act_per_day": 0.04, "alarm_watch_per_day": 1.0}
 
 
 # --- two real gunicorn workers ----------------------------------------------------------------------
@@ -476,6 +484,9 @@ def test_a_worker_without_traffic_sees_the_others_crossing_and_it_expires(make_d
     assert idle_monitor.flush() == 0  # nothing new here: what its flush thread does then
     assert idle.test_client().get("/health").get_json()["status"] == "ok"
     idle_monitor.refresh()
+    assert idle.test_client().get("/health").get_json()["status"] == "ok"  # the window is still open
+    idle_monitor.clock = lambda: T0 + 60 + cfg.monitoring_flush_seconds  # closed: judged once
+    idle_monitor.refresh()
     assert idle.test_client().get("/health").get_json()["status"] == "degraded"
     idle_monitor.clock = lambda: T0 + 3 * 60 + 1  # three windows later, no traffic since
     idle_monitor.refresh()
@@ -538,21 +549,23 @@ def test_the_cycle_records_live_drift_and_may_retrain_on_it(tmp_path, monkeypatc
     monkeypatch.setattr(fullprocess, "publish", lambda cfg, record: {})
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, monitoring_min_rows=10, monitoring_window_seconds=60,
-                                  live_drift_triggers_retrain=option, package_index_url="http://127.0.0.1:9/simple"))
+    # one-second windows: the burst's window closes (and is judged) before the second cycle reads it
+    cfg = load_config(make_config(tmp_path, monitoring_min_rows=10, monitoring_window_seconds=1,
+                                  monitoring_flush_seconds=0.2, live_drift_triggers_retrain=option, package_index_url="http://127.0.0.1:9/simple"))
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
     write_delivery(cfg, "first.csv", rows=200, seed=1)
     assert fullprocess.run_cycle(cfg).to_dict()["decision"] == cycle.COLD_START
     app = app_module.create_app(cfg)
-    shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 10
+    shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 20
     assert app.test_client().post("/prediction", json={"records": shifted}).status_code == 200
     app.extensions["dras"].monitor.flush()
+    time.sleep(1 + cfg.monitoring_flush_seconds + 0.1)
     # the test data itself as the new delivery: no score drift (a tie), so only live drift may retrain
     write_delivery(cfg, "same.csv", text=cfg.test_data_file.read_bytes())
     rec = fullprocess.run_cycle(cfg).to_dict()
     assert rec["score_drift"]["drift"] is False
     live = rec["live_drift"]
-    assert (live["windows"], live["rows"], live["level"], live["act"]) == (1, 10, "act", True)
+    assert (live["windows"], live["rows"], live["level"], live["act"], live["judged"]) == (1, 20, "act", True, 1)
     assert rec["drift"] is option
     assert rec["decision"] == (cycle.REDEPLOYED if option else cycle.NO_DRIFT)
     assert deployment.current_manifest(cfg.prod_deployment_path)["version"] == (2 if option else 1)
@@ -565,5 +578,6 @@ def test_health_of_a_worker_that_never_had_traffic_reads_the_others(make_deploye
     shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 10
     busy.test_client().post("/prediction", json={"records": shifted})
     busy_monitor.flush()
+    fresh.extensions["dras"].monitor.clock = lambda: T0 + 60 + cfg.monitoring_flush_seconds  # the window closed
     body = fresh.test_client().get("/health").get_json()
     assert (body["status"], body["live_drift"]["rows"], body["live_drift"]["window_start"]) == ("degraded", 10, T0)

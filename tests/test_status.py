@@ -62,6 +62,7 @@ def test_fresh_install_facts(fresh, tmp_path):
         "now": "2026-11-18T16:16:40+00:00", "model": None, "model_note": "no model is deployed yet",
         "slices": None, "cycles": [], "last_cycle": None, "last_check": None, "f1_trend": [],
         "psi_trend": [], "traffic": None, "schedule": None, "history": "absent",
+        "feature_drift_rule": {"psi_threshold": 0.2, "level": 0.05},
         "links": [{"name": "report.pdf", "href": "files/report.pdf", "available": False, "at": None},
                   {"name": "apireturns.txt", "href": "files/apireturns.txt", "available": False, "at": None},
                   {"name": "modelcard.md", "href": "files/modelcard.md", "available": False, "at": None},
@@ -183,6 +184,7 @@ def test_live_traffic_summed_over_the_windows():
         "requests": 40, "rows": 100, "exit_share": 40 / 100, "p50_ms": 1.25, "p99_ms": 3.5,
         "model_version": 2, "level": "act", "watch": 0.1, "act": 0.2,
         "psi": {"lastmonth_activity": 0.31, "lastyear_activity": 0.12, "number_of_employees": 0.02},
+        "alarm": None, "alarm_rule": None, "estimated_f1": None,
     }
     assert status.traffic_summary([]) is None
     assert status.traffic_summary([{"window_start": T0, "rows": 0}])["exit_share"] is None
@@ -197,8 +199,9 @@ def test_live_traffic_on_the_page(fresh, monkeypatch):
     assert '<span class="label">Predicted to exit</span><span class="big">40.0 %</span>' in html
     assert '<span class="big">1.2 / 3.5</span> <span class="muted">ms</span>' in html
     assert '<span class="badge bad" id="traffic-level">act</span>' in html
-    assert '<dt>lastmonth_activity PSI</dt><dd>0.310 <span class="flag">act</span></dd>' in html
-    assert '<dt>lastyear_activity PSI</dt><dd>0.120 <span class="flag small">watch</span></dd>' in html
+    # PSI is the magnitude shown, its lines only for reading it; the level (the badge) is the alarm's
+    assert '<dt>lastmonth_activity PSI</dt><dd>0.310 <span class="flag small">above 0.2</span></dd>' in html
+    assert '<dt>lastyear_activity PSI</dt><dd>0.120 <span class="flag small">above 0.1</span></dd>' in html
     assert '<dt>number_of_employees PSI</dt><dd>0.020</dd>' in html
 
 
