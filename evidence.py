@@ -174,6 +174,11 @@ def look(state, level=0.05, reference_share=REFERENCE_SHARE, min_counted_rows=MI
 
 # Promotion on held-out evidence.
 
+# A challenger is promoted only when the test data rule out its being worse than this in F1. With
+# "not significantly worse" alone, a delivery with wrong labels makes its challenger look better on
+# its own held-out rows and a 200-row test set rarely proves it worse (bench/bench_decisions.py).
+MARGIN = 0.02
+
 def held_out_split(labels, share=0.3, seed=0) -> dict:
     """A seeded split of rows stratified by label: {"held_out": positions, "training": positions, ...}.
 
@@ -249,15 +254,18 @@ def paired_comparison(y_true, serving_pred, challenger_pred, level=0.05, rounds=
     return out
 
 
-def promotion_decision(held_out, test, manual_command="python deployment.py --promote") -> dict:
+def promotion_decision(held_out, test, margin=MARGIN, manual_command="python deployment.py --promote") -> dict:
     """The default promotion policy on two `paired_comparison` results: the newest held-out rows and the test data.
 
     decision: "promote" when the challenger is better on the held-out rows and not worse on the test
-    data; "needs review" when better on the held-out rows but worse on the test data; otherwise
-    "keep". Also promote (bool), reason and action (what a person should do, or None), and both
-    comparisons.
+    data, where "not worse" means the lower end of the test comparison's interval is above -`margin`
+    (a non-inferiority margin in F1: a challenger that could be worse by more is kept out);
+    "needs review" when better on the held-out rows but significantly worse on the test data;
+    otherwise "keep". Also promote (bool), reason and action (what a person should do, or None),
+    margin, and both comparisons.
     """
-    out = {"decision": "keep", "promote": False, "action": None, "held_out": held_out, "test": test}
+    out = {"decision": "keep", "promote": False, "action": None, "margin": float(margin), "held_out": held_out,
+           "test": test}
     h = held_out["verdict"] if held_out else None
     t = test["verdict"] if test else None
     if h != "better":
@@ -272,6 +280,12 @@ def promotion_decision(held_out, test, manual_command="python deployment.py --pr
             f"({test['difference']:+.2f} F1): the world may have changed while the test data did not"),
             action=("refresh the test data with recently labelled rows (the next cycle re-scores both models on "
                     f"them), or promote the challenger by hand with `{manual_command}`"))
+    elif t == "not enough evidence" or test["interval"][0] <= -margin:
+        could = ("no actual or predicted leaver in the test rows" if t == "not enough evidence" else
+                 f"it could be worse by up to {-test['interval'][0]:.2f} F1 on the {test['rows']} test rows, "
+                 f"more than the margin {margin:g}")
+        out["reason"] = (f"kept the serving model: the challenger is better on the {held_out['rows']} newest held-out "
+                         f"rows ({held_out['difference']:+.2f} F1), but {could}")
     else:
         out.update(decision="promote", promote=True, reason=(
             f"promoted: the challenger is better on the {held_out['rows']} newest held-out rows "
