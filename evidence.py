@@ -30,7 +30,8 @@ the e-process crosses). E depends on the counts only, so the state is six intege
 Promotion (`held_out_split`, `paired_comparison`, `promotion_decision`): a seeded, stratified
 slice of the newest labelled rows the challenger never trains on; a paired bootstrap of the F1
 difference (challenger minus serving) on the same rows (Efron and Tibshirani 1993, ch. 16;
-Koehn 2004); promote when better on the held-out slice and not worse on the test data.
+Koehn 2004); promote when better on the held-out slice and not worse on the test data beyond a
+non-inferiority margin (MARGIN); "needs review" when better on the slice but worse on the test data.
 """
 import math
 
@@ -70,7 +71,8 @@ def new_state(reference) -> dict:
     """The drift state of a model just deployed: its frozen `reference` counts, no evidence yet.
 
     `reference` is `counts(...)` of the model's outcomes on its test data (plus held-out rows it
-    never trained on). Calling this on every deployment is the reset.
+    never trained on). Calling this on every deployment is the reset; after a retrain that kept
+    the serving model, `new_state(state["reference"])` starts its evidence again.
     """
     return {"method": METHOD, "reference": _checked(dict(reference), "reference"),
             "evidence": {"rows": 0, "counted": 0, "hits": 0, "deliveries": 0}}

@@ -279,8 +279,9 @@ def render(fr, det, promo, command, seconds, trials):
               "deployment",
               "only) and is compared with the serving model by paired bootstrap "
               f"({ROUNDS} resamples) on the slice and on the test data;",
-              "promoted when better on the slice and not worse on the test data. `corrupted`: undrifted "
-              "deliveries, one of the six",
+              f"promoted when better on the slice and not worse than -{evidence.MARGIN:g} F1 on the test data "
+              "(the interval's lower end). After a retrain that kept",
+              "the serving model the evidence starts again. `corrupted`: undrifted deliveries, one of the six",
               f"with its labels inverted (goal: promoted in at most 5% of trials). `learnable`: the relation "
               f"reversed (concept {LEARNABLE[1]:g}), the test",
               "data redrawn after the shift before the first delivery, its outcomes added to the evidence (goal: "
