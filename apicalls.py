@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import atomicfiles
+from app import create_app
 from settings import ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,6 @@ def _reason(exc):
 
 def call_in_process(cfg) -> list:
     """The same four calls, made through the app itself (Flask's test client), without a server."""
-    from app import create_app
-
     client = create_app(cfg).test_client()
     body = _body(cfg)
     out = []

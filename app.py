@@ -4,24 +4,24 @@
     python app.py       a local development server on 127.0.0.1 (never in debug mode)
     make serve          production: gunicorn with gunicorn.conf.py, one worker per core
 
-The model comes from production_deployment/current. Each request costs one os.readlink of that
-link; a version is loaded (hash-checked, by deployment.load_version) only when the link has moved,
-so a deploy or a rollback is served from the next request on, without a restart. A version that
-fails to load leaves the previous model serving and shows up in /health.
+The model comes from production_deployment/current, through serving.ModelStore. Each request
+costs one os.readlink of that link; a version is loaded (hash-checked, by deployment.load_version)
+only when the link has moved, so a deploy or a rollback is served from the next request on,
+without a restart. A version that fails to load leaves the previous model serving and shows up
+in /health. /scoring scores each version once, in a child process (serving.score_in_child)
+unless scikit-learn is loaded here already.
 
 POST /prediction with a JSON body is the hot route: `FastPrediction` answers it in front of Flask
 with the very function the Flask route calls, and hands every other request, and every request
 it would not answer 200, to Flask untouched.
 """
 import argparse
-import csv
 import hmac
 import io
 import json
 import logging
 import math
 import os
-import pickle
 import sys
 import threading
 import time
@@ -32,10 +32,14 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import audit
+import delivery
 import deployment
 import diagnostics
+import history
 import monitoring
+import serving
 import status as status_page  # the status page (status.py); `status` is a common local name here
+import traffic
 from settings import FEATURES, Config, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -43,29 +47,10 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 OPENAPI = HERE / "openapi.yaml"
 TOKEN_ENV = "DRAS_API_TOKEN"
-NA_STRINGS = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
-MAX_VALUE = 2**53 - 1  # the delivery rules' limit (ingestion.MAX_VALUE)
 CSV_TYPES = ("text/csv", "application/csv")
 # The dependency table asks the package index; /diagnostics must answer in well under a second.
 INDEX_TIMEOUT = 0.3
 DEPENDENCIES_TTL = 300.0
-SMALL_BATCH = 32  # up to this many JSON rows are computed without numpy
-
-
-SCORE_HELPER = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-import deployment, scoring
-from settings import load_config
-cfg = load_config(sys.argv[2])
-try:
-    model, _ = deployment.load_version(sys.argv[3])
-    X, y = scoring.read_labelled(cfg.test_data_file)
-    print(json.dumps(scoring.score_model(model, X, y)))
-except (deployment.DeploymentError, scoring.ScoringError) as exc:
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(2)
-"""
 
 
 class InputError(Exception):
@@ -82,49 +67,13 @@ class Unavailable(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Input: the three features as a float64 matrix, with the delivery rules' checks
+# Input: the three features as a float64 matrix, by the delivery rules (delivery.py)
 # ---------------------------------------------------------------------------------------------
 
-def _check_matrix(X, show, line_offset=None):
-    """Apply the delivery rules to the feature matrix X; `show(i, j)` renders the raw value."""
-    bad = ~np.isfinite(X) | (X < 0) | (X > MAX_VALUE) | (np.floor(X) != X)
-    if not bad.any():
-        return
-    i, j = (int(k) for k in np.argwhere(bad)[0])
-    v = X[i, j]
-    if math.isnan(v):
-        what = "is missing"
-    elif math.isinf(v):
-        what = "is not a finite number"
-    elif v < 0:
-        what = "is negative"
-    elif v > MAX_VALUE:
-        what = f"is out of range (at most {MAX_VALUE})"
-    else:
-        what = "is not a whole number"
-    where = f"row {i + 1}" + (f" (line {i + 1 + line_offset})" if line_offset is not None else "")
-    value = "" if what == "is missing" else f" {show(i, j)}"
-    raise InputError(f"column {FEATURES[j]!r}, {where}: value{value} {what}")
-
-
-def _bad_json_value(v):
-    """Why a JSON value is not a usable feature value, or None when it is."""
-    t = type(v)
-    if t is int:
-        if v < 0:
-            return "is negative"
-        return f"is out of range (at most {MAX_VALUE})" if v > MAX_VALUE else None
-    if t is float:
-        if v != v:
-            return "is missing"
-        if v in (math.inf, -math.inf):
-            return "is not a finite number"
-        if v < 0:
-            return "is negative"
-        if v > MAX_VALUE:
-            return f"is out of range (at most {MAX_VALUE})"
-        return None if v.is_integer() else "is not a whole number"
-    return "is missing" if v is None else "is not a number"
+# The API's words for the delivery rules' byte checks (delivery.BadFile.rule); the other reasons are the rules' own.
+BODY_WORDS = {"empty": "empty body: send a CSV text with a header row",
+              "gzip": "gzip-compressed data, not a plain CSV text",
+              "binary": "binary content (NUL bytes), not a CSV text"}
 
 
 def rows_from_records(records):
@@ -145,259 +94,22 @@ def rows_from_records(records):
             raise InputError(f"row {i}: missing column {missing!r}") from None
         for j, v in enumerate(row):
             # The common case first: a non-negative JSON integer within range.
-            if type(v) is int and 0 <= v <= MAX_VALUE:
+            if type(v) is int and 0 <= v <= delivery.MAX_VALUE:
                 continue
-            what = _bad_json_value(v)
+            what = delivery.value_problem(v)
             if what is not None:
-                value = "" if what == "is missing" else f" {json.dumps(v)}"
+                value = "" if what == delivery.MISSING else f" {json.dumps(v)}"
                 raise InputError(f"column {FEATURES[j]!r}, row {i}: value{value} {what}")
         rows.append(row)
     return rows
 
 
-def _check_field_counts(text, width):
-    """Refuse a row with more fields than the header (pandas would drop the extra ones silently)."""
-    if '"' in text:  # quoted fields may hold commas: count with the csv module
-        for number, row in enumerate(csv.reader(io.StringIO(text)), 1):
-            if len(row) > width:
-                raise InputError(f"malformed CSV: line {number} has {len(row)} fields, the header has {width}")
-        return
-    lines = text.count("\n") + (0 if text.endswith("\n") else 1) - 1
-    if text.count(",") <= lines * (width - 1):
-        return
-    for number, line in enumerate(text.splitlines()[1:], 2):
-        fields = line.count(",") + 1
-        if fields > width:
-            raise InputError(f"malformed CSV: line {number} has {fields} fields, the header has {width}")
-
-
 def rows_from_csv(data: bytes):
     """The feature matrix of a CSV text with a header naming the three features (other columns ignored)."""
-    import pandas as pd
-
-    if not data.strip():
-        raise InputError("empty body: send a CSV text with a header row")
-    if data[:2] == b"\x1f\x8b":
-        raise InputError("gzip-compressed data, not a plain CSV text")
-    if b"\x00" in data[:65536]:
-        raise InputError("binary content (NUL bytes), not a CSV text")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text: undecodable byte at offset {exc.start}") from None
-    first_line = text.split("\n", 1)[0].rstrip("\r")
-    header = [h.strip() for h in next(csv.reader([first_line]))]
-    for c in FEATURES:
-        if header.count(c) > 1:
-            raise InputError(f"duplicated column {c!r}")
-    missing = [c for c in FEATURES if c not in header]
-    if missing:
-        hint = " (the separator must be a comma)" if len(header) == 1 and ";" in header[0] else ""
-        raise InputError(f"missing column {missing[0]!r}{hint}")
-    cols = [header.index(c) for c in FEATURES]
-    _check_field_counts(text, len(header))
-    # pandas returns the used columns in file order; `order` puts them in FEATURES order.
-    order = [sorted(cols).index(c) for c in cols]
-    common = dict(header=0, usecols=cols, skipinitialspace=True, keep_default_na=False,
-                  na_values=list(NA_STRINGS), skip_blank_lines=False)
-    raw = None
-    try:
-        try:  # the common case: every value parses as a number
-            X = pd.read_csv(io.StringIO(text), dtype=np.float64, **common).to_numpy()[:, order]
-        except ValueError as exc:  # find the value that does not, as the delivery rules would
-            if isinstance(exc, pd.errors.ParserError):
-                raise
-            raw = pd.read_csv(io.StringIO(text), dtype=str, **common).iloc[:, order]
-            raw = raw.apply(lambda s: s.str.strip())
-    except pd.errors.ParserError as exc:
-        raise InputError(f"malformed CSV: {str(exc).strip().splitlines()[-1]}") from None
-    if raw is not None:
-        values = raw.apply(pd.to_numeric, errors="coerce")
-        for j in range(len(FEATURES)):
-            wrong = raw.iloc[:, j].notna() & values.iloc[:, j].isna()
-            if wrong.any():
-                i = int(wrong.to_numpy().nonzero()[0][0])
-                raise InputError(f"column {FEATURES[j]!r}, row {i + 1} (line {i + 2}): "
-                                 f"value {raw.iloc[i, j]!r} is not a number")
-        X = values.to_numpy(dtype=np.float64)
-    if len(X) == 0:
-        raise InputError("header only, no rows")
-    X = np.ascontiguousarray(X, dtype=np.float64)
-
-    def show(i, j):
-        return repr(float(X[i, j])) if raw is None else repr(raw.iloc[i, j])
-
-    _check_matrix(X, show, line_offset=1)
-    return X
-
-
-# ---------------------------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------------------------
-
-# What the Pipeline training.py builds unpickles to, read without importing scikit-learn (which,
-# with the scipy and pandas it pulls in, would take a worker past 150 MB of resident memory).
-ESTIMATORS = {("sklearn.pipeline", "Pipeline"), ("sklearn.preprocessing._data", "StandardScaler"),
-              ("sklearn.linear_model._logistic", "LogisticRegression")}
-NUMPY_GLOBALS = {("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-                 ("numpy._core.numeric", "_frombuffer"), ("numpy", "ndarray"), ("numpy", "dtype")}
-
-
-class NotPlainLinear(Exception):
-    """The pickle holds something else than a scaler + logistic regression Pipeline."""
-
-
-class Fitted:
-    """A scikit-learn estimator's fitted state (its __dict__), without scikit-learn."""
-
-    kind = None
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-
-
-def load_fitted(data: bytes):
-    """Unpickle a scaler + logistic regression Pipeline into `Fitted` objects; raise NotPlainLinear otherwise."""
-    kinds = {}
-
-    class Reader(pickle.Unpickler):
-        def find_class(self, module, name):
-            if (module, name) in ESTIMATORS:
-                return kinds.setdefault(name, type(name, (Fitted,), {"kind": name}))
-            if (module, name) in NUMPY_GLOBALS:
-                return super().find_class(module, name)
-            raise NotPlainLinear(f"{module}.{name}")
-
-    return Reader(io.BytesIO(data)).load()
-
-
-def _kind(step):
-    if isinstance(step, Fitted):
-        return step.kind
-    module = type(step).__module__
-    return type(step).__name__ if (module, type(step).__name__) in ESTIMATORS else None
-
-
-class Predictor:
-    """One loaded version: the fitted Pipeline and, when it is scaler + logistic regression,
-    its arithmetic in numpy (the same operations scikit-learn does, without its checks)."""
-
-    def __init__(self, model, manifest):
-        self.model = model
-        self.manifest = manifest
-        self.version = manifest["version"]
-        self.directory = None  # the version folder it was loaded from
-        self.linear = None
-        try:
-            scale, classify = (step for _, step in model.steps)
-            names = [str(n) for n in getattr(scale, "feature_names_in_", FEATURES)]
-            if (_kind(model) == "Pipeline" and _kind(scale) == "StandardScaler"
-                    and _kind(classify) == "LogisticRegression" and names == list(FEATURES)
-                    and len(classify.classes_) == 2 and classify.coef_.shape == (1, len(FEATURES))):
-                mean = scale.mean_ if scale.with_mean else np.zeros(len(FEATURES))
-                sd = scale.scale_ if scale.with_std else np.ones(len(FEATURES))
-                if sd is None:
-                    sd = np.ones(len(FEATURES))
-                self.linear = (np.asarray(mean, dtype=np.float64), np.asarray(sd, dtype=np.float64),
-                               classify.coef_.T.copy(), classify.intercept_.copy(), classify.classes_)
-                self.small = (self.linear[0].tolist(), self.linear[1].tolist(), classify.coef_[0].tolist(),
-                              float(classify.intercept_[0]), classify.classes_.tolist())
-        except (AttributeError, ValueError, TypeError):
-            self.linear = None
-
-    def predict(self, X):
-        """(predictions, probabilities of class 1) for X (a float64 matrix, or a list of rows), as lists.
-
-        The arithmetic is scikit-learn's: scale, dot product, intercept, then the logistic function
-        (scikit-learn's expit), written so that it never overflows; equal to scikit-learn's to 1e-15.
-        """
-        if self.linear is not None:
-            if type(X) is list and len(X) <= SMALL_BATCH:
-                return self._predict_small(X)
-            mean, sd, coef, intercept, classes = self.linear
-            z = (((np.asarray(X, dtype=np.float64) - mean) / sd) @ coef + intercept).ravel()
-            e = np.exp(-np.abs(z))
-            probabilities = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-            return classes[(z > 0).astype(np.intp)].tolist(), probabilities.tolist()
-        import pandas as pd
-
-        df = pd.DataFrame(np.asarray(X, dtype=np.float64), columns=list(FEATURES))
-        return self.model.predict(df).tolist(), self.model.predict_proba(df)[:, 1].tolist()
-
-    def _predict_small(self, rows):
-        # A few rows: plain Python arithmetic costs less than numpy's per-call overhead.
-        (m0, m1, m2), (s0, s1, s2), (c0, c1, c2), b, (no, yes) = self.small
-        exp = math.exp
-        predictions, probabilities = [], []
-        for x0, x1, x2 in rows:
-            z = (x0 - m0) / s0 * c0 + (x1 - m1) / s1 * c1 + (x2 - m2) / s2 * c2 + b
-            predictions.append(yes if z > 0 else no)
-            if z >= 0:
-                probabilities.append(1.0 / (1.0 + exp(-z)))
-            else:
-                e = exp(z)
-                probabilities.append(e / (1.0 + e))
-        return predictions, probabilities
-
-
-_UNKNOWN = object()
-
-
-class ModelStore:
-    """The serving version, reloaded when production_deployment/current moves."""
-
-    def __init__(self, prod):
-        self.prod = Path(prod)
-        self._current = os.fspath(self.prod / "current")
-        # The `current` target the predictor was loaded from, and the one that last failed to load
-        # (versions are immutable: no need to try it again). Neither is known before the first request.
-        self.link = self.failed_link = _UNKNOWN
-        self.predictor = None
-        self.error = None
-        self._lock = threading.Lock()
-
-    def _read_link(self):
-        try:
-            return os.readlink(self._current)
-        except OSError:
-            return None
-
-    def get(self):
-        """The Predictor to serve with, or None; loads a new version once, when the link moved."""
-        link = self._read_link()
-        if link == self.link or link == self.failed_link:
-            return self.predictor
-        with self._lock:
-            if link != self.link and link != self.failed_link:
-                self._load(link)
-        return self.predictor
-
-    def _load(self, link):
-        if link is None:
-            self.failed_link = None
-            self.error = f"no model is deployed in {self.prod}"
-            if self.predictor is not None:
-                self.error += f" any more; still serving version {self.predictor.version}"
-            return
-        try:
-            try:
-                model, manifest = deployment.load_version(self.prod / link, loads=load_fitted)
-                predictor = Predictor(model, manifest)
-                if predictor.linear is None:
-                    raise NotPlainLinear("not a two-class scaler + logistic regression on the three features")
-            except NotPlainLinear:  # a model of another shape: scikit-learn itself unpickles and runs it
-                model, manifest = deployment.load_version(self.prod / link)
-                predictor = Predictor(model, manifest)
-            predictor.directory = self.prod / link
-        except (deployment.DeploymentError, OSError, KeyError, ValueError, TypeError) as exc:
-            self.failed_link = link
-            self.error = f"the deployed model {link} failed to load: {exc}"
-            if self.predictor is not None:
-                self.error += f"; still serving version {self.predictor.version}"
-            logger.warning("%s", self.error)
-            return
-        self.predictor, self.link, self.failed_link, self.error = predictor, link, None, None
-        logger.info("serving model version %s (%s)", predictor.version, link)
+        return delivery.feature_matrix(data)
+    except delivery.BadFile as exc:
+        raise InputError(BODY_WORDS.get(exc.rule, str(exc))) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +120,7 @@ class Service:
     def __init__(self, cfg: Config, token=None):
         self.cfg = cfg
         self.token = token
-        self.models = ModelStore(cfg.prod_deployment_path)
+        self.models = serving.ModelStore(cfg.prod_deployment_path)
         test_folder = cfg.test_data_file.parent
         self.data_roots = tuple(dict.fromkeys(
             Path(os.path.realpath(p)) for p in (cfg.input_folder_path, test_folder, cfg.output_folder_path)))
@@ -506,7 +218,7 @@ class Service:
         key = (p.version, id(p))
         with self._lock:
             if key not in self._scores:
-                in_process = ("sklearn" in sys.modules or not isinstance(p.model, Fitted)
+                in_process = ("sklearn" in sys.modules or not isinstance(p.model, serving.Fitted)
                               or p.directory is None)
                 self._scores = {key: self._score_here(p) if in_process else self._score_in_helper(p)}
             result = self._scores[key]
@@ -516,27 +228,23 @@ class Service:
                 "slices": audit.slices_for_deployment(p.manifest)}
 
     def _score_here(self, p):
-        import scoring
+        import scoring  # lazy: reached only when scikit-learn is loaded here already
 
         try:
             model = p.model
-            if isinstance(model, Fitted):  # scikit-learn is loaded here anyway: score its own model
+            if isinstance(model, serving.Fitted):  # scikit-learn is loaded here anyway: score its own model
                 model, _ = deployment.load_version(p.directory)
-            X, y = scoring.read_labelled(self.cfg.test_data_file)
+            X, y = scoring.read_test_data(self.cfg.test_data_file)
             return scoring.score_model(model, X, y)
         except (scoring.ScoringError, deployment.DeploymentError) as exc:
             raise Unavailable(str(exc)) from None
 
     def _score_in_helper(self, p):
-        """Score in a short-lived process, so that scikit-learn never enters a serving worker."""
-        import subprocess
-
-        done = subprocess.run([sys.executable, "-c", SCORE_HELPER, str(HERE), str(self.cfg.path), str(p.directory)],
-                              capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            raise Unavailable(lines[-1].removeprefix("error: ") if lines else f"scoring failed ({done.returncode})")
-        return json.loads(done.stdout)
+        """Score in a short-lived child process, so that scikit-learn never enters a serving worker."""
+        result = serving.score_in_child(p.directory, self.cfg.test_data_file)
+        if not result.ok:
+            raise Unavailable(result.error)
+        return result.scores
 
     def summarystats(self):
         summary = diagnostics.dataframe_summary(self.cfg) if self.cfg.history_db.exists() else {}
@@ -564,10 +272,10 @@ class Service:
     def _latest_execution_time(self):
         import sqlite3
 
-        # Read-only: a GET never creates or migrates the history database.
-        uri = f"file:{self.cfg.history_db}?mode=ro"
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=5)
+            conn = history.connect_ro(self.cfg.history_db)  # a GET never creates or migrates it
+            if conn is None:
+                return None
             try:
                 row = conn.execute("SELECT value FROM diagnostics WHERE kind IN ('all', 'execution_time')"
                                    " ORDER BY id DESC LIMIT 1").fetchone()
@@ -747,7 +455,7 @@ def create_app(config=None, fast_path=True):
         limit = request.args.get("windows", "60")
         if not limit.isdigit() or not 1 <= int(limit) <= 10000:
             raise InputError(f"windows must be a whole number from 1 to 10000, not {limit!r}")
-        return jsonify(monitoring.windows(cfg, limit=int(limit), refs=monitor._refs))
+        return jsonify(traffic.windows(cfg, limit=int(limit), refs=monitor.references()))
 
     @app.get("/metrics")
     def metrics_route():

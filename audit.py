@@ -1,27 +1,25 @@
-"""The audit of a model: cross-validated scores, performance on slices, and the model card.
+"""The audit of a model: cross-validated scores, performance on slices, the facts of the model card.
 
-Plain functions that take data and return dicts; `model_card(facts)` renders a deployment's
-manifest as markdown. training.py records the facts (cross-validation, slices of the test data,
-feature ranges, the files trained on, the code version); deployment.py adds what is known at
-deployment (the drift decision, data outside the training range) and writes `modelcard.md`.
+Plain functions that take data and return dicts. training.py records the facts (cross-validation,
+slices of the test data, feature ranges, the files trained on, the code version); deployment.py
+adds what is known at deployment (the drift decision, data outside the training range) and
+writes `modelcard.md`, which modelcard.py renders from those facts.
 """
 import logging
 import re
 import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+import delivery
+import measures
 from settings import FEATURES
 
 logger = logging.getLogger(__name__)
 
 CV_METRICS = ("f1", "precision", "recall")
 MODEL_TYPE = "scikit-learn Pipeline: StandardScaler, then LogisticRegression (binary classifier of `exited`)"
-# Below this many test rows the card warns that one prediction moves the test F1 visibly.
-SMALL_TEST_ROWS = 100
-NO_DRIFT_CHECK = "first deployment / deployed by hand, no drift check"
 REPO = Path(__file__).resolve().parent
 
 
@@ -132,26 +130,6 @@ def band_label(feature, edges, i) -> str:
     return f"{_num(edges[i - 1])} <= {feature} < {_num(edges[i])}"
 
 
-def confusion(y_true, y_pred) -> dict:
-    """Counts of true and false positives and negatives of 0/1 labels and predictions."""
-    tn, fp, fn, tp = np.bincount(np.asarray(y_true, dtype="int64") * 2 + np.asarray(y_pred, dtype="int64"),
-                                 minlength=4)[:4].tolist()
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
-
-
-def metrics_from_counts(counts) -> dict:
-    """F1, precision and recall from confusion counts, 0 where undefined, as scikit-learn computes them.
-
-    scikit-learn's F1 is 2 tp / (true + predicted positives), one division of whole numbers, so
-    these are the same floats as f1_score's, without its cost per call on large slices.
-    """
-    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
-    return {"f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
-            "precision": tp / (tp + fp) if tp else 0.0,
-            "recall": tp / (tp + fn) if tp else 0.0,
-            "roc_auc": None, "rows": sum(counts.values())}
-
-
 def slice_performance(y_true, y_pred, X, definitions, margin=0.1, min_rows=10) -> dict:
     """F1, precision, recall and row count per slice of X, with flags.
 
@@ -159,29 +137,30 @@ def slice_performance(y_true, y_pred, X, definitions, margin=0.1, min_rows=10) -
     exited=1: F1 undefined, not judged), "below overall" (F1 more than `margin` below the overall
     F1), or None.
     """
-    codes = np.asarray(y_true, dtype="int64") * 2 + np.asarray(y_pred, dtype="int64")  # tn 0, fp 1, fn 2, tp 3
-    overall = metrics_from_counts(confusion(np.asarray(y_true), np.asarray(y_pred))) if len(codes) else None
-    slices = []
-    for d in definitions:
-        edges = d["edges"]
+    widths = [len(d["edges"]) + 1 for d in definitions]
+    # A last row with every row in band 0: the overall counts come from the same pass as the slices'.
+    bands = np.zeros((len(definitions) + 1, len(y_true)), dtype="int64")
+    for band, d in zip(bands, definitions):
         values = np.asarray(X[d["feature"]], dtype="float64")
         # band i holds edges[i-1] <= value < edges[i]: the count of edges at or below the value.
         # A comparison per edge is several times faster than a binary search for a few edges.
-        band = np.zeros(len(values), dtype="int64")
-        for e in edges:
+        for e in d["edges"]:
             band += values >= e
-        # One pass: the confusion counts of every band at once.
-        table = np.bincount(band * 4 + codes, minlength=4 * (len(edges) + 1)).reshape(-1, 4)
-        for i in range(len(edges) + 1):
-            tn, fp, fn, tp = table[i].tolist()
-            counts = {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    # One pass: the confusion counts of every band of every definition at once.
+    tables = measures.confusion(y_true, y_pred, bands, max(widths, default=1))
+    overall = measures.metrics_from_counts(tables[-1, 0]) if len(y_true) else None
+    f1, precision, recall = measures.f1_precision_recall(tables)
+    slices = []
+    for k, d in enumerate(definitions):
+        edges = d["edges"]
+        for i in range(widths[k]):
+            tp, fp, fn, tn = tables[k, i].tolist()
             rows = tn + fp + fn + tp
             entry = {"feature": d["feature"], "band": i, "label": band_label(d["feature"], edges, i),
                      "lower": edges[i - 1] if i > 0 else None, "upper": edges[i] if i < len(edges) else None,
                      "rows": rows, "exits": tp + fn, "f1": None, "precision": None, "recall": None}
             if rows:
-                m = metrics_from_counts(counts)
-                entry.update(f1=m["f1"], precision=m["precision"], recall=m["recall"])
+                entry.update(f1=float(f1[k, i]), precision=float(precision[k, i]), recall=float(recall[k, i]))
             if rows < min_rows:
                 entry["flag"] = "too small"
             elif entry["exits"] == 0:
@@ -201,9 +180,7 @@ def slices_for_rows(model, df, definitions, margin=0.1, min_rows=10) -> dict:
 
     Rows with a missing value are left out, as in training and scoring.
     """
-    from training import training_frame
-
-    X, y = training_frame(df)
+    X, y = delivery.training_frame(df)
     pred = model.predict(X) if len(X) else np.array([], dtype="int64")
     return slice_performance(y.to_numpy(), pred, X, definitions, margin, min_rows)
 
@@ -224,15 +201,6 @@ def slices_for_config(cfg, model, df, manifest):
     if definitions is None:
         return None
     return slices_for_rows(model, df, definitions, cfg.slice_margin, cfg.slice_min_rows)
-
-
-def report_audit(manifest):
-    """What the report shows of a deployed version: its model card (markdown), cross-validated
-    score and slices, or None when the version was deployed without an audit."""
-    if not manifest or "audit" not in manifest:
-        return None
-    return {"markdown": model_card(manifest), "cross_validation": cross_validation_for_deployment(manifest),
-            "slices": slices_for_deployment(manifest)}
 
 
 # ---------------------------------------------------------------- facts recorded at training
@@ -264,17 +232,21 @@ def evaluate_test(model, test_file, definitions, margin=0.1, min_rows=10) -> dic
 
     An unusable test file gives {"error": reason} rather than an exception: training goes on.
     """
-    from scoring import ScoringError, metrics, read_labelled
+    from sklearn.metrics import roc_auc_score  # lazy: the API imports this module, never scikit-learn
 
     try:
-        X, y = read_labelled(Path(test_file))
-    except ScoringError as exc:
+        X, y = delivery.read_labelled(Path(test_file))
+    except delivery.BadFile as exc:
         return {"error": str(exc)}
     if len(X) == 0:
         return {"error": f"test data {test_file} has no complete labelled rows"}
     pred = model.predict(X)
-    result = metrics(y.to_numpy(), pred, model.predict_proba(X)[:, 1])
-    result["confusion"] = confusion(y.to_numpy(), pred)
+    counts = measures.confusion(y.to_numpy(), pred)
+    # scoring.metrics' very floats, from the counts: audit sits below scoring and does not import it.
+    result = measures.metrics_from_counts(counts)
+    if len(set(y.to_numpy())) == 2:
+        result["roc_auc"] = float(roc_auc_score(y.to_numpy(), model.predict_proba(X)[:, 1]))
+    result["confusion"] = measures.as_record(counts)
     return {"metrics": result, "slices": slice_performance(y.to_numpy(), pred, X, definitions, margin, min_rows),
             "ranges": feature_ranges(X)}
 
@@ -301,7 +273,7 @@ def f1_swing(counts) -> float:
     tp, fp, fn, tn = counts["tp"], counts["fp"], counts["fn"], counts["tn"]
 
     def f1(tp, fp, fn):
-        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        return float(measures.f1_precision_recall([tp, fp, fn, tn])[0])
 
     base = f1(tp, fp, fn)
     moves = []
@@ -333,173 +305,3 @@ def deployment_audit(training, recent=None) -> dict:
     if evaluation.get("ranges") is not None:
         out["out_of_range"]["test data"] = out_of_range(ranges, evaluation["ranges"])
     return out
-
-
-# ---------------------------------------------------------------- the model card
-
-def _f(x, digits=4) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.{digits}f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
-
-
-def _when(at) -> str:
-    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
-
-
-def _cv_line(cv) -> str:
-    if not cv:
-        return "not recorded"
-    if cv.get("folds") is None:
-        return f"skipped: {cv.get('note')}"
-    parts = ", ".join(f"{m} {_f(cv[m]['mean'])} ± {_f(cv[m]['std'])}" for m in CV_METRICS)
-    return f"{parts} (mean ± std over {cv['folds']} stratified folds, seed {cv['seed']}, {cv['rows']} rows)"
-
-
-def _drift_section(cycle) -> list:
-    if cycle is None or cycle == {}:
-        return [NO_DRIFT_CHECK.capitalize() + "."]
-    if not isinstance(cycle, dict):  # only the cycle's id was passed
-        return [f"Deployed by monitoring cycle {cycle}, which passed no drift decision to the deployment."]
-    lines = []
-    score = cycle.get("score_drift")
-    if isinstance(score, dict):
-        verdict = {True: "drift", False: "no drift", None: "not enough evidence"}.get(score.get("drift"), "unknown")
-        used = score.get("used")
-        test = score.get("test")
-        lines.append(f"- Score drift: **{verdict}** (test `{test}`" + (f", used `{used}`" if used != test else "") + ")")
-        if score.get("reason"):
-            lines.append(f"- Reason: {score['reason']}")
-        for key, words in (("new_f1", "F1 on the new rows"), ("deployed_f1", "F1 of the model it replaced"),
-                           ("threshold", "threshold"), ("p_value", "p-value"), ("new_rows", "new rows")):
-            if score.get(key) is not None:
-                value = score[key]
-                lines.append(f"- {words}: {value if isinstance(value, int) else _f(value)}")
-        if score.get("fallback"):
-            lines.append(f"- Fallback: {score['fallback']}")
-    feature = cycle.get("feature_drift")
-    if isinstance(feature, dict):
-        drifted = feature.get("drifted") or []
-        lines.append("- Feature drift: " + (", ".join(f"`{c}`" for c in drifted) if drifted else "none"))
-    for key in sorted(cycle):
-        value = cycle[key]
-        if key not in ("score_drift", "feature_drift") and (value is None or isinstance(value, (str, int, float, bool))):
-            lines.append(f"- {key}: {value}")
-    return lines or ["A monitoring cycle deployed this version; it recorded no drift decision."]
-
-
-def _caveats(facts) -> list:
-    training = facts.get("training") or {}
-    audit = facts.get("audit") or {}
-    metrics = facts.get("metrics") or {}
-    evaluation = training.get("evaluation") or {}
-    out = []
-    rows = metrics.get("rows")
-    counts = (evaluation.get("metrics") or {}).get("confusion")
-    if rows is not None and rows < SMALL_TEST_ROWS:
-        swing = f": one prediction more or less moves the test F1 by up to {_f(f1_swing(counts), 3)}" if counts else ""
-        out.append(f"Small test set: {rows} rows{swing}. Read the test F1 together with the cross-validated score.")
-    cv = audit.get("cross_validation")
-    if cv and cv.get("note"):
-        out.append(f"Cross-validation: {cv['note']}.")
-    slices = audit.get("slices") or {}
-    for s in slices.get("slices") or []:
-        if s["flag"] == "too small":
-            out.append(f"Slice `{s['label']}` is too small to judge: {s['rows']} test rows "
-                       f"(fewer than {slices['min_rows']}).")
-        elif s["flag"] == "no exits":
-            out.append(f"Slice `{s['label']}` cannot be judged: none of its {s['rows']} test rows exited.")
-        elif s["flag"] == "below overall":
-            out.append(f"Slice `{s['label']}`: F1 {_f(s['f1'])} is more than {slices['margin']:g} below the overall "
-                       f"F1 {_f(slices['overall']['f1'])}.")
-    for where, found in (audit.get("out_of_range") or {}).items():
-        for r in found:
-            beyond = []
-            if r["min"] < r["training_min"]:
-                beyond.append(f"down to {_num(r['min'])}")
-            if r["max"] > r["training_max"]:
-                beyond.append(f"up to {_num(r['max'])}")
-            out.append(f"`{r['feature']}` in the {where} goes {' and '.join(beyond)}, outside its training range "
-                       f"{_num(r['training_min'])} to {_num(r['training_max'])}: predictions there are extrapolations.")
-    if "ingested data" not in (audit.get("out_of_range") or {}):
-        out.append("The ingested data was not checked against the training ranges (no history database given).")
-    out.append("`corporation` is an identifier and is never used as a feature.")
-    return out
-
-
-def model_card(facts) -> str:
-    """The model card (markdown) of a deployed version, from its manifest `facts` alone.
-
-    The same manifest always gives the same bytes, so the card can be regenerated exactly.
-    """
-    version = facts.get("version")
-    vname = f"v{version:04d}" if isinstance(version, int) else "unknown"
-    training = facts.get("training") or {}
-    audit = facts.get("audit") or {}
-    metrics = facts.get("metrics") or {}
-    params = training.get("params")
-    code = training.get("code_version") or {}
-    model_sha = ((facts.get("files") or {}).get("trainedmodel.pkl") or {}).get("sha256", "unknown")
-    lines = [f"# Model card: client attrition model {vname}", "",
-             f"Generated from the recorded facts of version {vname} (its `manifest.json`) at its deployment; "
-             "never edited by hand.", "", "## Model details", "",
-             f"- Type: {training.get('model_type', MODEL_TYPE)}",
-             "- Hyperparameters: " + (", ".join(f"{k}={params[k]!r}" for k in sorted(params)) if params else "unknown"),
-             f"- Features: {', '.join(f'`{c}`' for c in training.get('features', FEATURES))}; target `exited`",
-             f"- Version: {vname}, deployed {facts.get('deployed_at', 'unknown')}",
-             f"- Trained: {training.get('trained_at', 'unknown')}",
-             f"- Model file SHA-256: `{model_sha}`"]
-    if code.get("commit"):
-        lines.append(f"- Code version: git commit `{code['commit']}`"
-                     + (" with uncommitted changes" if code.get("dirty") else ""))
-    else:
-        lines.append("- Code version: unknown")
-    libs = training.get("libraries")
-    if libs:
-        lines.append("- Libraries: " + ", ".join(f"{k} {libs[k]}" for k in sorted(libs)))
-    lines += ["", "## Intended use", "",
-              "- Ranking client corporations by their risk of leaving next, so that account managers can "
-              "decide whom to contact first.",
-              "- For clients like those it was trained on: the feature ranges under Training data.", "",
-              "## Not intended for", "",
-              "- Decisions about individual people (employees or contacts of a client).",
-              "- Automatic action without a person's review: it is a ranking aid, not a verdict.",
-              "- Clients whose activity or size lies outside the training ranges, or data from another "
-              "business: predictions there are extrapolations.",
-              "- Anything using the `corporation` code: it identifies a client and carries no signal.", "",
-              "## Training data", ""]
-    files = training.get("training_files")
-    lines.append(f"- {training.get('training_rows', 'unknown')} complete rows of `finaldata.csv` "
-                 f"(SHA-256 `{training.get('data_sha256', 'unknown')}`), merged and deduplicated from:")
-    lines.append("")
-    if files:
-        lines += ["| file | SHA-256 | rows | ingested (UTC) |", "|---|---|---:|---|"]
-        lines += [f"| {f['name']} | `{f['sha256']}` | {f['rows']} | {_when(f['at'])} |" for f in files]
-    else:
-        lines.append("The ingested files were not recorded.")
-    ranges = training.get("feature_ranges")
-    if ranges:
-        lines += ["", "| feature | training min | training max |", "|---|---:|---:|"]
-        lines += [f"| `{c}` | {_num(r['min'])} | {_num(r['max'])} |" for c, r in ranges.items() if r["min"] is not None]
-    lines += ["", "## Evaluation", "", "### Test set", ""]
-    if metrics:
-        lines.append(f"- F1 {_f(metrics.get('f1'))}, precision {_f(metrics.get('precision'))}, "
-                     f"recall {_f(metrics.get('recall'))}, ROC AUC {_f(metrics.get('roc_auc'))}, "
-                     f"on {metrics.get('rows', 'unknown')} rows")
-    else:
-        lines.append("- not recorded")
-    lines += ["", "### Cross-validated (training data)", "", f"- {_cv_line(audit.get('cross_validation'))}", "",
-              "### Slices (test data)", ""]
-    slices = audit.get("slices")
-    if slices and slices.get("slices"):
-        lines += [f"Flagged: F1 more than {slices['margin']:g} below the overall F1 "
-                  f"({_f((slices.get('overall') or {}).get('f1'))}); a slice with fewer than {slices['min_rows']} rows, "
-                  "or with no exit, is too small to judge.", "",
-                  "| slice | rows | exits | F1 | precision | recall | flag |", "|---|---:|---:|---:|---:|---:|---|"]
-        lines += [f"| {s['label']} | {s['rows']} | {s['exits']} | {_f(s['f1'])} | {_f(s['precision'])} | "
-                  f"{_f(s['recall'])} | {s['flag'] or 'ok'} |" for s in slices["slices"]]
-    else:
-        lines.append("- not recorded")
-    lines += ["", "## Drift decision", ""] + _drift_section(facts.get("cycle"))
-    lines += ["", "## Caveats", ""] + [f"- {c}" for c in _caveats(facts)]
-    return "\n".join(lines) + "\n"

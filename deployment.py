@@ -7,13 +7,12 @@ Layout of prod_deployment_path:
     current -> versions/v0003  a symlink, swapped atomically (rename over it)
     trainedmodel.pkl, latestscore.txt, ingestedfiles.txt, modelcard.md, manifest.json -> current/...
 
-modelcard.md is rendered by audit.model_card from the version's manifest alone, so a rollback
+modelcard.md is rendered by modelcard.model_card from the version's manifest alone, so a rollback
 brings back that version's card with its model, and the card can be regenerated exactly.
 
 A version folder is complete before it gets its name, and `current` moves in one rename, so a
 reader that resolves `current` once sees one whole version, old or new, never a mix.
 """
-import argparse
 import hashlib
 import json
 import logging
@@ -27,7 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import atomicfiles
-import audit
 import history
 from settings import ConfigError, load_config, setup_logging
 
@@ -74,16 +72,19 @@ def read_manifest(version_dir) -> dict:
         raise DeploymentError(f"unreadable manifest in {version_dir}: {exc}") from None
 
 
-def current_manifest(prod):
-    """The serving version's manifest, or None when nothing is deployed."""
+def current_manifest(prod, missing_ok=False):
+    """The serving version's manifest, or None when nothing is deployed (with `missing_ok`, also when
+    the serving folder has no manifest.json: the cycle then treats the folder as not deployed)."""
     vdir = current_dir(prod)
-    return None if vdir is None else read_manifest(vdir)
+    if vdir is None or (missing_ok and not (vdir / "manifest.json").exists()):
+        return None
+    return read_manifest(vdir)
 
 
 def load_version(version_dir, loads=pickle.loads):
     """Unpickle a version's model after checking its SHA-256 against the manifest; return (model, manifest).
 
-    `loads` turns the checked bytes into the model (the API passes one that needs no scikit-learn).
+    `loads` turns the checked bytes into the model (serving passes load_fitted, which needs no scikit-learn).
     """
     manifest = read_manifest(version_dir)
     path = Path(version_dir) / "trainedmodel.pkl"
@@ -193,6 +194,10 @@ def _deploy(prod, model_path, score_path, ingested_path, metrics, keep, conn, ex
         data = src.read_bytes()
         atomicfiles.write_bytes(building / name, data)
         files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    # lazy: the idle cycle reads the serving manifest through this module and imports no numpy
+    import audit
+    import modelcard
+
     training = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     manifest = {
         "version": number,
@@ -203,7 +208,7 @@ def _deploy(prod, model_path, score_path, ingested_path, metrics, keep, conn, ex
         "audit": audit.deployment_audit(training, history.latest_summary(conn) if conn is not None else None),
         **(extra or {}),
     }
-    card = audit.model_card(manifest).encode("utf-8")
+    card = modelcard.model_card(manifest).encode("utf-8")
     atomicfiles.write_bytes(building / "modelcard.md", card)
     files["modelcard.md"] = {"sha256": hashlib.sha256(card).hexdigest(), "bytes": len(card)}
     atomicfiles.write_text(building / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -266,6 +271,8 @@ def deploy_from_config(cfg, conn=None, extra=None) -> dict:
 
 
 def main(argv=None):
+    import argparse  # lazy: ~8 ms the idle cycle, which reads the manifest through this module, never pays
+
     parser = argparse.ArgumentParser(description="Deploy the trained model to production, list or roll back versions.")
     parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
     group = parser.add_mutually_exclusive_group()

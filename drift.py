@@ -11,10 +11,17 @@ With too little history the statistical tests fall back to `raw` and say so.
 Feature drift: per feature, a two-sample Kolmogorov-Smirnov test and the population stability
 index between the training data and the new rows, with the KS p-values corrected for testing
 several features at once (Benjamini-Hochberg).
+
+The PSI is one implementation for both the cycle's feature drift and live monitoring: bins at the
+training data's quantiles (`quantile_edges`), counts per bin (`bin_counts`), the index from two
+sets of counts with one floor for an empty bin (`psi_counts`, PSI_FLOOR). `reference_bins` is the
+training histograms stored with a deployed model for live monitoring, `model_reference` reads them
+back from a manifest, and `psi_level` turns PSI values into "ok", "watch" or "act".
 """
 import numpy as np
 
-from settings import FEATURES
+import measures
+from settings import FEATURES, TARGET
 
 SCORE_TESTS = ("raw", "parametric", "nonparametric", "significance")
 
@@ -65,37 +72,77 @@ def decide(test, *, new_f1, deployed_f1, history=(), min_history=3, significance
     return out
 
 
+BINS = 10
+# An empty bin would make the index infinite; a small floor on its share is the usual remedy.
+PSI_FLOOR = 1e-4
+LEVELS = ("ok", "watch", "act")
+
+
+def bin_counts(values, edges) -> np.ndarray:
+    """Counts of `values` in the bins with inner `edges` (len(edges) + 1 bins; bin i holds
+    edges[i-1] <= x < edges[i])."""
+    return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+
+
 def _bin_counts_sorted(values_sorted, edges):
-    """Counts per bin (bin i holds edges[i-1] <= x < edges[i]) of an ascending array, in O(bins log n)."""
+    """`bin_counts` of an ascending array, in O(bins log n)."""
     inner = np.searchsorted(values_sorted, edges, side="left")
     return np.diff(np.concatenate(([0], inner, [len(values_sorted)])))
 
 
-def _psi_from_counts(e_counts, a_counts, n_e, n_a) -> float:
-    e = e_counts / max(n_e, 1)
-    a = a_counts / max(n_a, 1)
-    # An empty bin would make the index infinite; a small floor is the usual remedy.
-    e, a = np.clip(e, 1e-4, None), np.clip(a, 1e-4, None)
+def psi_counts(expected, actual) -> float:
+    """Population stability index of the `actual` bin counts against the `expected` ones."""
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.clip(e / max(e.sum(), 1.0), PSI_FLOOR, None)
+    a = np.clip(a / max(a.sum(), 1.0), PSI_FLOOR, None)
     return float(np.sum((a - e) * np.log(a / e)))
 
 
 def psi(expected, actual, edges) -> float:
     """Population stability index of `actual` against `expected` over bins with inner `edges`."""
-    e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1)
-    a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1)
-    return _psi_from_counts(e, a, len(expected), len(actual))
+    return psi_counts(bin_counts(expected, edges), bin_counts(actual, edges))
 
 
 def psi_sorted(expected_sorted, actual_sorted, edges) -> float:
     """`psi` of two ascending arrays, equal to it, without binning every value."""
-    return _psi_from_counts(_bin_counts_sorted(expected_sorted, edges), _bin_counts_sorted(actual_sorted, edges),
-                            len(expected_sorted), len(actual_sorted))
+    return psi_counts(_bin_counts_sorted(expected_sorted, edges), _bin_counts_sorted(actual_sorted, edges))
 
 
-def quantile_edges(values, bins=10):
+def quantile_edges(values, bins=BINS):
     """Inner bin edges at the deciles (or other quantiles) of `values`, without repeats."""
     qs = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
     return np.unique(qs)
+
+
+def psi_level(psi_values, watch, act) -> str:
+    """"act", "watch" or "ok" for the largest of the PSI values (None ones ignored)."""
+    worst = max((v for v in psi_values if v is not None), default=None)
+    if worst is None:
+        return "ok"
+    return "act" if worst >= act else ("watch" if worst >= watch else "ok")
+
+
+def reference_bins(X, exit_share, exit_share_on, bins=BINS) -> dict:
+    """The training histograms of the feature matrix X (rows x FEATURES): fixed bins at the
+    quantiles of each feature, their counts, and the reference predicted exit share."""
+    X = np.asarray(X, dtype=np.float64)
+    features = {}
+    for j, name in enumerate(FEATURES):
+        col = X[:, j][np.isfinite(X[:, j])]
+        edges = quantile_edges(col, bins) if len(col) else np.array([])
+        features[name] = {"edges": [float(e) for e in edges], "counts": bin_counts(col, edges).tolist()}
+    return {"bins": bins, "rows": int(len(X)), "features": features,
+            "predicted_exit_share": None if exit_share is None else float(exit_share),
+            "exit_share_on": exit_share_on}
+
+
+def model_reference(manifest):
+    """The `reference_bins` stored with a deployed version (its manifest), with numpy edges; or None."""
+    ref = (manifest or {}).get("training", {}).get("monitoring")
+    if not isinstance(ref, dict) or "features" not in ref:
+        return None
+    return {**ref, "edges": [np.asarray(ref["features"][f]["edges"], dtype=np.float64) for f in FEATURES]}
 
 
 # scipy's ks_2samp computes exact p-values up to this sample size and Smirnov's asymptotic ones above.
@@ -180,25 +227,9 @@ def feature_drift(reference, new, features=FEATURES, psi_threshold=0.2, level=0.
 MIN_COUNTED_ROWS = 10
 
 
-def confusion_cells(y_true, y_pred):
-    """Counts of (true positives, false positives, false negatives, true negatives) as an int64 array."""
-    t = np.asarray(y_true).astype(np.int64, copy=False).ravel()
-    p = np.asarray(y_pred).astype(np.int64, copy=False).ravel()
-    if t.shape != p.shape:
-        raise ValueError(f"{t.size} labels but {p.size} predictions")
-    if t.size and (t.min() < 0 or t.max() > 1 or p.min() < 0 or p.max() > 1):
-        raise ValueError("labels and predictions must be 0 or 1")
-    # Code 3 = true 1 predicted 1, 1 = true 0 predicted 1, 2 = true 1 predicted 0, 0 = true 0 predicted 0.
-    tn, fp, fn, tp = np.bincount(2 * t + p, minlength=4)
-    return np.array([tp, fp, fn, tn], dtype=np.int64)
-
-
-def f1_from_cells(cells):
-    """F1 = 2 TP / (2 TP + FP + FN) along the last axis; 0 where nothing is counted (sklearn's zero_division=0)."""
-    cells = np.asarray(cells, dtype=np.float64)
-    tp, fp, fn = cells[..., 0], cells[..., 1], cells[..., 2]
-    denom = 2 * tp + fp + fn
-    return np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+def _f1(counts):
+    """F1 of confusion counts, along the last axis (measures.f1_precision_recall)."""
+    return measures.f1_precision_recall(counts)[0]
 
 
 def significance_decision(reference_true, reference_pred, new_true, new_pred, level=0.05, rounds=2000, seed=0,
@@ -219,13 +250,13 @@ def significance_decision(reference_true, reference_pred, new_true, new_pred, le
         raise ValueError(f"level must be between 0 and 1, not {level!r}")
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds!r}")
-    ref, new = confusion_cells(reference_true, reference_pred), confusion_cells(new_true, new_pred)
+    ref, new = measures.confusion(reference_true, reference_pred), measures.confusion(new_true, new_pred)
     n_ref, n_new = int(ref.sum()), int(new.sum())
     counted_ref, counted_new = int(ref[:3].sum()), int(new[:3].sum())
     out = {"drift": None, "statistic": None, "p_value": None, "interval": None, "reference_f1": None,
            "new_f1": None, "reference_rows": n_ref, "new_rows": n_new, "level": float(level),
            "rounds": int(rounds), "method": "permutation test, bootstrap interval"}
-    ref_f1, new_f1 = float(f1_from_cells(ref)), float(f1_from_cells(new))
+    ref_f1, new_f1 = float(_f1(ref)), float(_f1(new))
     out.update(reference_f1=ref_f1, new_f1=new_f1)
     if counted_ref == 0 or counted_new == 0:
         which = "reference" if counted_ref == 0 else "new"
@@ -235,11 +266,11 @@ def significance_decision(reference_true, reference_pred, new_true, new_pred, le
     drop = ref_f1 - new_f1
     rng = np.random.default_rng(seed)
     perm_ref = rng.multivariate_hypergeometric(ref + new, n_ref, size=rounds)
-    perm_drop = f1_from_cells(perm_ref) - f1_from_cells(ref + new - perm_ref)
+    perm_drop = _f1(perm_ref) - _f1(ref + new - perm_ref)
     # A split that ties the observed drop counts against drift; the tolerance absorbs rounding.
     p_value = float((1 + np.count_nonzero(perm_drop >= drop - 1e-12)) / (rounds + 1))
-    boot = (f1_from_cells(rng.multinomial(n_ref, ref / n_ref, size=rounds))
-            - f1_from_cells(rng.multinomial(n_new, new / n_new, size=rounds)))
+    boot = (_f1(rng.multinomial(n_ref, ref / n_ref, size=rounds))
+            - _f1(rng.multinomial(n_new, new / n_new, size=rounds)))
     low, high = (float(q) for q in np.quantile(boot, [level / 2, 1 - level / 2]))
     significant = p_value < level
     out.update(statistic=drop, p_value=p_value, interval=[low, high])
@@ -268,11 +299,9 @@ def score_drift(test, model, new_rows, reference_rows, *, deployed_f1, history=(
     section), with its outcomes on the new rows. All are DataFrames with the features and `exited`,
     complete rows only.
     """
-    from settings import TARGET
-
     new_pred = model.predict(new_rows[list(FEATURES)].astype("float64"))
     # The same value as sklearn's f1_score(zero_division=0), from four counts: a hundred times faster.
-    new_f1 = float(f1_from_cells(confusion_cells(new_rows[TARGET].to_numpy(dtype="int64"), new_pred)))
+    new_f1 = float(_f1(measures.confusion(new_rows[TARGET].to_numpy(dtype="int64"), new_pred)))
 
     def significance():
         parts = [reference_rows] if extra_reference_rows is None else [reference_rows, extra_reference_rows]

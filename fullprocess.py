@@ -27,7 +27,6 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import sqlite3
 import sys
 import time
@@ -35,44 +34,26 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import atomicfiles
+import cycle
+import delivery
+import deployment
 import history
+import ingestion
+import schedule
+from cycle import (COLD_START, FAILED, NO_DATA_YET, NO_NEW_DATA, NO_USABLE_ROWS, PUBLISHED, CycleRecord, Gate,
+                   Retrained, known)
 from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent
-CRONJOB = HERE / "cronjob.txt"
 LOCK_NAME = ".cycle.lock"
 LOG_NAME = "cycles.jsonl"
-
-NO_NEW_DATA = "no new data"
-NO_DATA_YET = "no data yet"
-COLD_START = "cold start: deployed"
-NO_DRIFT = "no drift"
-REDEPLOYED = "drift: redeployed"
-GATE_KEPT = "drift: retrained, kept the deployed model (promotion gate)"
-NO_USABLE_ROWS = "no usable new rows"
-NOT_ENOUGH_EVIDENCE = "not enough evidence: nothing redeployed"
-PUBLISHED = "published the deployed version"
-FAILED = "failed"
-INTERRUPTED = "interrupted"
 
 
 def _iso(t):
     """UTC ISO 8601 with milliseconds, as datetime would write it (without importing it)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}+00:00"
-
-
-def _serving_manifest(prod):
-    """deployment.current_manifest without importing deployment (pickle, shutil): for the idle path."""
-    try:
-        target = os.readlink(Path(prod) / "current")
-    except OSError:
-        return None
-    try:
-        return json.loads((Path(prod) / target / "manifest.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
 
 
 @contextmanager
@@ -100,8 +81,9 @@ def cycle_lock(folder):
 def publish(cfg, record) -> dict:
     """Write the PDF report for this cycle and apireturns.txt (through the running API if it answers).
 
-    The one place the cycle reaches the reporting and API modules, imported only when needed.
+    The one place the cycle reaches the reporting and API modules.
     """
+    # lazy: the idle cycle imports no pandas, matplotlib or reportlab
     import apicalls
     import reporting
 
@@ -112,73 +94,11 @@ def publish(cfg, record) -> dict:
     return out
 
 
-def _last_state(conn):
-    """What the last finished cycle left: (ingested_through, published_version), or None if none finished."""
-    row = conn.execute("SELECT record FROM cycles WHERE finished_at IS NOT NULL AND decision != ?"
-                       " ORDER BY id DESC LIMIT 1", (INTERRUPTED,)).fetchone()
-    if row is None:
-        return None
-    rec = json.loads(row["record"])
-    return rec.get("ingested_through", 0), rec.get("published_version")
-
-
-def _covered_id(conn, state) -> int:
-    """The highest ingested_files id already decided on: by a finished cycle or by a later deployment.
-
-    A deployment made by hand (ingestion.py, training.py, ... deployment.py) covers what was
-    ingested before it.
-    """
-    by_cycle = state[0] if state else 0
-    row = conn.execute("SELECT max(id) FROM ingested_files WHERE at <= "
-                       "(SELECT max(at) FROM deployments WHERE action = 'deploy')").fetchone()
-    return max(by_cycle or 0, row[0] or 0)
-
-
-def pending_files(conn, covered) -> list:
-    """Ingested files no cycle has decided on yet, oldest first, as dicts."""
-    return [dict(r) for r in conn.execute(
-        "SELECT id, name, sha256, rows, folder, at FROM ingested_files WHERE id > ? ORDER BY id", (covered,))]
-
-
-def _max_ingested_id(conn) -> int:
-    return conn.execute("SELECT coalesce(max(id), 0) FROM ingested_files").fetchone()[0]
-
-
-def _reconcile_deployment(conn, manifest):
-    """Record the serving version if the history lacks it (a cycle killed between the symlink swap
-    and the history insert); return whether it did. The deployed model was trained on everything
-    ingested so far, so it covers those files."""
-    if manifest is None:
-        return False
-    sha = manifest["files"]["trainedmodel.pkl"]["sha256"]
-    row = conn.execute("SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
-    if row is not None and (row["version"], row["model_sha256"]) == (manifest["version"], sha):
-        return False
-    history.record_json(conn, "deployments", at=time.time(), version=manifest["version"], action="deploy",
-                        model_sha256=sha, f1=manifest["metrics"].get("f1"))
-    logger.warning("version %d is serving but was not in the history (a cycle was killed): recorded it",
-                   manifest["version"])
-    return True
-
-
-def _mark_interrupted(conn):
-    """Close the rows of cycles that were killed: their work is finished by this one."""
-    rows = conn.execute("SELECT id FROM cycles WHERE finished_at IS NULL").fetchall()
-    ids = [r["id"] for r in rows]
-    if ids:
-        conn.execute(f"UPDATE cycles SET finished_at = ?, decision = ? WHERE id IN ({','.join('?' * len(ids))})",
-                     (time.time(), INTERRUPTED, *ids))
-        logger.warning("cycle(s) %s did not finish (killed?): this cycle finishes their work", ids)
-    return ids
-
-
 def _pending_frames(pending, frames):
     """The rows of the pending files: from this cycle's ingestion when it parsed them, else re-read."""
     import hashlib
 
-    import pandas as pd
-
-    import ingestion
+    import pandas as pd  # lazy: the idle cycle imports no pandas
 
     out = []
     for f in pending:
@@ -193,7 +113,7 @@ def _pending_frames(pending, frames):
             if hashlib.sha256(data).hexdigest() != f["sha256"]:
                 logger.warning("pending file %s has changed since it was ingested: left out of the drift check", path)
                 continue
-            df = ingestion.parse_delivery(data)
+            df = delivery.parse_delivery(data)
         out.append(df)
     return pd.concat(out, ignore_index=True) if out else None
 
@@ -204,8 +124,6 @@ def _reference_rows(cfg, conn, pending):
     Ingestion appends new rows after the old ones and keeps first occurrences, so the finaldata of
     before is exactly the first `rows` rows of today's.
     """
-    import ingestion
-
     row = conn.execute("SELECT rows FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1",
                        (pending[0]["at"],)).fetchone()
     before = row["rows"] if row else 0
@@ -218,7 +136,7 @@ def _held_out_range(cfg, conn, pending):
     """finaldata.csv's rows [start, end) from deliveries decided on since the deployed model was
     trained (they caused no redeploy): recent labelled rows it has never seen, the held-out
     reference of the `significance` test (README, "Which reference"). None when there are none."""
-    manifest = _serving_manifest(cfg.prod_deployment_path)
+    manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
     training_files = ((manifest or {}).get("training") or {}).get("training_files")
     files = conn.execute("SELECT id, name, sha256, at FROM ingested_files WHERE id < ? ORDER BY id",
                          (pending[0]["id"],)).fetchall()
@@ -256,8 +174,7 @@ class Cycle:
         self.conn = conn
         self.publisher = publisher
         self.t0 = time.perf_counter()
-        self.record = {"started_at": _iso(time.time()), "config": str(cfg.path), "decision": None,
-                       "new_files": [], "timings": {}, "errors": []}
+        self.record = CycleRecord.start(_iso(time.time()), str(cfg.path))
 
     @contextmanager
     def step(self, name):
@@ -266,20 +183,20 @@ class Cycle:
         try:
             yield
         finally:
-            self.record["timings"][name] = round(time.perf_counter() - started, 6)
+            self.record.timings[name] = round(time.perf_counter() - started, 6)
 
     def save(self, cycle_id, finished=False):
         rec = self.record
         if finished:
             self.conn.execute("UPDATE cycles SET finished_at = ?, decision = ?, record = ? WHERE id = ?",
-                              (time.time(), rec["decision"], json.dumps(rec, sort_keys=True, default=str), cycle_id))
+                              (time.time(), rec.decision, rec.to_json(), cycle_id))
         else:
-            self.conn.execute("UPDATE cycles SET record = ? WHERE id = ?",
-                              (json.dumps(rec, sort_keys=True, default=str), cycle_id))
+            self.conn.execute("UPDATE cycles SET record = ? WHERE id = ?", (rec.to_json(), cycle_id))
 
     # The steps of a cycle with work to do.
 
     def retrain(self):
+        # lazy: the idle cycle imports no pandas or scikit-learn
         import scoring
         import training
 
@@ -287,50 +204,49 @@ class Cycle:
             meta = training.run(self.cfg, self.conn)
         with self.step("scoring"):
             metrics = scoring.run(self.cfg, self.conn)
-        self.record["retrained"] = {"training_rows": meta["training_rows"], "model_sha256": meta["model_sha256"],
-                                    "test_metrics": metrics}
-        serving = _serving_manifest(self.cfg.prod_deployment_path)
+        self.record.retrained = Retrained(meta["training_rows"], meta["model_sha256"], metrics)
+        serving = deployment.current_manifest(self.cfg.prod_deployment_path, missing_ok=True)
         before = (serving or {}).get("metrics", {}).get("f1")
         if before is not None and metrics["f1"] < before:
             note = (f"the retrained model's test F1 {metrics['f1']:.4f} is below the serving model's {before:.4f} "
                     f"(version {serving['version']}); config promotion_gate keeps a worse model out")
             logger.warning("%s", note)
-            self.record["retrained"]["warning"] = note
+            self.record.retrained.warning = note
         return metrics
 
     def deploy(self, cycle_id, decision):
         """Deploy the retrained model; its manifest (and model card) carries this cycle's drift decision."""
-        import deployment
-
         rec = self.record
-        extra = {"cycle": {"id": cycle_id, "decision": decision, "started_at": rec["started_at"],
-                           "new_files": ", ".join(rec.get("pending_files") or rec["new_files"]),
-                           "score_drift": rec.get("score_drift"), "feature_drift": rec.get("feature_drift")}}
+        extra = {"cycle": {"id": cycle_id, "decision": decision, "started_at": rec.started_at,
+                           "new_files": ", ".join(rec.pending_files or rec.new_files),
+                           "score_drift": known(rec.score_drift), "feature_drift": known(rec.feature_drift)}}
         with self.step("deployment"):
             manifest = deployment.deploy_from_config(self.cfg, self.conn, extra=json.loads(json.dumps(extra, default=str)))
-        self.record["deployed_version"] = manifest["version"]
+        self.record.deployed_version = manifest["version"]
         return manifest
 
     def decide(self, model, manifest, new_df, reference_df, held_out_df=None):
         """Score and feature drift of the new rows against the deployed model; sets the record."""
+        # lazy: the idle cycle imports no numpy, pandas or scikit-learn
+        import audit
         import drift
         import scoring
 
         cfg = self.cfg
         complete = new_df.dropna(subset=list(FEATURES) + [TARGET])
-        self.record["new_rows"] = {"rows": int(len(new_df)), "complete": int(len(complete))}
+        self.record.new_rows = {"rows": int(len(new_df)), "complete": int(len(complete))}
         with self.step("feature_drift"):
             if reference_df is not None and len(reference_df):
-                self.record["feature_drift"] = drift.feature_drift(
+                self.record.feature_drift = drift.feature_drift(
                     reference_df, new_df, psi_threshold=cfg.feature_drift_psi_threshold,
                     level=cfg.drift_significance_level)
             else:
-                self.record["feature_drift"] = None
+                self.record.feature_drift = None
         if len(complete) == 0:
-            self.record["score_drift"] = None
+            self.record.score_drift = None
             return None, complete
         with self.step("score_drift"):
-            X, y = scoring.read_labelled(cfg.test_data_file)
+            X, y = scoring.read_test_data(cfg.test_data_file)
             reference_rows = X.assign(**{TARGET: y})
             # The score recorded with this very model: the `latestscore.txt` link may have moved meanwhile.
             deployed_f1 = float(manifest["metrics"]["f1"])
@@ -339,12 +255,10 @@ class Cycle:
                 history=_deployed_history(self.conn), level=cfg.drift_significance_level,
                 rounds=cfg.drift_bootstrap_rounds, min_history=cfg.drift_min_history, seed=0,
                 extra_reference_rows=held_out_df)
-        self.record["score_drift"] = decision
+        self.record.score_drift = decision
         with self.step("slices"):
-            import audit
-
             # The new rows cut on the deployed model's recorded slices: the report can then show a slice worsening.
-            self.record["slices_new"] = audit.slices_for_config(cfg, model, complete, manifest)
+            self.record.slices_new = audit.slices_for_config(cfg, model, complete, manifest)
         if decision.get("fallback"):
             logger.info("drift test: %s", decision["fallback"])
         logger.info("score drift (%s): %s", decision["used"], decision["reason"])
@@ -352,7 +266,7 @@ class Cycle:
 
     def gate(self, complete, deployed_new_f1):
         """The promotion gate: the retrained model must score at least as well on the newest rows."""
-        import scoring
+        import scoring  # lazy: the idle cycle imports no scikit-learn
 
         model = scoring.load_pickle(self.cfg.model_file)
         X = complete[list(FEATURES)].astype("float64")
@@ -361,79 +275,77 @@ class Cycle:
         passed = new_f1 >= deployed_new_f1
         reason = (f"retrained model's F1 {new_f1:.4f} on the {len(complete)} new rows is "
                   f"{'at least' if passed else 'lower than'} the deployed model's {deployed_new_f1:.4f}")
-        self.record["gate"] = {"passed": passed, "retrained_f1": new_f1, "deployed_f1": deployed_new_f1,
-                               "rows": int(len(complete)), "reason": reason}
+        self.record.gate = Gate(passed, new_f1, deployed_new_f1, int(len(complete)), reason)
         logger.info("promotion gate: %s", reason)
         return passed
 
 
-def run_cycle(cfg, publisher=None) -> dict:
+def run_cycle(cfg, publisher=None) -> CycleRecord:
     """Run one cycle under the lock; return its record (decision "locked" when another cycle runs)."""
     with cycle_lock(cfg.output_folder_path) as held:
         if not held:
             logger.info("another cycle holds %s: exiting", cfg.output_folder_path / LOCK_NAME)
-            return {"decision": "locked", "errors": []}
+            return CycleRecord.locked()
         try:
             conn = history.connect(cfg.history_db)
         except (sqlite3.Error, OSError) as exc:  # a read-only or full output folder: say so, record it
             started = time.time()
-            rec = {"started_at": _iso(started), "config": str(cfg.path), "decision": FAILED, "new_files": [],
-                   "timings": {}, "errors": [f"cannot open the history database {cfg.history_db}: {exc}"]}
-            manifest = _serving_manifest(cfg.prod_deployment_path)
-            rec["previous_version"] = rec["deployed_version"] = manifest["version"] if manifest else None
-            logger.error("cycle failed: %s", rec["errors"][0])
-            rec["finished_at"] = _iso(time.time())
-            rec["seconds"] = round(time.time() - started, 6)
-            _log_line(cfg, json.dumps(rec, sort_keys=True, default=str))
+            rec = CycleRecord.start(_iso(started), str(cfg.path))
+            rec.decision = FAILED
+            rec.errors.append(f"cannot open the history database {cfg.history_db}: {exc}")
+            manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
+            rec.previous_version = rec.deployed_version = manifest["version"] if manifest else None
+            logger.error("cycle failed: %s", rec.errors[0])
+            rec.finished_at = _iso(time.time())
+            rec.seconds = round(time.time() - started, 6)
+            _log_line(cfg, rec.to_json())
             return rec
         with closing(conn):
             return _run_locked(cfg, conn, publisher or publish)
 
 
 def _run_locked(cfg, conn, publisher):
-    import ingestion  # imports no heavy library at module level
-
     cyc = Cycle(cfg, conn, publisher)
     rec = cyc.record
     with cyc.step("look"):
-        interrupted = _mark_interrupted(conn)
-        state = _last_state(conn)
+        interrupted = cycle.mark_interrupted(conn)
+        state = cycle.last_state(conn)
         candidates = ingestion.new_files(conn, cfg.input_folder_path, cfg.ingest_settle_seconds)
-        manifest = _serving_manifest(cfg.prod_deployment_path)
-        if _reconcile_deployment(conn, manifest):
-            rec["recorded_missing_deployment"] = manifest["version"]
-        covered = _covered_id(conn, state)
-        max_id = _max_ingested_id(conn)
+        manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
+        if cycle.reconcile_deployment(conn, manifest):
+            rec.recorded_missing_deployment = manifest["version"]
+        covered = cycle.covered_id(conn, state)
+        max_id = cycle.max_ingested_id(conn)
         current_version = manifest["version"] if manifest else None
         if state is not None:
             published = state[1]
         else:  # no finished cycle: what was deployed by hand counts as published, unless a cycle died
             published = None if interrupted else current_version
-    rec["new_files"] = [c.path.name for c in candidates]
+    rec.new_files = [c.path.name for c in candidates]
     if interrupted:
-        rec["recovered"] = interrupted
+        rec.recovered = interrupted
     if not cfg.input_folder_path.is_dir():  # a typo in the config must not look like "no new data" forever
         _fail(rec, f"input folder {cfg.input_folder_path} does not exist (input_folder_path in {cfg.path})")
-        rec["deployed_version"] = rec["previous_version"] = current_version
+        rec.deployed_version = rec.previous_version = current_version
         _finish(cfg, conn, rec, None, cyc)
         return rec
     nothing_owed = max_id <= covered and published == current_version
     if not candidates and (nothing_owed if manifest else not cfg.finaldata.exists()):
-        rec["decision"] = NO_NEW_DATA if manifest else NO_DATA_YET
-        rec["ingested_through"] = max_id
-        rec["published_version"] = published
-        rec["deployed_version"] = rec["previous_version"] = current_version
-        logger.info("%s in %s", rec["decision"], cfg.input_folder_path)
+        rec.decision = NO_NEW_DATA if manifest else NO_DATA_YET
+        rec.ingested_through = max_id
+        rec.published_version = published
+        rec.deployed_version = rec.previous_version = current_version
+        logger.info("%s in %s", rec.decision, cfg.input_folder_path)
         _finish(cfg, conn, rec, None, cyc)
         return rec
 
     cycle_id = conn.execute("INSERT INTO cycles (started_at, record) VALUES (?, ?)",
-                            (time.time(), json.dumps(rec, default=str))).lastrowid
-    rec["cycle_id"] = cycle_id
-    rec["previous_version"] = current_version
-    rec["deployed_version"] = current_version
-    rec["published_version"] = published
-    rec["ingested_through"] = covered
+                            (time.time(), rec.to_json(sort_keys=False))).lastrowid
+    rec.cycle_id = cycle_id
+    rec.previous_version = current_version
+    rec.deployed_version = current_version
+    rec.published_version = published
+    rec.ingested_through = covered
     try:
         _work(cyc, cycle_id, candidates, manifest, covered, published)
     except Exception as exc:  # noqa: BLE001 - the unattended job's last line: record why, never die silently
@@ -445,28 +357,69 @@ def _run_locked(cfg, conn, publisher):
 
 def _fail(rec, reason):
     logger.error("cycle failed: %s", reason)
-    rec["errors"].append(reason)
-    if rec["decision"] is None:
-        rec["decision"] = FAILED
+    rec.errors.append(reason)
+    if rec.decision is None:
+        rec.decision = FAILED
 
 
 def _live_drift(cfg, conn):
-    """monitoring.crossings_since the last finished cycle (at most the last day when none finished)."""
-    import monitoring
+    """traffic.crossings_since the last finished cycle (at most the last day when none finished)."""
+    import traffic  # lazy: the idle cycle imports no numpy
 
     last = conn.execute("SELECT MAX(finished_at) FROM cycles WHERE finished_at IS NOT NULL").fetchone()[0]
-    return monitoring.crossings_since(cfg, last if last is not None else time.time() - 86400)
+    return traffic.crossings_since(cfg, last if last is not None else time.time() - 86400)
+
+
+def _held_out(cfg, conn, pending, reference_df):
+    """The held-out reference rows (complete ones) of the `significance` test, or None."""
+    span = _held_out_range(cfg, conn, pending) if reference_df is not None else None
+    if span is None:
+        return None
+    held_out = reference_df.iloc[span[0]:span[1]].dropna(subset=list(FEATURES) + [TARGET])
+    return held_out if len(held_out) else None
+
+
+def _check_and_act(cyc, cycle_id, pending, frames):
+    """The pending files' drift check, and on drift retraining and (behind the gate) redeployment."""
+    cfg, conn, rec = cyc.cfg, cyc.conn, cyc.record
+    new_df = _pending_frames(pending, frames)
+    if new_df is None:
+        rec.decision = NO_USABLE_ROWS
+        return
+    with cyc.step("reference_rows"):
+        reference_df = _reference_rows(cfg, conn, pending)
+        held_out = _held_out(cfg, conn, pending, reference_df)
+        rec.held_out_rows = 0 if held_out is None else int(len(held_out))
+    model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
+    decision, complete = cyc.decide(model, manifest, new_df, reference_df, held_out)
+    # Online monitoring: live inputs past psi_act since the last cycle (monitoring.py).
+    rec.live_drift = _live_drift(cfg, conn)
+    verdict = cycle.drift_verdict(decision, rec.feature_drift, rec.live_drift, cfg.feature_drift_triggers_retrain,
+                                  cfg.live_drift_triggers_retrain)
+    rec.drift = verdict.drift
+    if not verdict.retrain:
+        rec.decision = verdict.decision
+        return
+    if verdict.feature and not verdict.score:
+        logger.info("feature drift in %s triggers retraining", ", ".join(rec.feature_drift["drifted"]))
+    if verdict.live and not (verdict.score or verdict.feature):
+        logger.info("live input drift past psi_act since the last cycle triggers retraining")
+    cyc.save(cycle_id)
+    cyc.retrain()
+    if cycle.gate_applies(cfg.promotion_gate, len(complete)):
+        cyc.gate(complete, decision["new_f1"])
+    promoted = cycle.promotion_decision(known(rec.gate))
+    if promoted == cycle.REDEPLOYED:
+        cyc.deploy(cycle_id, cycle.REDEPLOYED)
+    rec.decision = promoted
 
 
 def _work(cyc, cycle_id, candidates, manifest, covered, published):
-    import deployment
-    import ingestion
+    # lazy: the idle cycle imports no pandas or scikit-learn (for the exceptions caught below)
     import scoring
     import training
 
     cfg, conn, rec = cyc.cfg, cyc.conn, cyc.record
-    import atomicfiles
-
     for folder in (cfg.output_folder_path, cfg.output_model_path, cfg.quarantine_folder_path):
         removed = atomicfiles.remove_leftovers(folder)  # a killed writer's half-written copies
         if removed:
@@ -476,65 +429,26 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
         with cyc.step("ingestion"):
             result = ingestion.ingest(cfg, conn=conn, candidates=candidates)
         frames = result.frames
-        rec["ingestion"] = result.as_dict()
+        rec.ingestion = result.as_dict()
         cyc.save(cycle_id)
     if ingestion.write_ingested_list(conn, cfg.ingested_list):  # a killed ingestion's list, before it is deployed
         logger.warning("%s lagged behind the history (an ingestion was killed): rewrote it", cfg.ingested_list)
-    pending = pending_files(conn, covered)
-    rec["pending_files"] = [f["name"] for f in pending]
-    through = _max_ingested_id(conn)
+    pending = cycle.pending_files(conn, covered)
+    rec.pending_files = [f["name"] for f in pending]
+    through = cycle.max_ingested_id(conn)
     try:
         if manifest is None:
             logger.info("cold start: nothing deployed yet; training on everything ingested")
             cyc.retrain()
             cyc.deploy(cycle_id, COLD_START)
-            rec["decision"] = COLD_START
-            rec["ingested_through"] = through
+            rec.decision = COLD_START
         elif pending:
-            new_df = _pending_frames(pending, frames)
-            if new_df is None:
-                rec["decision"] = NO_USABLE_ROWS
-            else:
-                with cyc.step("reference_rows"):
-                    reference_df = _reference_rows(cfg, conn, pending)
-                    span = _held_out_range(cfg, conn, pending) if reference_df is not None else None
-                    held_out = None
-                    if span is not None:
-                        held_out = reference_df.iloc[span[0]:span[1]].dropna(subset=list(FEATURES) + [TARGET])
-                        held_out = held_out if len(held_out) else None
-                    rec["held_out_rows"] = 0 if held_out is None else int(len(held_out))
-                model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
-                decision, complete = cyc.decide(model, manifest, new_df, reference_df, held_out)
-                score_says = bool(decision and decision["drift"])
-                feature = rec["feature_drift"]
-                feature_says = bool(cfg.feature_drift_triggers_retrain and feature and feature["any"])
-                # Online monitoring: live inputs past psi_act since the last cycle (monitoring.py).
-                rec["live_drift"] = _live_drift(cfg, conn)
-                live_says = bool(cfg.live_drift_triggers_retrain and rec["live_drift"]["act"])
-                rec["drift"] = score_says or feature_says or live_says
-                if decision is None and not (feature_says or live_says):
-                    rec["decision"] = NO_USABLE_ROWS
-                elif not rec["drift"]:
-                    rec["decision"] = NOT_ENOUGH_EVIDENCE if decision and decision["drift"] is None else NO_DRIFT
-                else:
-                    if feature_says and not score_says:
-                        logger.info("feature drift in %s triggers retraining", ", ".join(feature["drifted"]))
-                    if live_says and not (score_says or feature_says):
-                        logger.info("live input drift past psi_act since the last cycle triggers retraining")
-                    cyc.save(cycle_id)
-                    cyc.retrain()
-                    if cfg.promotion_gate and len(complete) and not cyc.gate(complete, decision["new_f1"]):
-                        rec["decision"] = GATE_KEPT
-                    else:
-                        cyc.deploy(cycle_id, REDEPLOYED)
-                        rec["decision"] = REDEPLOYED
-            rec["ingested_through"] = through
-        else:
-            if candidates:  # every new file was quarantined
-                rec["decision"] = NO_USABLE_ROWS
-            rec["ingested_through"] = through
+            _check_and_act(cyc, cycle_id, pending, frames)
+        elif candidates:  # every new file was quarantined
+            rec.decision = NO_USABLE_ROWS
+        rec.ingested_through = through
         cyc.save(cycle_id)
-    except (deployment.DeploymentError, training.TrainingError, scoring.ScoringError, ingestion.BadFile,
+    except (deployment.DeploymentError, training.TrainingError, scoring.ScoringError, delivery.BadFile,
             NotImplementedError, OSError) as exc:
         _fail(rec, f"{type(exc).__name__}: {exc}")
         return
@@ -542,29 +456,29 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
     version = current["version"] if current else None
     if version is not None and version != published:
         with cyc.step("publish"):
-            rec["published"] = cyc.publisher(cfg, rec)
-        rec["published_version"] = version
-        if rec["decision"] is None:
-            rec["decision"] = PUBLISHED
-    elif rec["decision"] is None:
-        rec["decision"] = NO_NEW_DATA
+            rec.published = cyc.publisher(cfg, rec)
+        rec.published_version = version
+        if rec.decision is None:
+            rec.decision = PUBLISHED
+    elif rec.decision is None:
+        rec.decision = NO_NEW_DATA
 
 
 def _finish(cfg, conn, rec, cycle_id, cyc):
     now = time.time()
-    rec["finished_at"] = _iso(now)
-    rec["seconds"] = round(time.perf_counter() - cyc.t0, 6)
-    text = json.dumps(rec, sort_keys=True, default=str)
+    rec.finished_at = _iso(now)
+    rec.seconds = round(time.perf_counter() - cyc.t0, 6)
+    text = rec.to_json()
     # A cycle that found nothing to do is only logged: writing the database would cost a WAL
     # checkpoint with fsyncs on close, every ten minutes, for a row that says nothing happened.
     if cycle_id is not None:
         conn.execute("UPDATE cycles SET finished_at = ?, decision = ?, record = ? WHERE id = ?",
-                     (now, rec["decision"], text, cycle_id))
+                     (now, rec.decision, text, cycle_id))
     _log_line(cfg, text)
-    if rec["errors"]:
-        logger.error("cycle finished with errors: %s", "; ".join(rec["errors"]))
+    if rec.errors:
+        logger.error("cycle finished with errors: %s", "; ".join(rec.errors))
     else:
-        logger.info("cycle finished: %s (%.3fs)", rec["decision"], rec["seconds"])
+        logger.info("cycle finished: %s (%.3fs)", rec.decision, rec.seconds)
 
 
 def _log_line(cfg, text):
@@ -576,105 +490,6 @@ def _log_line(cfg, text):
         os.write(fd, (text + "\n").encode())
     finally:
         os.close(fd)
-
-
-def describe(rec) -> str:
-    """The cycle's record in a few lines for a person: what it found, decided and where it wrote."""
-    if rec["decision"] == "locked":
-        return "another cycle is running: nothing done"
-    lines = [f"decision: {rec['decision']}"]
-    if rec.get("new_files"):
-        lines.append(f"new files: {', '.join(rec['new_files'])}")
-    for q in (rec.get("ingestion") or {}).get("quarantined", []):
-        lines.append(f"quarantined: {q['name']}: {q['reason']}")
-    sd = rec.get("score_drift")
-    if sd:
-        lines.append(f"score drift ({sd['used']} test): {sd['reason']}" + (f" [{sd['fallback']}]" if sd.get("fallback") else ""))
-    fd = rec.get("feature_drift")
-    if fd:
-        parts = [f"{c} KS {v['ks_statistic']:.3f} PSI {v['psi']:.3f}" for c, v in fd["features"].items()
-                 if v["ks_statistic"] is not None]
-        lines.append(f"feature drift: {', '.join(fd['drifted']) or 'none'} ({'; '.join(parts)})")
-    if rec.get("gate"):
-        lines.append(f"promotion gate: {rec['gate']['reason']}")
-    if rec.get("retrained"):
-        lines.append(f"retrained on {rec['retrained']['training_rows']} rows: test F1 "
-                     f"{rec['retrained']['test_metrics']['f1']:.4f}")
-    if rec.get("previous_version") != rec.get("deployed_version"):
-        lines.append(f"deployed: version {rec.get('deployed_version')} (was {rec.get('previous_version')})")
-    else:
-        lines.append(f"serving: version {rec.get('deployed_version')}")
-    for what, where in (rec.get("published") or {}).items():
-        lines.append(f"{what}: {where}")
-    for err in rec["errors"]:
-        lines.append(f"error: {err}")
-    lines.append(f"took {rec.get('seconds', 0):.3f}s")
-    return "\n".join(lines)
-
-
-# Scheduling.
-
-def read_cronjob(path=CRONJOB) -> str:
-    """The five schedule fields of cronjob.txt's first job line (comments and blank lines skipped)."""
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            fields = line.split()
-            if len(fields) < 6:
-                raise ValueError(f"{path}: a crontab line has five schedule fields and a command: {line!r}")
-            return " ".join(fields[:5])
-    raise ValueError(f"{path} holds no crontab line")
-
-
-def make_trigger(expr):
-    """A CronTrigger from five crontab fields, or six with a leading seconds field (for tests)."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    fields = expr.split()
-    if len(fields) == 5:
-        return CronTrigger.from_crontab(expr)
-    if len(fields) == 6:
-        second, minute, hour, day, month, dow = fields
-        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=dow)
-    raise ValueError(f"a schedule has 5 crontab fields (or 6, seconds first), not {len(fields)}: {expr!r}")
-
-
-def run_daemon(cfg, schedule=None):
-    """Run the cycle on `schedule` (default: cronjob.txt's) until SIGTERM or SIGINT; return 0."""
-    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
-    from apscheduler.schedulers.blocking import BlockingScheduler
-
-    expr = schedule or read_cronjob()
-    trigger = make_trigger(expr)
-    scheduler = BlockingScheduler()
-
-    def job():
-        rec = run_cycle(cfg)
-        if rec["errors"]:
-            raise RuntimeError("; ".join(rec["errors"]))
-
-    def on_event(event):
-        if event.code == EVENT_JOB_ERROR:
-            logger.error("scheduled cycle failed: %s (the daemon keeps going)", event.exception)
-        else:
-            logger.warning("a scheduled cycle was missed (coalesced into the next run)")
-
-    def stop(signum, _frame):
-        logger.info("received %s: stopping after any running cycle", signal.Signals(signum).name)
-        scheduler.shutdown(wait=False)
-
-    scheduler.add_listener(on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
-    scheduler.add_job(job, trigger, id="cycle", name="monitoring cycle", max_instances=1, coalesce=True,
-                      misfire_grace_time=60)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    logger.info("daemon started: schedule %r, config %s", expr, cfg.path)
-    try:
-        scheduler.start()
-    except (KeyboardInterrupt, SystemExit):
-        scheduler.shutdown(wait=False)
-    logger.info("daemon stopped")
-    return 0
 
 
 def parse_args(argv=None):
@@ -704,14 +519,14 @@ def main(argv=None):
     try:
         cfg = load_config(args.config)
         if args.daemon:
-            return run_daemon(cfg, args.schedule)
+            return schedule.run_daemon(lambda: run_cycle(cfg), args.schedule or schedule.read_cronjob(), cfg.path)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rec = run_cycle(cfg)
     if args.verbose:
-        print(describe(rec))
-    return 1 if rec["errors"] else 0
+        print(cycle.describe(rec))
+    return 1 if rec.errors else 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ loglevel = "info"
 
 def on_starting(server):
     """The app's own loggers (model loads, failed loads) to stderr, like the scripts'."""
-    from settings import setup_logging
+    from settings import setup_logging  # in the hook: reading this file imports no project module
 
     setup_logging()
 
@@ -49,7 +49,7 @@ else:  # the operator's folder: last run's files would be counted again
 
 def child_exit(server, worker):
     """A worker is gone: its live gauges stop counting (its counters still do)."""
-    import monitoring
+    import monitoring  # in the hook: reading this file imports no project module
 
     monitoring.worker_exited(worker.pid)
 

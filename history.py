@@ -63,6 +63,17 @@ def connect(path) -> sqlite3.Connection:
     return conn
 
 
+def connect_ro(path):
+    """The history database at `path` opened read-only, or None when there is none: a reader (a GET,
+    the report's read-back) never creates or migrates it. Raises sqlite3.Error when it cannot be opened."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
 @contextmanager
 def transaction(conn):
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""

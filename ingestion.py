@@ -3,17 +3,16 @@
 Rules (README, "Ingestion rules"):
 - a delivery file is a `*.csv` in the input folder; dotfiles, `*.tmp`/`*.part` and files modified
   in the last `ingest_settle_seconds` are still being written and are left for the next run;
+- the checks are the delivery rules (delivery.py); a file that breaks one is bad;
 - a file is known by the SHA-256 of its bytes: the same content is never ingested twice, whatever
   its name, and a changed file under an old name is a new delivery;
 - a bad file is moved to the quarantine folder with a `.reason.txt` beside it, never deleted;
 - a missing value (empty cell, NA, NaN, null) keeps its row in finaldata.csv, so the
   missing-data diagnostic sees it; training drops such rows.
 
-pandas is imported inside the functions that parse, so that looking for new files (the monitoring
-cycle's frequent "nothing to do" path) stays fast.
+pandas is imported inside the functions that read and write the data, so that looking for new
+files (the monitoring cycle's frequent "nothing to do" path) stays fast.
 """
-import csv
-import io
 import logging
 import os
 import sys
@@ -22,20 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import atomicfiles
+import delivery
 import history
-from settings import COLUMNS, FEATURES, TARGET, ConfigError, load_config, setup_logging
+from settings import COLUMNS, FEATURES, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
 
-NUMERIC = FEATURES + (TARGET,)
-NA_STRINGS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
-# Integers above 2**53 cannot round-trip through a float; no real count is that large.
-MAX_VALUE = 2**53 - 1
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".swp")
-
-
-class BadFile(Exception):
-    """A delivery file that breaks the schema; the message is its quarantine reason."""
 
 
 @dataclass
@@ -104,118 +96,11 @@ def new_files(conn, folder, settle_seconds=0.0) -> list:
     return out
 
 
-def parse_delivery(data: bytes):
-    """Check one delivery file's bytes against the schema; return its rows as a DataFrame.
-
-    Raises BadFile with a one-line reason.
-    """
-    import pandas as pd
-
-    if not data.strip():
-        raise BadFile("empty file")
-    if data[:2] == b"\x1f\x8b":
-        raise BadFile("gzip-compressed data, not a plain CSV text file")
-    if b"\x00" in data:  # anywhere, not only at the start: a NUL would land in finaldata.csv
-        raise BadFile("binary content (NUL bytes), not a CSV text file")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BadFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from None
-    first_line = text.split("\n", 1)[0].rstrip("\r")
-    header = [h.strip() for h in next(csv.reader([first_line]))]
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise BadFile(f"duplicated column {dupes[0]!r}")
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        hint = " (the separator must be a comma)" if len(header) == 1 and ";" in header[0] else ""
-        raise BadFile(f"missing column {missing[0]!r}{hint}")
-    extra = [h for h in header if h not in COLUMNS]
-    if extra:
-        raise BadFile(f"unexpected column {extra[0]!r}")
-    _check_field_counts(text, len(header))
-    na_values = {c: NA_STRINGS for c in NUMERIC} | {"corporation": [""]}
-    try:
-        df = pd.read_csv(io.StringIO(text), dtype={"corporation": object}, keep_default_na=False,
-                         skipinitialspace=True, na_values=na_values)
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise BadFile(f"malformed CSV: {str(exc).strip().splitlines()[-1]}") from None
-    df.columns = [c.strip() for c in df.columns]
-    if df.empty:
-        raise BadFile("header only, no rows")
-    if not all(_valid_numbers(df[col], col == TARGET) for col in NUMERIC):
-        # Only a bad file pays for the slow, value-by-value reading that names the first bad value.
-        raise BadFile(_first_bad_value(pd, text, na_values))
-    out = {"corporation": df["corporation"].where(df["corporation"].notna(), None)}
-    for col in NUMERIC:
-        out[col] = df[col].astype("Int64")
-    return pd.DataFrame(out, columns=list(COLUMNS))
-
-
-def _check_field_counts(text, width):
-    """Refuse a row with more fields than the header: pandas would take the first column of such a
-    file for an index and shift every value one column to the right, silently."""
-    if '"' in text:  # quoted fields may hold commas: count with the csv module
-        for number, row in enumerate(csv.reader(io.StringIO(text)), 1):
-            if len(row) > width:
-                raise BadFile(f"malformed CSV: line {number} has {len(row)} fields, the header has {width}")
-        return
-    parts = text.split("\n", 2)
-    if len(parts) > 1 and parts[1].count(",") + 1 > width:  # the row pandas judges the layout by
-        raise BadFile(f"malformed CSV: line 2 has {parts[1].count(',') + 1} fields, the header has {width}")
-    lines = text.count("\n") + (0 if text.endswith("\n") else 1) - 1
-    if text.count(",") <= lines * (width - 1):  # the fast answer for a well-formed file
-        return
-    for number, line in enumerate(text.splitlines()[1:], 2):
-        if line.count(",") + 1 > width:
-            raise BadFile(f"malformed CSV: line {number} has {line.count(',') + 1} fields, the header has {width}")
-
-
-def _valid_numbers(series, binary) -> bool:
-    """Whether a parsed column holds only missing values and whole numbers in range (0/1 if binary)."""
-    import numpy as np
-
-    if series.dtype.kind not in "iuf":
-        return False
-    values = series.to_numpy(dtype="float64")
-    values = values[~np.isnan(values)]
-    if binary:
-        return bool(np.isin(values, (0.0, 1.0)).all())
-    if not np.isfinite(values).all():
-        return False
-    return bool(((values >= 0) & (values <= MAX_VALUE) & (values % 1 == 0)).all())
-
-
-def _first_bad_value(pd, text, na_values) -> str:
-    """The reason naming the first value that breaks the schema, read column by column as text."""
-    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
-                     na_values=na_values)
-    df.columns = [c.strip() for c in df.columns]
-    for col in NUMERIC:
-        raw = df[col].str.strip()
-        values = pd.to_numeric(raw, errors="coerce")
-        present = raw.notna()
-        checks = [
-            (present & values.isna(), "is not a number"),
-            (present & ~values.isna() & ~values.abs().lt(float("inf")), "is not a finite number"),
-            (present & (values < 0), "is negative"),
-            (present & (values > MAX_VALUE), f"is out of range (at most {MAX_VALUE})"),
-            (present & values.notna() & (values % 1 != 0), "is not a whole number"),
-        ]
-        if col == TARGET:
-            checks.append((present & ~values.isin([0, 1]), "is not 0 or 1"))
-        for test, what in checks:
-            if test.any():
-                i = int(test.to_numpy().nonzero()[0][0])
-                return f"column {col!r}, row {i + 1} (line {i + 2}): value {raw.iloc[i]!r} {what}"
-    return "values that are not whole non-negative numbers"
-
-
 def read_finaldata(path, nrows=None):
     """Read finaldata.csv (its first `nrows` rows, if given) with the schema's dtypes (nullable integers keep missing values)."""
     import pandas as pd
 
-    return pd.read_csv(path, dtype={"corporation": "str", **{c: "Int64" for c in NUMERIC}},
+    return pd.read_csv(path, dtype={"corporation": "str", **{c: "Int64" for c in delivery.NUMERIC}},
                        keep_default_na=False, na_values={c: [""] for c in COLUMNS}, nrows=nrows)
 
 
@@ -303,8 +188,8 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
             data = cand.path.read_bytes()
             digest = hashlib.sha256(data).hexdigest()  # the bytes we parse are the bytes we record
             try:
-                df = parse_delivery(data)
-            except BadFile as exc:
+                df = delivery.parse_delivery(data)
+            except delivery.BadFile as exc:
                 # Recorded first, moved second: a process killed in between leaves the file where it
                 # was and its record naming the target, and the next run moves it there. (Moved
                 # first, a kill would leave it quarantined with no record of it.)

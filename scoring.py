@@ -12,6 +12,7 @@ import time
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 import atomicfiles
+import delivery
 import history
 from settings import ConfigError, load_config, setup_logging
 
@@ -22,20 +23,12 @@ class ScoringError(Exception):
     """The model or the test data cannot be used."""
 
 
-def read_labelled(path):
-    """Read a labelled CSV with the delivery rules; return (features, target) of its complete rows."""
-    from ingestion import BadFile, parse_delivery
-    from training import training_frame
-
+def read_test_data(path):
+    """The features and target of the test data's complete rows (delivery.read_labelled); raises ScoringError."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ScoringError(f"cannot read test data {path}: {exc.strerror}") from None
-    try:
-        df = parse_delivery(data)
-    except BadFile as exc:
-        raise ScoringError(f"test data {path} is not usable: {exc}") from None
-    return training_frame(df)
+        return delivery.read_labelled(path)
+    except delivery.BadFile as exc:
+        raise ScoringError(str(exc)) from None
 
 
 def metrics(y_true, y_pred, y_prob=None) -> dict:
@@ -73,7 +66,7 @@ def run(cfg, conn=None) -> dict:
     """Score output_model_path/trainedmodel.pkl on the test data; write latestscore.txt; return the metrics."""
     started = time.perf_counter()
     model = load_pickle(cfg.model_file)
-    X, y = read_labelled(cfg.test_data_file)
+    X, y = read_test_data(cfg.test_data_file)
     result = score_model(model, X, y)
     atomicfiles.write_text(cfg.score_file, f"{result['f1']!r}\n")
     digest = atomicfiles.sha256_file(cfg.model_file)

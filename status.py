@@ -4,8 +4,8 @@
                       next scheduled cycle, the F1 and PSI trends, slice flags, live traffic, links
     blueprint         GET / renders templates/status.html from gather(); GET /files/<name> serves
                       the latest report.pdf, apireturns.txt and modelcard.md (those names only)
-    python status.py --url URL --out DIR
-                      screenshots of a running page at 1280 and 390 pixels wide (headless Chromium)
+
+Screenshots of the running page (headless Chromium) are screenshots.py's.
 
 Every fact is read defensively: a fresh install, a table or a manifest key that does not exist yet
 shows as "no data yet" on the page, never as an error. The page reads the history database
@@ -16,17 +16,11 @@ A browser cannot send an Authorization header from the address bar, so `/?token=
 token, stores it in an HttpOnly, SameSite=Strict cookie and redirects to `/`; the cookie is
 accepted on this blueprint's routes only (never on /prediction).
 """
-import argparse
 import json
 import logging
 import math
 import os
-import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,12 +28,16 @@ from pathlib import Path
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, send_file
 
 import deployment
+import history
+import schedule
+import traffic
+from cycle import CycleRecord, Gate, known
 from settings import FEATURES
 
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-CRONJOB = HERE / "cronjob.txt"
+CRONJOB = schedule.CRONJOB
 BLUEPRINT = "status"
 COOKIE = "dras_token"
 REFRESH_SECONDS = 60
@@ -55,16 +53,6 @@ FILES = {
     "modelcard.md": ("prod_deployment_path", "text/plain"),
 }
 PSI_WATCH, PSI_ACT = 0.1, 0.2
-# Chromium, headless, with nothing of its own that talks to the network.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--mute-audio", "--disable-extensions", "--disable-default-apps",
-                  "--disable-domain-reliability", "--no-pings", "--disable-client-side-phishing-detection",
-                  "--no-default-browser-check", "--disable-breakpad",
-                  "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate,"
-                  "AutofillServerCommunication,DialMediaRouteProvider",
-                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
-SCREEN_WIDTHS = {"wide": (1280, 1600), "narrow": (390, 2400)}
 
 bp = Blueprint(BLUEPRINT, __name__, template_folder="templates")
 
@@ -103,19 +91,6 @@ def _dig(doc, *keys):
             return None
         doc = doc.get(key)
     return doc
-
-
-def _connect_ro(path):
-    """The history database opened read-only, or None when there is none: a GET never creates it."""
-    if not Path(path).exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error as exc:
-        logger.warning("status page: cannot open %s: %s", path, exc)
-        return None
-    conn.row_factory = sqlite3.Row
-    return conn
 
 
 def _tables(conn):
@@ -173,19 +148,18 @@ def _cycle_summary(row):
         rec = json.loads(row["record"])
     except (TypeError, json.JSONDecodeError):
         rec = {}
-    if not isinstance(rec, dict):
-        rec = {}
-    ingestion = rec.get("ingestion") if isinstance(rec.get("ingestion"), dict) else {}
+    rec = CycleRecord.from_dict(rec if isinstance(rec, dict) else {})
+    ingestion = rec.ingestion if isinstance(rec.ingestion, dict) else {}
     quarantined = ingestion.get("quarantined") or []
-    score = rec.get("score_drift") if isinstance(rec.get("score_drift"), dict) else None
-    feature = rec.get("feature_drift") if isinstance(rec.get("feature_drift"), dict) else None
+    score = rec.score_drift if isinstance(rec.score_drift, dict) else None
+    feature = rec.feature_drift if isinstance(rec.feature_drift, dict) else None
     if score is not None:
         drift = f"{'drift' if score.get('drift') else 'no drift'} ({score.get('used') or '?'} test)"
     elif feature is not None:
         drift = "feature drift" if feature.get("any") else "no feature drift"
     else:
         drift = None
-    previous, deployed = rec.get("previous_version"), rec.get("deployed_version")
+    previous, deployed = known(rec.previous_version), known(rec.deployed_version)
     evidence = []
     if score is not None and score.get("reason"):
         evidence.append(f"Score drift ({score.get('used')} test): {score['reason']}")
@@ -199,8 +173,9 @@ def _cycle_summary(row):
         drifted = feature.get("drifted") or []
         evidence.append(f"Feature drift: {', '.join(drifted) if drifted else 'none'}"
                         + (f" ({'; '.join(parts)})" if parts else ""))
-    if isinstance(rec.get("gate"), dict) and rec["gate"].get("reason"):
-        evidence.append(f"Promotion gate: {rec['gate']['reason']}")
+    gate = rec.gate.to_dict() if isinstance(rec.gate, Gate) else rec.gate
+    if isinstance(gate, dict) and gate.get("reason"):
+        evidence.append(f"Promotion gate: {gate['reason']}")
     for q in quarantined:
         if isinstance(q, dict):
             evidence.append(f"Quarantined {q.get('name')}: {q.get('reason')}")
@@ -208,16 +183,16 @@ def _cycle_summary(row):
         "id": row["id"],
         "at": _iso(row["started_at"]),
         "finished": _iso(row["finished_at"]),
-        "decision": row["decision"] or rec.get("decision") or "unfinished",
-        "new_files": len(rec.get("new_files") or []),
-        "new_file_names": list(rec.get("new_files") or []),
+        "decision": row["decision"] or rec.decision or "unfinished",
+        "new_files": len(rec.new_files or []),
+        "new_file_names": list(rec.new_files or []),
         "quarantined": len(quarantined),
         "drift": drift,
         "deployed": deployed if deployed is not None and deployed != previous else None,
         "serving": deployed,
-        "errors": [str(e) for e in rec.get("errors") or []],
+        "errors": [str(e) for e in rec.errors or []],
         "evidence": evidence,
-        "seconds": _number(rec.get("seconds")),
+        "seconds": _number(known(rec.seconds)),
         "psi": {name: _number(v.get("psi")) for name, v in (feature.get("features") or {}).items()
                 if isinstance(v, dict)} if feature else None,
     }
@@ -272,7 +247,7 @@ def psi_per_cycle(conn, limit=TREND_POINTS):
 def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT):
     """Live traffic over `windows` (online monitoring's summarized windows, newest first), or None.
 
-    Each window is a dict as monitoring.summarize returns it: window_start, window_seconds,
+    Each window is a dict as traffic.summarize returns it: window_start, window_seconds,
     model_version, requests, rows, exits, latency_p50 and latency_p99 (seconds), psi {feature:
     value} and level ("ok", "watch" or "act").
     """
@@ -309,11 +284,7 @@ def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT):
 def live_traffic(conn, cfg, limit=TRAFFIC_WINDOWS):
     """The last `limit` windows online monitoring (monitoring.py) recorded, summed; None before it has any."""
     try:
-        import monitoring
-    except ImportError:  # online monitoring is not installed with this code
-        return None
-    try:
-        found = monitoring.recent_windows(conn, cfg, limit=limit)
+        found = traffic.recent_windows(conn, cfg, limit=limit)
     except (AttributeError, KeyError, ValueError, sqlite3.Error) as exc:
         logger.warning("status page: live traffic unreadable: %s", exc)
         return None
@@ -332,16 +303,14 @@ def next_cycle(now=None, path=None):
         return None
     except OSError as exc:
         return {"error": f"cannot read {Path(path).name}: {exc.strerror}"}
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")), None)
+    line = schedule.job_line(text)
     if line is None or len(line.split()) < 6:
         return {"error": f"{Path(path).name} holds no crontab line"}
     expr = " ".join(line.split()[:5])
     trigger = _TRIGGERS.get(expr)
     if trigger is None:
-        from apscheduler.triggers.cron import CronTrigger  # only when there is a schedule to read
-
         try:
-            trigger = CronTrigger.from_crontab(expr)
+            trigger = schedule.make_trigger(expr)
         except ValueError as exc:
             return {"error": f"{Path(path).name}: {exc}"}
         _TRIGGERS[expr] = trigger
@@ -381,7 +350,11 @@ def gather(cfg, now=None, cronjob=None) -> dict:
         "history": "absent",
     }
     check, conn_finished = facts["last_check"], None
-    conn = _connect_ro(cfg.history_db)
+    try:
+        conn = history.connect_ro(cfg.history_db)  # a GET never creates the database
+    except sqlite3.Error as exc:
+        logger.warning("status page: cannot open %s: %s", cfg.history_db, exc)
+        conn = None
     if conn is None:
         return facts
     try:
@@ -561,105 +534,3 @@ def files(name):
     if not path.is_file():
         return jsonify(error=f"{name} has not been produced yet"), 404
     return send_file(path, mimetype=mimetype, max_age=0, conditional=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Headless Chromium: screenshots for `make demo` (and the browser tests)
-# ---------------------------------------------------------------------------------------------
-
-class BrowserError(Exception):
-    """Chromium is missing, cannot start, or failed on the page."""
-
-
-def chromium():
-    """The Chromium executable, or raise BrowserError saying how to install it."""
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise BrowserError("chromium is not installed (make setup installs it: apt-get install -y chromium)")
-
-
-def run_chromium(url, *args, width=1280, height=1600, timeout=60, netlog=None):
-    """Run headless Chromium on `url` with `args` (--dump-dom, --screenshot=...) and a fresh profile.
-
-    Returns its stdout. Raises BrowserError with Chromium's own words when it fails.
-    """
-    exe = chromium()
-    with tempfile.TemporaryDirectory(prefix="dras-chromium-") as profile:
-        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-               *([f"--log-net-log={netlog}"] if netlog else []), *args, url]
-        try:
-            # Its own process group: on a timeout, the browser's helper processes go with it.
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=profile,
-                                    start_new_session=True)
-        except OSError as exc:
-            raise BrowserError(f"chromium cannot start: {exc}") from None
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise BrowserError(f"chromium did not finish within {timeout}s on {url}") from None
-    if proc.returncode != 0:
-        tail = " | ".join(stderr.strip().splitlines()[-3:])
-        raise BrowserError(f"chromium exited with {proc.returncode}: {tail}")
-    return stdout
-
-
-def _check_page(url, timeout=10):
-    """Raise BrowserError unless `url` answers 200 (Chromium would screenshot its error page)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            resp.read()
-    except urllib.error.HTTPError as exc:
-        raise BrowserError(f"{url} answered {exc.code}: {exc.read(300).decode('utf-8', 'replace').strip()}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise BrowserError(f"{url} cannot be reached: {getattr(exc, 'reason', exc)}") from None
-
-
-def screenshots(url, out_dir, widths=SCREEN_WIDTHS):
-    """Save the page at `url` as status-<name>.png in out_dir for each width; return the paths."""
-    chromium()
-    _check_page(url)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, (width, height) in widths.items():
-        path = out_dir / f"status-{name}.png"
-        run_chromium(url, f"--screenshot={path}", width=width, height=height)
-        if not path.exists():
-            raise BrowserError(f"chromium wrote no screenshot of {url}")
-        paths.append(path)
-    return paths
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Save screenshots of the running status page (headless Chromium).")
-    parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
-    parser.add_argument("--url", help="the page's address (default: the config's api_url)")
-    parser.add_argument("--out", required=True, help="folder for status-wide.png and status-narrow.png")
-    args = parser.parse_args(argv)
-    url = args.url
-    if url is None:
-        from settings import ConfigError, load_config
-
-        try:
-            url = load_config(args.config).api_url.rstrip("/") + "/"
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    try:
-        for path in screenshots(url, args.out):
-            print(f"screenshot: {path}")
-    except BrowserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

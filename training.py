@@ -19,7 +19,10 @@ from sklearn.preprocessing import StandardScaler
 
 import atomicfiles
 import audit
+import delivery
+import drift
 import history
+import ingestion
 from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -39,15 +42,9 @@ def build_model(params):
     ])
 
 
-def training_frame(df):
-    """Features and target of the rows with no missing value, as float64 and int64."""
-    complete = df.dropna(subset=list(FEATURES) + [TARGET])
-    return complete[list(FEATURES)].astype("float64"), complete[TARGET].astype("int64")
-
-
 def train(df, params):
     """Fit and return the model on `df` (finaldata's columns). Raises TrainingError."""
-    X, y = training_frame(df)
+    X, y = delivery.training_frame(df)
     if len(X) == 0:
         raise TrainingError("no complete rows to train on")
     if y.nunique() < 2:
@@ -75,31 +72,26 @@ def save_model(model, path, metadata):
 
 
 def monitoring_reference(cfg, model, X):
-    """monitoring.reference of the training rows, with the predicted exit share on the test data
+    """drift.reference_bins of the training rows, with the predicted exit share on the test data
     (on the training rows when the test data cannot be read)."""
-    import monitoring
-    import scoring
-
     try:
-        X_test, _ = scoring.read_labelled(cfg.test_data_file)
-    except scoring.ScoringError:
+        X_test, _ = delivery.read_labelled(cfg.test_data_file)
+    except delivery.BadFile:
         X_test = X.iloc[:0]
     share, on = (float(model.predict(X_test).mean()), "test data") if len(X_test) else (
         float(model.predict(X).mean()), "training data")
-    return monitoring.reference(X.to_numpy(), share, on)
+    return drift.reference_bins(X.to_numpy(), share, on)
 
 
 def run(cfg, conn=None):
     """Train on finaldata.csv and save trainedmodel.pkl; return the metadata written."""
-    from ingestion import read_finaldata
-
     started = time.perf_counter()
     if not cfg.finaldata.exists():
         raise TrainingError(f"{cfg.finaldata} does not exist: run ingestion first")
     data_sha = atomicfiles.sha256_file(cfg.finaldata)
-    df = read_finaldata(cfg.finaldata)
+    df = ingestion.read_finaldata(cfg.finaldata)
     model = train(df, cfg.model)
-    X, y = training_frame(df)
+    X, y = delivery.training_frame(df)
     cv = audit.cross_validation(build_model(cfg.model), X, y, cfg.cv_folds, seed=cfg.model["random_state"],
                                 max_rows=cfg.cv_max_rows)
     definitions = audit.slice_definitions(cfg.slices, X)

@@ -17,6 +17,7 @@ import audit  # noqa: E402
 import datagen  # noqa: E402
 import ingestion  # noqa: E402
 import training  # noqa: E402
+from delivery import training_frame  # noqa: E402
 from settings import load_config  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def main(argv=None):
     model = training.train(datagen.generate(5000, seed=13), configs["audited"].model)
     delivery = datagen.generate(args.delivery_rows, seed=14)
     # The anchor: what scoring a delivery costs anyway, its complete rows and the model's predictions.
-    predict = best_of(args.repeat, lambda: model.predict(training.training_frame(delivery)[0]))
+    predict = best_of(args.repeat, lambda: model.predict(training_frame(delivery)[0]))
     slices = best_of(args.repeat, lambda: audit.slices_for_rows(model, delivery, meta["slice_definitions"]))
     shutil.rmtree(work, ignore_errors=True)
 

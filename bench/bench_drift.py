@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import datagen  # noqa: E402
 import drift  # noqa: E402
+import measures  # noqa: E402
 import training  # noqa: E402
 
 PARAMS = {"C": 1.0, "max_iter": 1000, "class_weight": None, "random_state": 0}
@@ -61,7 +62,7 @@ def world(sizes, seed, trained):
     true = rows["exited"].to_numpy()
 
     def f1(lo, hi):
-        return float(drift.f1_from_cells(drift.confusion_cells(true[lo:hi], pred[lo:hi])))
+        return float(measures.f1_precision_recall(measures.confusion(true[lo:hi], pred[lo:hi]))[0])
 
     # The score history: the deployed model's F1 on earlier test sets of the same size.
     start = test_rows + held

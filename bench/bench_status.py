@@ -12,11 +12,7 @@ beside it. Writes bench/results/status.md.
     .venv/bin/python bench/bench_status.py
 """
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +34,7 @@ import status  # noqa: E402
 import training  # noqa: E402
 from app import create_app  # noqa: E402
 from conftest import make_config  # noqa: E402
+from helpers import gunicorn  # noqa: E402
 from settings import load_config  # noqa: E402
 from status_world import fill_history  # noqa: E402
 
@@ -75,36 +72,11 @@ def timed(fn, n=REQUESTS):
     return statistics.median(times), times[int(0.95 * (len(times) - 1))], times[-1]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def over_gunicorn(cfg):
     """Median and p95 ms of GET / and GET /health from a real gunicorn (one worker) on 127.0.0.1."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-                             "--chdir", str(ROOT)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True,
-                            env={**os.environ, "PORT": str(port), "DRAS_CONFIG": str(cfg.path), "WEB_CONCURRENCY": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with requests.Session() as session:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    session.get(url + "/health", timeout=5)
-                    break
-                except requests.ConnectionError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("gunicorn did not start") from None
-                    time.sleep(0.1)
-            page = timed(lambda: session.get(url + "/", timeout=10).raise_for_status())
-            health = timed(lambda: session.get(url + "/health", timeout=10).raise_for_status())
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    with gunicorn(cfg, workers=1) as url, requests.Session() as session:
+        page = timed(lambda: session.get(url + "/", timeout=10).raise_for_status())
+        health = timed(lambda: session.get(url + "/health", timeout=10).raise_for_status())
     return page, health
 
 
@@ -140,7 +112,7 @@ def main():
     verdict = "met" if page[1] <= GOAL_MS else "not met"
     text = f"""# Status page benchmark
 
-A world with a deployed model (its manifest has the audit), {n_cycles:,} monitoring cycles in the history database ({db_mb:.1f} MB; records shaped as fullprocess.py writes them), {n_deploys:,} deployments and a cronjob.txt. Live traffic is not in this figure: online monitoring (monitoring.py) is not on this branch yet; the page reads at most 60 of its windows through monitoring.recent_windows. {REQUESTS} requests each, after one warm-up. Machine: 2 cores shared with other developers' work, so figures vary between runs.
+A world with a deployed model (its manifest has the audit), {n_cycles:,} monitoring cycles in the history database ({db_mb:.1f} MB; records shaped as fullprocess.py writes them), {n_deploys:,} deployments and a cronjob.txt. Live traffic is not in this figure: online monitoring (monitoring.py) is not on this branch yet; the page reads at most 60 of its windows through traffic.recent_windows. {REQUESTS} requests each, after one warm-up. Machine: 2 cores shared with other developers' work, so figures vary between runs.
 
 | figure | measured (median) | goal | verdict |
 |---|---|---|---|

@@ -65,7 +65,7 @@ step "6. Deployed versions (* serving)"
 step "6b. Online monitoring: a burst of shifted traffic (clients unlike the training data); does the system notice?"
 if [ -f "$API_PID" ]; then
     # 200 five-row predictions of covariate-shifted rows, then /health and the latest windows.
-    "$PY" monitoring.py --burst 200 || echo "(the burst could not be sent: see logs/gunicorn.log)"
+    "$PY" scripts/traffic_burst.py --burst 200 || echo "(the burst could not be sent: see logs/gunicorn.log)"
     "$PY" reporting.py | head -1
     echo "(the report's last section, \"Live traffic\", shows the crossing)"
 else
@@ -73,10 +73,10 @@ else
 fi
 # --- end online monitoring ---
 
-# --- status page (status.py): the page's address and its screenshots ---
+# --- status page (status.py; screenshots.py): the page's address and its screenshots ---
 step "7. The status page at $API_URL/"
 if [ -f "$API_PID" ]; then
-    "$PY" status.py --url "$API_URL/" --out "$(config output_model_path)" || echo "(no screenshots: see the line above)"
+    "$PY" screenshots.py --url "$API_URL/" --out "$(config output_model_path)" || echo "(no screenshots: see the line above)"
 fi
 # --- end status page ---
 

@@ -1,4 +1,5 @@
-"""A throwaway world per test: data folders, output folders and a config pointing at them."""
+"""A throwaway world per test: its builders (data folders, a config, a deployed model) and its fixtures."""
+import functools
 import json
 import sys
 from pathlib import Path
@@ -6,9 +7,14 @@ from pathlib import Path
 import pytest
 
 import datagen
+import deployment
+import ingestion
+import scoring
+import training
 from settings import load_config
 
 REPO = Path(__file__).resolve().parent.parent
+CLOSED_INDEX = "http://127.0.0.1:9/simple"  # nothing listens on port 9: the index is unreachable
 HEADER = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
 
 
@@ -28,15 +34,6 @@ def make_config(root: Path, **overrides) -> Path:
     return path
 
 
-@pytest.fixture
-def world(tmp_path):
-    """tmp_path with sourcedata/ (empty), testdata/testdata.csv (40 seeded rows) and a config; returns the Config."""
-    (tmp_path / "sourcedata").mkdir()
-    (tmp_path / "testdata").mkdir()
-    datagen.generate(40, seed=301).to_csv(tmp_path / "testdata" / "testdata.csv", index=False)
-    return load_config(make_config(tmp_path))
-
-
 def write_delivery(cfg, name, rows=None, seed=0, text=None, drift="none", strength=0.0):
     """Put a delivery file in the input folder: `text` as given, or `rows` seeded rows."""
     path = cfg.input_folder_path / name
@@ -53,3 +50,70 @@ def run_script(script, *args, cwd=None, timeout=120):
 
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def new_world(root, **overrides):
+    """`root` with sourcedata/ (empty), testdata/testdata.csv (40 seeded rows) and a config (make_config's,
+    changed by `overrides`); returns the Config."""
+    (root / "sourcedata").mkdir(parents=True)
+    (root / "testdata").mkdir()
+    datagen.generate(40, seed=301).to_csv(root / "testdata" / "testdata.csv", index=False)
+    return load_config(make_config(root, **overrides))
+
+
+def build_world(root, rows=200, seed=1, **overrides):
+    """A world under `root` with one ingested delivery, a trained, scored and deployed model (the
+    package index unreachable)."""
+    cfg = new_world(root, package_index_url=CLOSED_INDEX, **overrides)
+    write_delivery(cfg, "a.csv", rows=rows, seed=seed)
+    ingestion.ingest(cfg)
+    training.run(cfg)
+    scoring.run(cfg)
+    deployment.deploy_from_config(cfg)
+    return cfg
+
+
+def retrain_and_deploy(cfg, seed, rows=150):
+    write_delivery(cfg, f"more{seed}.csv", rows=rows, seed=seed, drift="concept", strength=0.8)
+    ingestion.ingest(cfg)
+    training.run(cfg)
+    scoring.run(cfg)
+    return deployment.deploy_from_config(cfg)
+
+
+# --- the world fixtures: an empty world, a deployed one, and one deployed world per module ---------
+
+@pytest.fixture
+def make_world(tmp_path):
+    """make_world(**overrides): new_world under tmp_path, its config changed by `overrides`."""
+    return functools.partial(new_world, tmp_path)
+
+
+@pytest.fixture
+def world(make_world):
+    """tmp_path with sourcedata/ (empty), testdata/testdata.csv (40 seeded rows) and a config; returns the Config."""
+    return make_world()
+
+
+@pytest.fixture
+def make_deployed(tmp_path):
+    """make_deployed(rows=200, seed=1, **overrides): build_world under tmp_path."""
+    return functools.partial(build_world, tmp_path)
+
+
+@pytest.fixture
+def deployed(make_deployed):
+    """A world under tmp_path with a trained, scored and deployed model."""
+    return make_deployed()
+
+
+@pytest.fixture(scope="module")
+def shared_overrides():
+    """The config overrides of the module's `shared` world; a test module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, shared_overrides):
+    """One deployed world for the read-only tests of a module."""
+    return build_world(tmp_path_factory.mktemp("shared"), **shared_overrides)

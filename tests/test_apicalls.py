@@ -4,10 +4,10 @@ import re
 
 import pytest
 from conftest import run_script
-from test_app import build_world
-from test_server import free_port, gunicorn
+from helpers import free_port, gunicorn
 
 import apicalls
+import delivery
 import deployment
 import scoring
 
@@ -23,15 +23,14 @@ def sections(text):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    cfg = build_world(tmp_path_factory.mktemp("apicalls"))
-    with gunicorn(cfg) as url:
-        yield cfg, url
+def served(shared):
+    with gunicorn(shared) as url:
+        yield shared, url
 
 
 def expected_bodies(cfg):
     model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
-    X, y = scoring.read_labelled(cfg.test_data_file)
+    X, y = delivery.read_labelled(cfg.test_data_file)
     return model, {"model_version": 1, **scoring.score_model(model, X, y),
                    "cross_validation": manifest["audit"]["cross_validation"], "slices": manifest["audit"]["slices"]}
 
@@ -45,7 +44,7 @@ def check_returns(cfg, text, how):
     status, prediction = found["POST /prediction"]
     assert status == 200
     assert prediction["model_version"] == 1
-    assert prediction["predictions"] == model.predict(scoring.read_labelled(cfg.test_data_file)[0]).tolist()
+    assert prediction["predictions"] == model.predict(delivery.read_labelled(cfg.test_data_file)[0]).tolist()
     assert found["GET /scoring"] == (200, score)
     assert found["GET /summarystats"][0] == 200
     assert found["GET /summarystats"][1]["summary"]["number_of_employees"]["count"] == 200
@@ -71,8 +70,8 @@ def test_the_script_against_the_running_server(served):
     check_returns(cfg, path.read_text(), f"the server at {url}")
 
 
-def test_produce_returns_falls_back_in_process_when_the_server_is_down(tmp_path):
-    cfg = build_world(tmp_path)
+def test_produce_returns_falls_back_in_process_when_the_server_is_down(deployed):
+    cfg = deployed
     url = f"http://127.0.0.1:{free_port()}"
     path = apicalls.produce_returns(cfg, url=url, timeout=2)
     reason = (f"POST /prediction: no answer from {url}: connection refused or unreachable "
@@ -80,8 +79,8 @@ def test_produce_returns_falls_back_in_process_when_the_server_is_down(tmp_path)
     check_returns(cfg, path.read_text(), f"in-process (the server at {url} did not answer: {reason})")
 
 
-def test_the_script_says_which_endpoint_failed_when_the_server_is_down(tmp_path):
-    cfg = build_world(tmp_path)
+def test_the_script_says_which_endpoint_failed_when_the_server_is_down(deployed):
+    cfg = deployed
     url = f"http://127.0.0.1:{free_port()}"
     done = run_script("apicalls.py", "--config", cfg.path, "--url", url)
     assert done.returncode == 1

@@ -10,47 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, make_config, write_delivery
+from conftest import CLOSED_INDEX, REPO, build_world, make_config, retrain_and_deploy
+from helpers import REFUSED, ROW, check_schema, response_schema
 
 import app as app_module
 import datagen
+import delivery
 import deployment
 import history
 import ingestion
 import scoring
-import training
+import serving
 from settings import DEFAULT_CONFIG, FEATURES, load_config
 
-CLOSED_INDEX = "http://127.0.0.1:9/simple"  # nothing listens on port 9: the index is unreachable
-ROW = {"lastmonth_activity": 3, "lastyear_activity": 70, "number_of_employees": 12}
 
-
-def build_world(root, rows=200, seed=1, **overrides):
-    """A world under `root` with one ingested delivery, a trained, scored and deployed model."""
-    (root / "sourcedata").mkdir(parents=True)
-    (root / "testdata").mkdir()
-    datagen.generate(40, seed=301).to_csv(root / "testdata" / "testdata.csv", index=False)
-    cfg = load_config(make_config(root, package_index_url=CLOSED_INDEX, **overrides))
-    write_delivery(cfg, "a.csv", rows=rows, seed=seed)
-    ingestion.ingest(cfg)
-    training.run(cfg)
-    scoring.run(cfg)
-    deployment.deploy_from_config(cfg)
-    return cfg
-
-
-def retrain_and_deploy(cfg, seed, rows=150):
-    write_delivery(cfg, f"more{seed}.csv", rows=rows, seed=seed, drift="concept", strength=0.8)
-    ingestion.ingest(cfg)
-    training.run(cfg)
-    scoring.run(cfg)
-    return deployment.deploy_from_config(cfg)
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One deployed world for the read-only tests of this module."""
-    return build_world(tmp_path_factory.mktemp("api"))
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +34,6 @@ def client(shared):
 @pytest.fixture(scope="module")
 def model(shared):
     return deployment.load_deployed(shared.prod_deployment_path)[0]
-
-
-@pytest.fixture
-def deployed(tmp_path):
-    return build_world(tmp_path)
 
 
 def expected(model, df):
@@ -158,7 +126,7 @@ def test_a_model_of_another_shape_is_served_through_scikit_learn(shared, model):
 
     df = datagen.generate(300, seed=5)
     tree = DecisionTreeClassifier(random_state=0, max_depth=3).fit(df[list(FEATURES)], df["exited"])
-    predictor = app_module.Predictor(tree, {"version": 9})
+    predictor = serving.Predictor(tree, {"version": 9})
     assert predictor.linear is None
     X = df[list(FEATURES)].to_numpy(dtype="float64")
     preds, probs = predictor.predict(X)
@@ -277,8 +245,8 @@ def test_a_bad_uploaded_file_says_what_is_wrong(client):
     assert resp.get_json() == {"error": "column 'number_of_employees', row 1 (line 2): value 'many' is not a number"}
 
 
-def test_a_body_over_the_limit_gets_413(tmp_path):
-    cfg = build_world(tmp_path, max_request_bytes=2000)
+def test_a_body_over_the_limit_gets_413(make_deployed):
+    cfg = make_deployed(max_request_bytes=2000)
     client = app_module.create_app(cfg).test_client()
     big = ("lastmonth_activity,lastyear_activity,number_of_employees\n" + "1,2,3\n" * 400).encode()
     error = {"error": "request body too large: the limit is 2000 bytes (max_request_bytes)"}
@@ -292,10 +260,6 @@ def test_a_body_over_the_limit_gets_413(tmp_path):
 
 
 # --- /prediction: {"filepath": ...} may only name a .csv file inside the data folders ---------------
-
-REFUSED = {"error": "filepath must be a relative path to a .csv file inside the data folders "
-                    "(sourcedata, testdata, ingesteddata)"}
-
 
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory):
@@ -412,9 +376,10 @@ def test_a_token_is_required_when_set(shared, monkeypatch, method, path):
     assert resp.status_code == (404 if path == "/nowhere" else 200)
 
 
-def test_health_needs_no_token(shared, monkeypatch):
+def test_health_needs_no_token(deployed, monkeypatch):
+    # a world of its own: the module's shared one holds other tests' traffic, which live monitoring judges
     monkeypatch.setenv("DRAS_API_TOKEN", "s3cret")
-    resp = app_module.create_app(shared).test_client().get("/health")
+    resp = app_module.create_app(deployed).test_client().get("/health")
     assert (resp.status_code, resp.get_json()) == (200, {"status": "ok", "model_version": 1})
 
 
@@ -450,7 +415,7 @@ def snapshot(root):
 
 def test_scoring_is_the_deployed_models_score_read_only_and_cached(deployed, monkeypatch):
     model, manifest = deployment.load_deployed(deployed.prod_deployment_path)
-    X, y = scoring.read_labelled(deployed.test_data_file)
+    X, y = delivery.read_labelled(deployed.test_data_file)
     # The score on the test data, and the audit recorded at training: cross-validated score, slices.
     want = {"model_version": 1, **scoring.score_model(model, X, y),
             "cross_validation": manifest["audit"]["cross_validation"], "slices": manifest["audit"]["slices"]}
@@ -459,8 +424,8 @@ def test_scoring_is_the_deployed_models_score_read_only_and_cached(deployed, mon
     assert len(want["slices"]["slices"]) == 6
     before = snapshot(deployed.base)
     reads = []
-    real = scoring.read_labelled
-    monkeypatch.setattr(scoring, "read_labelled", lambda path: reads.append(path) or real(path))
+    real = delivery.read_labelled
+    monkeypatch.setattr(delivery, "read_labelled", lambda path: reads.append(path) or real(path))
     client = app_module.create_app(deployed).test_client()
     for _ in range(3):
         resp = client.get("/scoring")
@@ -590,52 +555,6 @@ def test_the_model_is_loaded_once_per_version(deployed, monkeypatch):
 
 # --- the OpenAPI description matches the real responses -------------------------------------------
 
-def check_schema(value, schema, spec, where="$"):
-    """A small JSON Schema check (the subset openapi.yaml uses); raises AssertionError naming the place."""
-    if "$ref" in schema:
-        node = spec
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            node = node[part]
-        return check_schema(value, node, spec, where)
-    if "oneOf" in schema:
-        return
-    types = schema.get("type")
-    if types is not None:
-        types = types if isinstance(types, list) else [types]
-        pytypes = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
-                   "integer": int, "number": (int, float)}
-        ok = any(isinstance(value, pytypes[t]) and not (t in ("integer", "number") and isinstance(value, bool))
-                 for t in types)
-        assert ok, f"{where}: {value!r} is not {types}"
-    if "enum" in schema:
-        assert value in schema["enum"], f"{where}: {value!r} not in {schema['enum']}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        assert value >= schema.get("minimum", -np.inf), where
-        assert value <= schema.get("maximum", np.inf), where
-    if isinstance(value, dict):
-        for key in schema.get("required", []):
-            assert key in value, f"{where}: missing {key!r}"
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        for key, item in value.items():
-            if key in props:
-                check_schema(item, props[key], spec, f"{where}.{key}")
-            elif extra is False:
-                raise AssertionError(f"{where}: unexpected key {key!r}")
-            elif isinstance(extra, dict):
-                check_schema(item, extra, spec, f"{where}.{key}")
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            check_schema(item, schema["items"], spec, f"{where}[{i}]")
-
-
-def response_schema(spec, path, method, status):
-    answer = spec["paths"][path][method]["responses"][str(status)]
-    if "$ref" in answer:
-        answer = spec["components"]["responses"][answer["$ref"].rsplit("/", 1)[1]]
-    return answer["content"]["application/json"]["schema"]
-
-
 def test_openapi_json_is_the_yaml(client):
     resp = client.get("/openapi.json")
     assert resp.status_code == 200
@@ -711,7 +630,7 @@ print(json.dumps(out))
     prediction, csv_status, scored, *statuses, heavy = json.loads(done.stdout)
     model, manifest = deployment.load_deployed(shared.prod_deployment_path)
     assert_answer(prediction, model, pd.DataFrame([ROW]))
-    X, y = scoring.read_labelled(shared.test_data_file)
+    X, y = delivery.read_labelled(shared.test_data_file)
     assert scored == {"model_version": 1, **scoring.score_model(model, X, y),
                       "cross_validation": manifest["audit"]["cross_validation"], "slices": manifest["audit"]["slices"]}
     assert [csv_status, *statuses] == [200, 200, 200, 200]
@@ -721,8 +640,14 @@ print(json.dumps(out))
 def test_the_scoring_helper_process_agrees_with_scoring_here(shared):
     service = app_module.create_app(shared).extensions["dras"]
     p = service.predictor()
-    assert isinstance(p.model, app_module.Fitted)
+    assert isinstance(p.model, serving.Fitted)
     assert service._score_in_helper(p) == service._score_here(p)
+
+
+def test_the_scoring_child_says_why_it_cannot_score(shared, tmp_path):
+    result = serving.score_in_child(tmp_path / "v0009", shared.test_data_file)
+    assert result == serving.ScoreResult(2, None, f"no manifest in {tmp_path / 'v0009'}")
+    assert not result.ok
 
 
 def test_a_model_of_another_shape_is_loaded_by_scikit_learn(deployed, tmp_path):
@@ -734,8 +659,8 @@ def test_a_model_of_another_shape_is_loaded_by_scikit_learn(deployed, tmp_path):
     tree = DecisionTreeClassifier(random_state=0, max_depth=3).fit(df[list(FEATURES)], df["exited"])
     pkl = tmp_path / "tree.pkl"
     pkl.write_bytes(pickle.dumps(tree))
-    with pytest.raises(app_module.NotPlainLinear, match="sklearn.tree._classes.DecisionTreeClassifier"):
-        app_module.load_fitted(pkl.read_bytes())
+    with pytest.raises(serving.NotPlainLinear, match="sklearn.tree._classes.DecisionTreeClassifier"):
+        serving.load_fitted(pkl.read_bytes())
     deployment.deploy(deployed.prod_deployment_path, pkl, deployed.score_file, deployed.ingested_list)
     client = app_module.create_app(deployed).test_client()
     rows = datagen.generate(20, seed=6)
@@ -752,7 +677,7 @@ def test_few_rows_computed_without_numpy_equal_scikit_learn(client, model):
     df.loc[2, "lastyear_activity"] = 2**53 - 1
     df.loc[3, FEATURES] = 0
     records = df[list(FEATURES)].to_dict("records")
-    assert len(records) <= app_module.SMALL_BATCH
+    assert len(records) <= serving.SMALL_BATCH
     resp = client.post("/prediction", json={"records": records})
     assert_answer(resp.get_json(), model, df)
     predictor = client.application.extensions["dras"].predictor()

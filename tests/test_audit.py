@@ -12,10 +12,13 @@ from sklearn.model_selection import StratifiedKFold, cross_validate
 
 import audit
 import datagen
+import delivery
 import deployment
 import drift
 import history
 import ingestion
+import measures
+import modelcard
 import scoring
 import training
 from settings import ConfigError, load_config
@@ -38,7 +41,7 @@ def section(card, title):
 # ---------------------------------------------------------------- cross-validation
 
 def test_cross_validation_equals_a_hand_run_of_scikit_learn():
-    X, y = training.training_frame(datagen.generate(60, seed=3))
+    X, y = delivery.training_frame(datagen.generate(60, seed=3))
     ours = audit.cross_validation(training.build_model(PARAMS), X, y, folds=5, seed=7)
 
     by_hand = {"f1": [], "precision": [], "recall": []}
@@ -140,7 +143,7 @@ def test_metrics_from_counts_are_scikit_learns_floats(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 400))
     y_true, y_pred = rng.random(n) < rng.random(), rng.random(n) < rng.random()
-    ours = audit.metrics_from_counts(audit.confusion(y_true.astype(int), y_pred.astype(int)))
+    ours = measures.metrics_from_counts(measures.confusion(y_true.astype(int), y_pred.astype(int)))
     assert ours == scoring.metrics(y_true.astype(int), y_pred.astype(int))
 
 
@@ -198,7 +201,7 @@ def trained(world):
 
 def test_training_records_cv_slices_and_provenance(trained):
     cfg, meta, score = trained
-    X, y = training.training_frame(ingestion.read_finaldata(cfg.finaldata))
+    X, y = delivery.training_frame(ingestion.read_finaldata(cfg.finaldata))
     assert meta["cross_validation"] == audit.cross_validation(training.build_model(cfg.model), X, y, 5, seed=0)
     assert meta["evaluation"]["metrics"] == {**score, "confusion": meta["evaluation"]["metrics"]["confusion"]}
     confusion = meta["evaluation"]["metrics"]["confusion"]
@@ -262,7 +265,7 @@ def test_the_card_states_the_recorded_facts(trained):
     prod = cfg.prod_deployment_path
     card = (prod / "modelcard.md").read_text()
     assert (prod / "modelcard.md").read_bytes() == (prod / "versions" / "v0001" / "modelcard.md").read_bytes()
-    assert card == audit.model_card(deployment.read_manifest(prod / "versions" / "v0001"))  # regenerated exactly
+    assert card == modelcard.model_card(deployment.read_manifest(prod / "versions" / "v0001"))  # regenerated exactly
     assert manifest["files"]["modelcard.md"] == {"sha256": sha(prod / "modelcard.md"),
                                                  "bytes": (prod / "modelcard.md").stat().st_size}
     assert audit.slices_for_deployment(manifest) == meta["evaluation"]["slices"]
@@ -353,7 +356,7 @@ def test_the_card_follows_the_serving_version_on_redeploy_and_rollback(trained):
     deployment.deploy_from_config(cfg)  # the newest model again, as v0003: its card is regenerated
     third = root.read_bytes()
     manifest = deployment.current_manifest(prod)
-    assert third.decode() == audit.model_card(manifest)
+    assert third.decode() == modelcard.model_card(manifest)
     changed = [(a, b) for a, b in zip(second.decode().splitlines(), third.decode().splitlines()) if a != b]
     assert [b for _, b in changed] == [
         "# Model card: client attrition model v0003",
@@ -379,12 +382,12 @@ def test_the_card_warns_of_data_outside_the_training_range(trained):
 def test_a_card_without_recorded_facts_says_so(tmp_path):
     manifest = {"version": 4, "deployed_at": "2026-01-02T03:04:05+00:00", "metrics": {"f1": 0.5},
                 "files": {"trainedmodel.pkl": {"sha256": "ab" * 32}}}
-    card = audit.model_card(manifest)
+    card = modelcard.model_card(manifest)
     assert "- Code version: unknown" in card.splitlines()
     assert section(card, "Drift decision") == ["First deployment / deployed by hand, no drift check."]
     assert "The ingested files were not recorded." in card
     assert audit.code_version(repo=tmp_path) == {"commit": None, "dirty": None}
-    assert audit.report_audit(manifest) is None  # deployed before audits: the report says none is provided
+    assert modelcard.report_audit(manifest) is None  # deployed before audits: the report says none is provided
 
 
 def test_f1_swing_by_hand():
@@ -442,7 +445,8 @@ def test_cross_validation_on_many_rows_uses_a_stratified_sample():
     import datagen
     from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
 
-    from training import build_model, training_frame
+    from delivery import training_frame
+    from training import build_model
 
     X, y = training_frame(datagen.generate(3000, seed=8))
     params = {"C": 1.0, "max_iter": 1000, "class_weight": None, "random_state": 0}

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from apscheduler.triggers.cron import CronTrigger
 
-import fullprocess
+import schedule
 from conftest import REPO
 
 FAKE_CRONTAB = """#!/bin/sh
@@ -20,7 +20,7 @@ OTHER = "0 3 * * * /usr/bin/backup --nightly\n"
 
 
 def test_the_schedule_is_every_ten_minutes():
-    expr = fullprocess.read_cronjob()
+    expr = schedule.read_cronjob()
     assert expr == "*/10 * * * *"
     trigger = CronTrigger.from_crontab(expr, timezone="UTC")
     now = datetime.fromisoformat("2026-01-05T12:03:30+00:00")
@@ -30,7 +30,7 @@ def test_the_schedule_is_every_ten_minutes():
         fires.append(now.strftime("%H:%M:%S"))
         now = now.replace(second=1)
     assert fires == ["12:10:00", "12:20:00", "12:30:00", "12:40:00"]
-    assert fullprocess.make_trigger(expr).fields == trigger.fields
+    assert schedule.make_trigger(expr).fields == trigger.fields
 
 
 def test_the_line_is_one_job_with_placeholders():

@@ -4,62 +4,20 @@ The processes run the real fullprocess.main with `publish` replaced by a stand-i
 what it was asked to publish to output_folder_path/published.jsonl (the report and the API
 returns are tested by their own modules and by the end-to-end test).
 """
-import hashlib
 import json
-import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 
-import pandas as pd
 import pytest
 
+import cycle
 import deployment
 import fullprocess
 import ingestion
-from conftest import REPO, write_delivery
+from conftest import write_delivery
+from helpers import assert_consistent, cycle_cmd, decisions, env, published, run, stand_in
 
-WRAPPER = """
-import json, sys
-import fullprocess
-
-def publish(cfg, record):
-    with open(cfg.output_folder_path / "published.jsonl", "a") as f:
-        f.write(json.dumps({"version": record["deployed_version"], "decision": record["decision"]}) + "\\n")
-    return {"report": "stand-in", "apireturns": "stand-in"}
-
-fullprocess.publish = publish
-sys.exit(fullprocess.main(sys.argv[1:]))
-"""
-
-
-def cycle_cmd(cfg, *args):
-    return [sys.executable, "-c", WRAPPER, "--config", str(cfg.path), *args]
-
-
-def env():
-    return {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def run(cfg, *args, timeout=120):
-    return subprocess.run(cycle_cmd(cfg, *args), cwd=cfg.base, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def published(cfg):
-    path = cfg.output_folder_path / "published.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def decisions(cfg):
-    with sqlite3.connect(cfg.history_db) as conn:
-        return conn.execute("SELECT decision, finished_at IS NOT NULL FROM cycles ORDER BY id").fetchall()
-
-
-def sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_two_cycles_at_once_one_works_one_exits(world):
@@ -72,41 +30,9 @@ def test_two_cycles_at_once_one_works_one_exits(world):
     worked = [err for _, err in outs if "cycle finished: cold start: deployed" in err]
     assert len(locked) == 1 and len(worked) == 1
     assert "step:" not in locked[0]
-    assert decisions(world) == [(fullprocess.COLD_START, 1)]
-    assert published(world) == [{"version": 1, "decision": fullprocess.COLD_START}]
+    assert decisions(world) == [(cycle.COLD_START, 1)]
+    assert published(world) == [{"version": 1, "decision": cycle.COLD_START}]
     assert len(ingestion.read_finaldata(world.finaldata)) == 20000
-
-
-def expected_finaldata(cfg, names):
-    frames = [ingestion.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n in names]
-    return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
-
-
-def assert_consistent(cfg, names):
-    """finaldata, the history and production agree, whatever happened before."""
-    final = ingestion.read_finaldata(cfg.finaldata)
-    assert final.to_csv(index=False) == expected_finaldata(cfg, names).to_csv(index=False)
-    with sqlite3.connect(cfg.history_db) as conn:
-        files = conn.execute("SELECT name, sha256 FROM ingested_files ORDER BY id").fetchall()
-        summary_rows = conn.execute("SELECT rows FROM summaries ORDER BY id DESC LIMIT 1").fetchone()[0]
-        last = conn.execute("SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
-        unfinished = conn.execute("SELECT count(*) FROM cycles WHERE finished_at IS NULL").fetchone()[0]
-    assert files == [(n, sha(cfg.input_folder_path / n)) for n in names]
-    assert summary_rows == len(final)
-    assert unfinished == 0
-    model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
-    current = deployment.current_dir(cfg.prod_deployment_path)
-    for name, meta in manifest["files"].items():
-        assert sha(current / name) == meta["sha256"], name
-    assert last == (manifest["version"], manifest["files"]["trainedmodel.pkl"]["sha256"])
-    return manifest
-
-
-def stand_in(cfg, record):
-    """The in-process twin of WRAPPER's publish."""
-    with open(cfg.output_folder_path / "published.jsonl", "a") as f:
-        f.write(json.dumps({"version": record["deployed_version"], "decision": record["decision"]}) + "\n")
-    return {"report": "stand-in", "apireturns": "stand-in"}
 
 
 # Killed right after the step starts: mid-ingestion (finaldata written or not, history not yet),
@@ -115,7 +41,7 @@ def stand_in(cfg, record):
 @pytest.mark.parametrize("stage", ["ingestion", "training", "deployment"])
 def test_a_cycle_killed_mid_work_is_finished_by_the_next(world, stage):
     write_delivery(world, "first.csv", rows=2000, seed=1)
-    assert fullprocess.run_cycle(world, publisher=stand_in)["decision"] == fullprocess.COLD_START
+    assert fullprocess.run_cycle(world, publisher=stand_in).to_dict()["decision"] == cycle.COLD_START
     write_delivery(world, "shifted.csv", rows=8000, seed=2, drift="concept", strength=1.0)
     seen = []
     with subprocess.Popen(cycle_cmd(world), cwd=world.base, env=env(), stderr=subprocess.PIPE, text=True) as proc:
@@ -135,10 +61,10 @@ def test_a_cycle_killed_mid_work_is_finished_by_the_next(world, stage):
     assert (world.prod_deployment_path / "ingestedfiles.txt").read_text() == "first.csv\nshifted.csv\n"
     assert published(world)[-1]["version"] == manifest["version"]
     rows = decisions(world)
-    assert rows[0] == (fullprocess.COLD_START, 1)
+    assert rows[0] == (cycle.COLD_START, 1)
     assert all(done for _, done in rows)
-    assert rows[-1][0] in (fullprocess.REDEPLOYED, fullprocess.PUBLISHED, fullprocess.NO_DRIFT)
-    assert fullprocess.run_cycle(world, publisher=stand_in)["decision"] == fullprocess.NO_NEW_DATA
+    assert rows[-1][0] in (cycle.REDEPLOYED, cycle.PUBLISHED, cycle.NO_DRIFT)
+    assert fullprocess.run_cycle(world, publisher=stand_in).to_dict()["decision"] == cycle.NO_NEW_DATA
     assert decisions(world) == rows
     assert_consistent(world, ["first.csv", "shifted.csv"])
 
@@ -168,12 +94,12 @@ def test_the_daemon_runs_cycles_and_stops_on_sigterm(world):
             proc.wait()
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert lines[0]["decision"] == fullprocess.COLD_START
-    assert {line["decision"] for line in lines[1:]} == {fullprocess.NO_NEW_DATA}
+    assert lines[0]["decision"] == cycle.COLD_START
+    assert {line["decision"] for line in lines[1:]} == {cycle.NO_NEW_DATA}
     assert "daemon started: schedule '*/1 * * * * *'" in err
     assert "received SIGTERM: stopping after any running cycle" in err
     assert err.rstrip().endswith("daemon stopped")
-    assert published(world) == [{"version": 1, "decision": fullprocess.COLD_START}]
+    assert published(world) == [{"version": 1, "decision": cycle.COLD_START}]
 
 
 def test_the_daemon_logs_a_failing_cycle_and_keeps_going(world):
@@ -192,7 +118,7 @@ def test_the_daemon_logs_a_failing_cycle_and_keeps_going(world):
             proc.wait()
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert {line["decision"] for line in lines} == {fullprocess.FAILED}
+    assert {line["decision"] for line in lines} == {cycle.FAILED}
     assert "scheduled cycle failed: ScoringError: test data" in err
     assert "received SIGINT" in err
     assert deployment.current_manifest(world.prod_deployment_path) is None

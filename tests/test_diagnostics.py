@@ -20,8 +20,6 @@ import deployment
 import diagnostics
 import history
 import ingestion
-import scoring
-import training
 from settings import COLUMNS, load_config
 
 # Four rows, two gaps: every figure below is worked out by hand from these.
@@ -79,16 +77,6 @@ def test_recorded_timings_are_the_latest_of_each_step(world):
         history.record_timing(conn, "training", 3.25)
         history.record_timing(conn, "ingestion", 2.0)
     assert diagnostics.recorded_timings(world) == {"ingestion": 2.0, "training": 3.25}
-
-
-@pytest.fixture
-def deployed(world):
-    write_delivery(world, "a.csv", rows=200, seed=1)
-    ingestion.ingest(world)
-    training.run(world)
-    scoring.run(world)
-    deployment.deploy_from_config(world)
-    return world
 
 
 def test_model_predictions_are_the_deployed_models_one_per_row_in_order(deployed):

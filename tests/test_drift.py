@@ -10,6 +10,7 @@ from sklearn.metrics import f1_score
 
 import datagen
 import drift
+import measures
 import training
 from conftest import REPO
 
@@ -77,15 +78,15 @@ def test_confusion_cells_and_f1_match_sklearn():
     rng = np.random.default_rng(4)
     for n in (1, 7, 100, 1000):
         true, pred = rng.integers(0, 2, n), rng.integers(0, 2, n)
-        cells = drift.confusion_cells(true, pred)
+        cells = measures.confusion(true, pred)
         assert cells.tolist() == [int(((true == 1) & (pred == 1)).sum()), int(((true == 0) & (pred == 1)).sum()),
                                   int(((true == 1) & (pred == 0)).sum()), int(((true == 0) & (pred == 0)).sum())]
-        assert float(drift.f1_from_cells(cells)) == f1_score(true, pred, zero_division=0)
-    assert float(drift.f1_from_cells([0, 0, 0, 5])) == 0.0
+        assert float(measures.f1_precision_recall(cells)[0]) == f1_score(true, pred, zero_division=0)
+    assert float(measures.f1_precision_recall([0, 0, 0, 5])[0]) == 0.0
     with pytest.raises(ValueError, match=r"^3 labels but 2 predictions$"):
-        drift.confusion_cells([0, 1, 1], [0, 1])
+        measures.confusion([0, 1, 1], [0, 1])
     with pytest.raises(ValueError, match=r"^labels and predictions must be 0 or 1$"):
-        drift.confusion_cells([0, 2], [0, 1])
+        measures.confusion([0, 2], [0, 1])
 
 
 def test_identical_samples_are_no_drift():

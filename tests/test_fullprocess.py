@@ -8,11 +8,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
+import cycle
+import delivery
 import deployment
 import fullprocess
 import history
 import ingestion
 from conftest import make_config, write_delivery
+from helpers import pdf_text
 from settings import FEATURES, TARGET, load_config
 
 
@@ -24,7 +27,7 @@ class Publisher:
         self.fail = fail
 
     def __call__(self, cfg, record):
-        self.records.append(json.loads(json.dumps(record, default=str)))
+        self.records.append(json.loads(record.to_json()))
         if self.fail:
             raise OSError("disk full while writing the report")
         return {"report": str(cfg.output_folder_path / "report.pdf"), "apireturns": "apireturns.txt"}
@@ -59,14 +62,14 @@ def f1_on(model, df):
 
 def cold_start(cfg, published, rows=200, seed=1):
     write_delivery(cfg, "first.csv", rows=rows, seed=seed)
-    rec = fullprocess.run_cycle(cfg)
-    assert rec["decision"] == fullprocess.COLD_START
+    rec = fullprocess.run_cycle(cfg).to_dict()
+    assert rec["decision"] == cycle.COLD_START
     return rec
 
 
 def test_no_data_yet(world, published):
-    rec = fullprocess.run_cycle(world)
-    assert rec["decision"] == fullprocess.NO_DATA_YET
+    rec = fullprocess.run_cycle(world).to_dict()
+    assert rec["decision"] == cycle.NO_DATA_YET
     assert rec["errors"] == []
     assert deployment.current_manifest(world.prod_deployment_path) is None
     assert published.records == []
@@ -83,23 +86,23 @@ def test_cold_start_ingests_trains_deploys_and_publishes(world, published):
     assert (world.prod_deployment_path / "ingestedfiles.txt").read_text() == "first.csv\n"
     # the publisher saw the finished decision and the version it is publishing
     assert len(published.records) == 1
-    assert published.records[0]["decision"] == fullprocess.COLD_START
+    assert published.records[0]["decision"] == cycle.COLD_START
     assert published.records[0]["deployed_version"] == 1
-    assert [(c[0], c[1]) for c in cycles(world)] == [(1, fullprocess.COLD_START)]
-    assert log_lines(world)[-1]["decision"] == fullprocess.COLD_START
+    assert [(c[0], c[1]) for c in cycles(world)] == [(1, cycle.COLD_START)]
+    assert log_lines(world)[-1]["decision"] == cycle.COLD_START
 
 
 def test_no_new_data_does_nothing(world, published):
     cold_start(world, published)
     before = world.finaldata.read_bytes()
-    rec = fullprocess.run_cycle(world)
-    assert rec["decision"] == fullprocess.NO_NEW_DATA
+    rec = fullprocess.run_cycle(world).to_dict()
+    assert rec["decision"] == cycle.NO_NEW_DATA
     assert rec["new_files"] == [] and rec["errors"] == []
     assert deployed_version(world) == 1
     assert world.finaldata.read_bytes() == before
     assert len(published.records) == 1
-    assert [c[1] for c in cycles(world)] == [fullprocess.COLD_START]
-    assert [line["decision"] for line in log_lines(world)] == [fullprocess.COLD_START, fullprocess.NO_NEW_DATA]
+    assert [c[1] for c in cycles(world)] == [cycle.COLD_START]
+    assert [line["decision"] for line in log_lines(world)] == [cycle.COLD_START, cycle.NO_NEW_DATA]
 
 
 def test_concept_drift_retrains_redeploys_and_publishes(world, published):
@@ -107,10 +110,10 @@ def test_concept_drift_retrains_redeploys_and_publishes(world, published):
     deployed_f1 = float((world.prod_deployment_path / "latestscore.txt").read_text())
     old_model, _ = deployment.load_deployed(world.prod_deployment_path)
     path = write_delivery(world, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
-    rec = fullprocess.run_cycle(world)
-    new_f1 = f1_on(old_model, ingestion.parse_delivery(path.read_bytes()))
+    rec = fullprocess.run_cycle(world).to_dict()
+    new_f1 = f1_on(old_model, delivery.parse_delivery(path.read_bytes()))
     assert new_f1 < deployed_f1
-    assert rec["decision"] == fullprocess.REDEPLOYED
+    assert rec["decision"] == cycle.REDEPLOYED
     sd = rec["score_drift"]
     assert (sd["test"], sd["used"], sd["drift"], sd["new_rows"]) == ("raw", "raw", True, 300)
     assert sd["new_f1"] == new_f1 and sd["deployed_f1"] == deployed_f1
@@ -120,7 +123,7 @@ def test_concept_drift_retrains_redeploys_and_publishes(world, published):
 
     _, first_manifest = deployment.load_version(world.prod_deployment_path / "versions" / "v0001")
     definitions = first_manifest["training"]["slice_definitions"]
-    assert rec["slices_new"] == audit.slices_for_rows(old_model, ingestion.parse_delivery(path.read_bytes()),
+    assert rec["slices_new"] == audit.slices_for_rows(old_model, delivery.parse_delivery(path.read_bytes()),
                                                       definitions, world.slice_margin, world.slice_min_rows)
     assert sum(s["rows"] for s in rec["slices_new"]["slices"] if s["feature"] == "number_of_employees") == 300
     assert (rec["previous_version"], rec["deployed_version"], rec["published_version"]) == (1, 2, 2)
@@ -133,7 +136,7 @@ def test_concept_drift_retrains_redeploys_and_publishes(world, published):
     _, manifest = deployment.load_deployed(world.prod_deployment_path)
     assert manifest["training"]["training_rows"] == 500
     assert manifest["cycle"]["id"] == rec["cycle_id"]
-    assert manifest["cycle"]["decision"] == fullprocess.REDEPLOYED
+    assert manifest["cycle"]["decision"] == cycle.REDEPLOYED
     assert manifest["cycle"]["score_drift"] == rec["score_drift"]
     card = (world.prod_deployment_path / "modelcard.md").read_text()
     assert "- Score drift: **drift** (test `raw`)" in card
@@ -143,16 +146,16 @@ def test_tie_is_not_drift_and_the_delivery_is_ingested_once(world, published):
     cold_start(world, published)
     # the test data itself as a delivery: the deployed model scores exactly its deployed score
     write_delivery(world, "same.csv", text=world.test_data_file.read_bytes())
-    rec = fullprocess.run_cycle(world)
-    assert rec["decision"] == fullprocess.NO_DRIFT
+    rec = fullprocess.run_cycle(world).to_dict()
+    assert rec["decision"] == cycle.NO_DRIFT
     sd = rec["score_drift"]
     assert sd["new_f1"] == sd["deployed_f1"] and sd["drift"] is False
     assert sd["reason"].startswith(f"new F1 {sd['new_f1']:.4f} is equal to the deployed score")
     assert deployed_version(world) == 1
     assert len(published.records) == 1
     rows = len(ingestion.read_finaldata(world.finaldata))
-    again = fullprocess.run_cycle(world)
-    assert again["decision"] == fullprocess.NO_NEW_DATA
+    again = fullprocess.run_cycle(world).to_dict()
+    assert again["decision"] == cycle.NO_NEW_DATA
     assert len(ingestion.read_finaldata(world.finaldata)) == rows
     with sqlite3.connect(world.history_db) as conn:
         assert conn.execute("SELECT count(*) FROM ingested_files WHERE name = 'same.csv'").fetchone()[0] == 1
@@ -168,11 +171,11 @@ def test_statistical_tests_fall_back_to_raw_with_little_history(tmp_path, publis
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
     cold_start(cfg, published)
     write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
-    rec = fullprocess.run_cycle(cfg)
+    rec = fullprocess.run_cycle(cfg).to_dict()
     sd = rec["score_drift"]
     assert (sd["test"], sd["used"], sd["history_size"]) == (test, "raw", 1)
     assert sd["fallback"] == f"1 score(s) of history, 3 needed for the {test} test: used the raw comparison"
-    assert rec["decision"] == fullprocess.REDEPLOYED
+    assert rec["decision"] == cycle.REDEPLOYED
 
 
 @pytest.mark.parametrize(("test", "earlier", "drift"), [
@@ -200,7 +203,7 @@ def test_statistical_tests_use_the_deployment_history(tmp_path, published, test,
                          [(1.0, 98, "deploy", "x", earlier[0]), (2.0, 99, "rollback", "z", 0.0),
                           (2.5, 99, "deploy", "y", earlier[1]), (3.0, *real[0])])
     write_delivery(cfg, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
-    rec = fullprocess.run_cycle(cfg)
+    rec = fullprocess.run_cycle(cfg).to_dict()
     sd = rec["score_drift"]
     history = np.array([earlier[0], earlier[1], deployed_f1])  # rollbacks are not scores of history
     if test == "parametric":
@@ -212,7 +215,7 @@ def test_statistical_tests_use_the_deployment_history(tmp_path, published, test,
     assert sd["threshold"] == pytest.approx(threshold, abs=1e-12)
     assert sd["new_f1"] < deployed_f1
     assert sd["drift"] is drift and bool(sd["new_f1"] < threshold) is drift
-    assert rec["decision"] == (fullprocess.REDEPLOYED if drift else fullprocess.NO_DRIFT)
+    assert rec["decision"] == (cycle.REDEPLOYED if drift else cycle.NO_DRIFT)
     assert deployed_version(cfg) == (2 if drift else 1)
 
 
@@ -242,7 +245,7 @@ def test_feature_drift_triggers_retraining_and_the_gate_decides(tmp_path, publis
     cfg = gate_world(tmp_path, gate)
     cold_start(cfg, published)
     labelled_by_deployed(cfg)
-    rec = fullprocess.run_cycle(cfg)
+    rec = fullprocess.run_cycle(cfg).to_dict()
     fd = rec["feature_drift"]
     assert fd["any"] is True and "lastmonth_activity" in fd["drifted"]
     assert rec["score_drift"]["new_f1"] == 1.0 and rec["score_drift"]["drift"] is False
@@ -253,17 +256,17 @@ def test_feature_drift_triggers_retraining_and_the_gate_decides(tmp_path, publis
         import scoring
 
         model = scoring.load_pickle(cfg.model_file)
-        expected = f1_on(model, ingestion.parse_delivery((cfg.input_folder_path / "moved.csv").read_bytes()))
+        expected = f1_on(model, delivery.parse_delivery((cfg.input_folder_path / "moved.csv").read_bytes()))
         assert expected < 1.0 and len(retrained) == 600
         assert rec["gate"] == {"passed": False, "retrained_f1": expected, "deployed_f1": 1.0, "rows": 400,
                                "reason": f"retrained model's F1 {expected:.4f} on the 400 new rows is lower than "
                                          "the deployed model's 1.0000"}
-        assert rec["decision"] == fullprocess.GATE_KEPT
+        assert rec["decision"] == cycle.GATE_KEPT
         assert deployed_version(cfg) == 1
         assert len(published.records) == 1
     else:
         assert "gate" not in rec
-        assert rec["decision"] == fullprocess.REDEPLOYED
+        assert rec["decision"] == cycle.REDEPLOYED
         assert deployed_version(cfg) == 2
         assert len(published.records) == 2
 
@@ -272,21 +275,21 @@ def test_bad_files_are_quarantined_and_the_good_ones_go_on(world, published):
     cold_start(world, published)
     write_delivery(world, "broken.csv", text="corporation,exited\nabcd,1\n")
     write_delivery(world, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
-    rec = fullprocess.run_cycle(world)
+    rec = fullprocess.run_cycle(world).to_dict()
     assert rec["new_files"] == ["broken.csv", "shifted.csv"]
     assert [q["name"] for q in rec["ingestion"]["quarantined"]] == ["broken.csv"]
     assert rec["pending_files"] == ["shifted.csv"]
-    assert rec["decision"] == fullprocess.REDEPLOYED
+    assert rec["decision"] == cycle.REDEPLOYED
     assert not (world.input_folder_path / "broken.csv").exists()
 
 
 def test_only_bad_files(world, published):
     cold_start(world, published)
     write_delivery(world, "broken.csv", text="corporation,exited\nabcd,1\n")
-    rec = fullprocess.run_cycle(world)
-    assert rec["decision"] == fullprocess.NO_USABLE_ROWS and rec["errors"] == []
+    rec = fullprocess.run_cycle(world).to_dict()
+    assert rec["decision"] == cycle.NO_USABLE_ROWS and rec["errors"] == []
     assert deployed_version(world) == 1
-    assert fullprocess.run_cycle(world)["decision"] == fullprocess.NO_NEW_DATA
+    assert fullprocess.run_cycle(world).to_dict()["decision"] == cycle.NO_NEW_DATA
 
 
 def test_a_failing_cycle_keeps_the_deployment_and_the_next_one_finishes(world, published):
@@ -296,41 +299,41 @@ def test_a_failing_cycle_keeps_the_deployment_and_the_next_one_finishes(world, p
     world.test_data_file.write_text("corporation,exited\n")
     assert fullprocess.main(["--config", str(world.path)]) == 1
     (_, decision, rec), = [c for c in cycles(world) if c[0] == 2]
-    assert decision == fullprocess.FAILED
+    assert decision == cycle.FAILED
     assert rec["errors"][0].startswith("ScoringError: test data")
     assert deployed_version(world) == 1
     deployment.load_deployed(world.prod_deployment_path)
     # the delivery is ingested (once) but still owes its drift decision
     world.test_data_file.write_bytes(good_test)
-    rec = fullprocess.run_cycle(world)
+    rec = fullprocess.run_cycle(world).to_dict()
     assert rec["new_files"] == [] and rec["pending_files"] == ["shifted.csv"]
-    assert rec["decision"] == fullprocess.REDEPLOYED and deployed_version(world) == 2
+    assert rec["decision"] == cycle.REDEPLOYED and deployed_version(world) == 2
 
 
 def test_a_failed_publish_is_retried_by_the_next_cycle(world, monkeypatch):
     failing = Publisher(fail=True)
     monkeypatch.setattr(fullprocess, "publish", failing)
     write_delivery(world, "first.csv", rows=200, seed=1)
-    rec = fullprocess.run_cycle(world)
-    assert rec["decision"] == fullprocess.COLD_START
+    rec = fullprocess.run_cycle(world).to_dict()
+    assert rec["decision"] == cycle.COLD_START
     assert rec["errors"] == ["unexpected OSError: disk full while writing the report"]
     assert rec["published_version"] is None and deployed_version(world) == 1
     ok = Publisher()
     monkeypatch.setattr(fullprocess, "publish", ok)
-    rec = fullprocess.run_cycle(world)
-    assert rec["decision"] == fullprocess.PUBLISHED and rec["errors"] == []
+    rec = fullprocess.run_cycle(world).to_dict()
+    assert rec["decision"] == cycle.PUBLISHED and rec["errors"] == []
     assert [r["deployed_version"] for r in ok.records] == [1]
-    assert fullprocess.run_cycle(world)["decision"] == fullprocess.NO_NEW_DATA
+    assert fullprocess.run_cycle(world).to_dict()["decision"] == cycle.NO_NEW_DATA
 
 
 def test_a_held_lock_means_exit_zero_at_once(world, published):
     write_delivery(world, "first.csv", rows=50, seed=1)
     with fullprocess.cycle_lock(world.output_folder_path) as held:
         assert held is True
-        assert fullprocess.run_cycle(world) == {"decision": "locked", "errors": []}
+        assert fullprocess.run_cycle(world).to_dict() == {"decision": "locked", "errors": []}
         assert fullprocess.main(["--config", str(world.path)]) == 0
     assert not world.history_db.exists() or cycles(world) == []
-    assert fullprocess.run_cycle(world)["decision"] == fullprocess.COLD_START
+    assert fullprocess.run_cycle(world).to_dict()["decision"] == cycle.COLD_START
 
 
 def test_manual_deployment_counts_as_decided(world, published):
@@ -343,8 +346,8 @@ def test_manual_deployment_counts_as_decided(world, published):
     training.run(world)
     scoring.run(world)
     deployment.deploy_from_config(world)
-    rec = fullprocess.run_cycle(world)
-    assert rec["decision"] == fullprocess.NO_NEW_DATA
+    rec = fullprocess.run_cycle(world).to_dict()
+    assert rec["decision"] == cycle.NO_NEW_DATA
     assert published.records == []
 
 
@@ -356,7 +359,7 @@ def test_missing_values_are_kept_and_scored_on_complete_rows(world, published):
     fields[1] = ""
     text[1] = ",".join(fields)
     path.write_text("\n".join(text) + "\n")
-    rec = fullprocess.run_cycle(world)
+    rec = fullprocess.run_cycle(world).to_dict()
     assert rec["new_rows"] == {"rows": 300, "complete": 299}
     assert rec["score_drift"]["new_rows"] == 299
 
@@ -370,19 +373,12 @@ def test_the_significance_test_is_passed_through(tmp_path, published):
     datagen.generate(400, seed=301).to_csv(cfg.test_data_file, index=False)
     cold_start(cfg, published, rows=1000)
     write_delivery(cfg, "shifted.csv", rows=500, seed=2, drift="concept", strength=1.0)
-    rec = fullprocess.run_cycle(cfg)
+    rec = fullprocess.run_cycle(cfg).to_dict()
     sd = rec["score_drift"]
     assert (sd["test"], sd["used"], sd["rounds"], sd["level"], sd["new_rows"]) == ("significance", "significance",
                                                                                      500, 0.05, 500)
     assert sd["p_value"] < 0.05 and sd["drift"] is True
-    assert rec["decision"] == fullprocess.REDEPLOYED
-
-
-def pdf_text(path):
-    import subprocess
-
-    return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
-                          check=True).stdout
+    assert rec["decision"] == cycle.REDEPLOYED
 
 
 def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
@@ -390,7 +386,7 @@ def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
     then the API under gunicorn and a drifted delivery: redeployed, reported, and the running API,
     now serving the new version, answers the returns."""
     from conftest import run_script
-    from test_server import free_port, gunicorn
+    from helpers import free_port, gunicorn
 
     port = free_port()
     cfg = load_config(make_config(world.base, api_url=f"http://127.0.0.1:{port}",
@@ -398,7 +394,7 @@ def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
     write_delivery(cfg, "first.csv", rows=300, seed=1)
     assert fullprocess.main(["--config", str(cfg.path)]) == 0  # in-process, with the real publish
     first = log_lines(cfg)[-1]
-    assert first["decision"] == fullprocess.COLD_START
+    assert first["decision"] == cycle.COLD_START
     assert "Decision: cold start: deployed" in pdf_text(cfg.output_model_path / "report.pdf")
     returns = Path(first["published"]["apireturns"]).read_text().splitlines()
     assert returns[1].startswith(f"# via: in-process (the server at http://127.0.0.1:{port} did not answer")
@@ -407,7 +403,7 @@ def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
         second = run_script("fullprocess.py", "--config", cfg.path, "--verbose")
     assert second.returncode == 0, second.stderr
     rec = log_lines(cfg)[-1]
-    assert rec["decision"] == fullprocess.REDEPLOYED and rec["deployed_version"] == 2
+    assert rec["decision"] == cycle.REDEPLOYED and rec["deployed_version"] == 2
     assert second.stdout.splitlines()[:2] == ["decision: drift: redeployed", "new files: shifted.csv"]
     assert set(rec["published"]) == {"report", "report_copy", "confusion_matrix", "apireturns"}
     pdf = rec["published"]["report"]
@@ -495,17 +491,17 @@ def test_significance_reference_includes_held_out_deliveries(tmp_path, published
     datagen.generate(400, seed=301).to_csv(cfg.test_data_file, index=False)
     cold_start(cfg, published, rows=1000)
     write_delivery(cfg, "calm.csv", rows=200, seed=9)
-    calm = fullprocess.run_cycle(cfg)
+    calm = fullprocess.run_cycle(cfg).to_dict()
     assert calm["held_out_rows"] == 0 and calm["score_drift"]["reference_rows"] == 400
-    assert calm["decision"] == fullprocess.NO_DRIFT and deployed_version(cfg) == 1
+    assert calm["decision"] == cycle.NO_DRIFT and deployed_version(cfg) == 1
     write_delivery(cfg, "shifted.csv", rows=500, seed=2, drift="concept", strength=1.0)
-    rec = fullprocess.run_cycle(cfg)
+    rec = fullprocess.run_cycle(cfg).to_dict()
     assert rec["held_out_rows"] == 200
     assert (rec["score_drift"]["reference_rows"], rec["score_drift"]["new_rows"]) == (600, 500)
-    assert rec["decision"] == fullprocess.REDEPLOYED
+    assert rec["decision"] == cycle.REDEPLOYED
     # after the redeploy the model has seen everything: nothing is held out any more
     write_delivery(cfg, "later.csv", rows=100, seed=10, drift="concept", strength=1.0)
-    assert fullprocess.run_cycle(cfg)["held_out_rows"] == 0
+    assert fullprocess.run_cycle(cfg).to_dict()["held_out_rows"] == 0
 
 
 def test_not_enough_evidence_redeploys_nothing(tmp_path, published):
@@ -517,17 +513,17 @@ def test_not_enough_evidence_redeploys_nothing(tmp_path, published):
     datagen.generate(5, seed=301).to_csv(cfg.test_data_file, index=False)
     cold_start(cfg, published, rows=56)
     write_delivery(cfg, "few.csv", rows=3, seed=2, drift="concept", strength=1.0)
-    rec = fullprocess.run_cycle(cfg)
+    rec = fullprocess.run_cycle(cfg).to_dict()
     assert rec["score_drift"]["drift"] is None and rec["score_drift"]["used"] == "significance"
-    assert rec["decision"] == fullprocess.NOT_ENOUGH_EVIDENCE and rec["errors"] == []
+    assert rec["decision"] == cycle.NOT_ENOUGH_EVIDENCE and rec["errors"] == []
     assert deployed_version(cfg) == 1 and len(published.records) == 1
-    assert fullprocess.run_cycle(cfg)["decision"] == fullprocess.NO_NEW_DATA
+    assert fullprocess.run_cycle(cfg).to_dict()["decision"] == cycle.NO_NEW_DATA
 
 
 def test_a_missing_input_folder_is_a_failure_not_no_new_data(tmp_path, published):
     cfg = load_config(make_config(tmp_path, input_folder_path="sourcedta"))
-    rec = fullprocess.run_cycle(cfg)
-    assert rec["decision"] == fullprocess.FAILED
+    rec = fullprocess.run_cycle(cfg).to_dict()
+    assert rec["decision"] == cycle.FAILED
     assert rec["errors"] == [f"input folder {tmp_path / 'sourcedta'} does not exist (input_folder_path in {cfg.path})"]
     assert fullprocess.main(["--config", str(cfg.path)]) == 1
 
@@ -536,7 +532,7 @@ def test_a_retrained_model_scoring_below_the_serving_one_is_flagged(world, publi
     cold_start(world, published)
     serving_f1 = deployment.current_manifest(world.prod_deployment_path)["metrics"]["f1"]
     write_delivery(world, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
-    rec = fullprocess.run_cycle(world)
+    rec = fullprocess.run_cycle(world).to_dict()
     new_f1 = rec["retrained"]["test_metrics"]["f1"]
     assert new_f1 < serving_f1  # trained on a reversed relation, it scores worse on the old test data
     assert rec["retrained"]["warning"] == (
@@ -547,7 +543,7 @@ def test_a_retrained_model_scoring_below_the_serving_one_is_flagged(world, publi
 def test_a_rollback_does_not_mark_undecided_deliveries_as_decided(world, published):
     cold_start(world, published)
     write_delivery(world, "second.csv", rows=100, seed=3)
-    fullprocess.run_cycle(world)  # no drift: nothing redeployed
+    fullprocess.run_cycle(world).to_dict()  # no drift: nothing redeployed
     conn = history.connect(world.history_db)
     # A delivery ingested after the last deployment but never decided on (as a killed cycle leaves it)...
     write_delivery(world, "third.csv", rows=50, seed=4)
@@ -556,7 +552,7 @@ def test_a_rollback_does_not_mark_undecided_deliveries_as_decided(world, publish
     # ...then an operator's rollback, recorded later: it decides nothing about third.csv.
     history.record_json(conn, "deployments", at=time.time() + 1, version=1, action="rollback",
                         model_sha256="x", f1=None)
-    assert fullprocess._covered_id(conn, fullprocess._last_state(conn)) < third
+    assert cycle.covered_id(conn, cycle.last_state(conn)) < third
 
 
 def test_a_changed_file_under_the_trained_name_is_held_out(tmp_path, published):
@@ -572,8 +568,8 @@ def test_a_changed_file_under_the_trained_name_is_held_out(tmp_path, published):
     cold_start(cfg, published, rows=1000)  # trained on first.csv
     path = write_delivery(cfg, "first.csv", rows=200, seed=9)  # new content under the trained name
     os.utime(path, (time.time() - 5, time.time() - 5))
-    assert fullprocess.run_cycle(cfg)["decision"] == fullprocess.NO_DRIFT
+    assert fullprocess.run_cycle(cfg).to_dict()["decision"] == cycle.NO_DRIFT
     write_delivery(cfg, "next.csv", rows=300, seed=11)
-    rec = fullprocess.run_cycle(cfg)
+    rec = fullprocess.run_cycle(cfg).to_dict()
     assert rec["held_out_rows"] == 200
     assert rec["score_drift"]["reference_rows"] == 600

@@ -11,9 +11,11 @@ import sqlite3
 
 import pandas as pd
 from conftest import HEADER, write_delivery
-from test_daemon import run, stand_in
+from helpers import run, stand_in
 
+import cycle
 import datagen
+import delivery
 import fullprocess
 import ingestion
 
@@ -94,7 +96,7 @@ CORPUS = [
 
 def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(world):
     write_delivery(world, "first.csv", rows=300, seed=1)
-    assert fullprocess.run_cycle(world, publisher=stand_in)["decision"] == fullprocess.COLD_START
+    assert fullprocess.run_cycle(world, publisher=stand_in).to_dict()["decision"] == cycle.COLD_START
     corpus = []
     for name, data, expected in CORPUS:
         if name == BIG:
@@ -110,7 +112,7 @@ def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(world):
     assert "Traceback" not in proc.stderr
     rec = json.loads((world.log_folder_path / "cycles.jsonl").read_text().splitlines()[-1])
     assert rec["errors"] == []
-    assert rec["decision"] == fullprocess.REDEPLOYED  # the shifted rows among the good files drifted
+    assert rec["decision"] == cycle.REDEPLOYED  # the shifted rows among the good files drifted
     bad = [(n, e) for n, _, e in corpus if isinstance(e, str)]
     good = [(n, e) for n, _, e in corpus if isinstance(e, int)]
     assert sorted((q["name"], q["reason"]) for q in rec["ingestion"]["quarantined"]) == sorted(bad)
@@ -131,7 +133,7 @@ def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(world):
         assert [r[0] for r in conn.execute("SELECT name FROM ingested_files ORDER BY id")] == \
             ["first.csv"] + sorted(n for n, _ in good)
     # finaldata: the distinct rows of the first delivery and of the good files, in arrival order
-    frames = [ingestion.parse_delivery((world.input_folder_path / n).read_bytes())
+    frames = [delivery.parse_delivery((world.input_folder_path / n).read_bytes())
               for n in ["first.csv"] + sorted(n for n, _ in good)]
     expected = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
     assert ingestion.read_finaldata(world.finaldata).to_csv(index=False) == expected.to_csv(index=False)
@@ -139,4 +141,4 @@ def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(world):
     again = run(world)
     assert again.returncode == 0, again.stderr
     assert json.loads((world.log_folder_path / "cycles.jsonl").read_text().splitlines()[-1])["decision"] == \
-        fullprocess.NO_NEW_DATA
+        cycle.NO_NEW_DATA

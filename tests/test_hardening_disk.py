@@ -14,9 +14,10 @@ from contextlib import contextmanager
 
 import pytest
 from conftest import write_delivery
-from test_daemon import assert_consistent, run, stand_in
+from helpers import assert_consistent, run, stand_in
 
 import app as app_module
+import cycle
 import deployment
 import fullprocess
 
@@ -73,7 +74,7 @@ def last_record(cfg):
 @pytest.mark.parametrize("where", ["models on a full disk", "production folder read-only", "output folder read-only"])
 def test_a_cycle_that_cannot_write_fails_cleanly_and_the_next_finishes(world, where):
     write_delivery(world, "first.csv", rows=300, seed=1)
-    assert fullprocess.run_cycle(world, publisher=stand_in)["decision"] == fullprocess.COLD_START
+    assert fullprocess.run_cycle(world, publisher=stand_in).to_dict()["decision"] == cycle.COLD_START
     before = deployment.current_manifest(world.prod_deployment_path)
     write_delivery(world, "shifted.csv", rows=300, seed=2, drift="concept", strength=1.0)
     prod, versions = world.prod_deployment_path, world.prod_deployment_path / "versions"
@@ -91,7 +92,7 @@ def test_a_cycle_that_cannot_write_fails_cleanly_and_the_next_finishes(world, wh
         assert deployment.load_deployed(prod)[1] == before
     assert proc.returncode == 1, proc.stderr
     rec = last_record(world)
-    assert rec["decision"] == fullprocess.FAILED
+    assert rec["decision"] == cycle.FAILED
     assert len(rec["errors"]) == 1 and errno_text in rec["errors"][0] and "\n" not in rec["errors"][0], rec["errors"]
     assert f"cycle failed: {rec['errors'][0]}" in proc.stderr
     assert rec["deployed_version"] == 1
@@ -101,7 +102,7 @@ def test_a_cycle_that_cannot_write_fails_cleanly_and_the_next_finishes(world, wh
     # writable again: the next cycle finishes the work and loses nothing
     again = run(world)
     assert again.returncode == 0, again.stderr
-    assert last_record(world)["decision"] in (fullprocess.REDEPLOYED, fullprocess.PUBLISHED)
+    assert last_record(world)["decision"] in (cycle.REDEPLOYED, cycle.PUBLISHED)
     manifest = assert_consistent(world, ["first.csv", "shifted.csv"])
     assert manifest["version"] >= 2 and manifest["training"]["training_rows"] == 600
     assert serving_version(world) == manifest["version"]

@@ -21,11 +21,12 @@ import time
 import types
 
 import pandas as pd
-import pytest
-from conftest import HEADER, make_config, write_delivery
+from conftest import HEADER, write_delivery
 
 import app as app_module
+import cycle
 import datagen
+import delivery
 import deployment
 import fullprocess
 import ingestion
@@ -40,7 +41,7 @@ def stand_in(cfg, record):
     """Publishes by appending one line (the report and API returns are tested by their own modules)."""
     fd = os.open(cfg.output_folder_path / "published.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, (json.dumps({"version": record["deployed_version"]}) + "\n").encode())
+        os.write(fd, (json.dumps({"version": record.deployed_version}) + "\n").encode())
     finally:
         os.close(fd)
     return {"report": "stand-in"}
@@ -129,7 +130,7 @@ def _child(config_path, conn, point):
         root = logging.getLogger()
         root.handlers[:] = [handler]
         root.setLevel(logging.INFO)
-        rec = fullprocess.run_cycle(load_config(config_path), publisher=stand_in)
+        rec = fullprocess.run_cycle(load_config(config_path), publisher=stand_in).to_dict()
         code = 1 if rec["errors"] else 0
     finally:
         os._exit(code)
@@ -254,7 +255,7 @@ def check_invariants(cfg, delivered):
     assert set(ingested_shas) | set(in_quarantine) == {sha(d) for d in delivered.values()}
     assert [n for n, _ in ingested] == [first_name[s] for s in ingested_shas]
     # finaldata.csv: exactly the distinct rows of the ingested files, in the order they arrived
-    frames = [ingestion.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n, _ in ingested]
+    frames = [delivery.parse_delivery((cfg.input_folder_path / n).read_bytes()) for n, _ in ingested]
     expected = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
     final = ingestion.read_finaldata(cfg.finaldata)
     assert final.to_csv(index=False) == expected.to_csv(index=False)
@@ -271,15 +272,6 @@ def check_invariants(cfg, delivered):
     # the deployed model's own file list names only ingested files
     assert set((cfg.prod_deployment_path / "ingestedfiles.txt").read_text().splitlines()) <= {n for n, _ in ingested}
     return manifest
-
-
-@pytest.fixture
-def world(tmp_path):
-    (tmp_path / "sourcedata").mkdir()
-    (tmp_path / "testdata").mkdir()
-    datagen.generate(40, seed=301).to_csv(tmp_path / "testdata" / "testdata.csv", index=False)
-    return load_config(make_config(tmp_path, cv_folds=0, keep_versions=3,
-                                   feature_drift_triggers_retrain=True))
 
 
 def deliver(cfg, i, rng, delivered, bad=False):
@@ -303,8 +295,8 @@ def deliver(cfg, i, rng, delivered, bad=False):
         delivered[f"copy {i:02d}.csv"] = delivered[old]
 
 
-def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
-    cfg = world
+def test_the_cycle_survives_sigkill_at_30_seeded_moments(make_world):
+    cfg = make_world(cv_folds=0, keep_versions=3, feature_drift_triggers_retrain=True)
     FORKSERVER.set_forkserver_preload(PRELOAD)
     rng = random.Random(SEED)
     delivered = {}
@@ -349,7 +341,7 @@ def test_the_cycle_survives_sigkill_at_30_seeded_moments(world):
         assert code == 0, out
         manifest = check_invariants(cfg, delivered)
         # nothing is owed: the next cycle finds nothing to do
-        assert fullprocess.run_cycle(cfg, publisher=stand_in)["decision"] == fullprocess.NO_NEW_DATA
+        assert fullprocess.run_cycle(cfg, publisher=stand_in).to_dict()["decision"] == cycle.NO_NEW_DATA
     assert kills == KILLS
     assert {"ingestion", "training", "deployment"} <= set(killed_in), killed_in
     assert set(POINTS) <= set(killed_in), killed_in  # every exact point was reached and killed at

@@ -11,11 +11,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import yaml
-from conftest import REPO
+from conftest import REPO, build_world
+from helpers import REFUSED, check_schema, gunicorn, response_schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_app import REFUSED, build_world, check_schema, response_schema
-from test_server import gunicorn
 
 from settings import FEATURES
 

@@ -4,9 +4,8 @@ import socket
 import time
 
 import requests
-from conftest import make_config
-from test_app import build_world
-from test_server import gunicorn
+from conftest import build_world, make_config
+from helpers import gunicorn
 
 import app as app_module
 from settings import load_config

@@ -8,9 +8,8 @@ import time
 
 import numpy as np
 import requests
-from conftest import REPO
-from test_app import build_world, retrain_and_deploy
-from test_server import gunicorn
+from conftest import REPO, build_world, retrain_and_deploy
+from helpers import gunicorn
 
 import datagen
 import deployment
@@ -21,10 +20,10 @@ DEPLOYMENTS = 10
 
 # One client process: POSTs the same five rows (as JSON or CSV) until the stop file appears, then
 # writes what it got: one [status, model_version, predictions, probabilities] per request, or the
-# exception of a request that failed.
+# exception of a request that failed. It touches its ready file once its first request is over.
 CLIENT = r"""
 import json, os, sys, requests
-url, kind, body_file, stop_file, out_file = sys.argv[1:]
+url, kind, body_file, stop_file, ready_file, out_file = sys.argv[1:]
 body = open(body_file, "rb").read()
 ctype = "application/json" if kind == "json" else "text/csv"
 seen = []
@@ -39,6 +38,8 @@ with requests.Session() as s:
             seen.append([r.status_code, b.get("model_version"), b.get("predictions"), b.get("probabilities")])
         except requests.RequestException as exc:
             seen.append(["failed", repr(exc), None, None])
+        if len(seen) == 1:
+            open(ready_file, "w").close()
 with open(out_file, "w") as f:
     json.dump(seen, f)
 """
@@ -50,20 +51,30 @@ def expected_answer(cfg, rows):
     return manifest["version"], (model.predict(X).tolist(), model.predict_proba(X)[:, 1])
 
 
+def wait_for_first_answers(ready, clients, timeout=60.0):
+    """Until every client has had its first answer (all from version 1), at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not all(path.exists() for path in ready):
+        assert [p.poll() for p in clients] == [None] * len(clients), "a client ended before its first answer"
+        assert time.monotonic() < deadline, f"no first answer within {timeout} s: {[p.exists() for p in ready]}"
+        time.sleep(0.05)
+
+
 def test_ten_redeploys_and_a_rollback_under_load_lose_no_request(tmp_path):
     cfg = build_world(tmp_path / "w", cv_folds=0)
     rows = datagen.generate(5, seed=9)
     (tmp_path / "body.json").write_text(json.dumps({"records": rows[list(FEATURES)].to_dict("records")}))
     (tmp_path / "body.csv").write_text(rows.to_csv(index=False))
     stop = tmp_path / "stop"
+    ready = [tmp_path / f"client{i}.ready" for i in range(CLIENTS)]
     answers = dict([expected_answer(cfg, rows)])  # version -> (predictions, probabilities)
     with gunicorn(cfg, workers=2) as url:
         clients = [subprocess.Popen(
-            [sys.executable, "-c", CLIENT, url, kind, str(tmp_path / f"body.{kind}"), str(stop),
+            [sys.executable, "-c", CLIENT, url, kind, str(tmp_path / f"body.{kind}"), str(stop), str(ready[i]),
              str(tmp_path / f"client{i}.json")], cwd=REPO)
             for i, kind in enumerate(["json", "csv"] * (CLIENTS // 2))]
         try:
-            time.sleep(0.5)
+            wait_for_first_answers(ready, clients)  # so that every client sees version 1
             for seed in range(2, 2 + DEPLOYMENTS):
                 retrain_and_deploy(cfg, seed=seed, rows=60)
                 version, answer = expected_answer(cfg, rows)

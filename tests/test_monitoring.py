@@ -6,7 +6,6 @@ import math
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,13 +17,16 @@ import pytest
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from test_app import build_world, check_schema, response_schema
 
 import app as app_module
+import delivery
 import deployment
+import drift
 import history
 import monitoring
+import traffic
 from conftest import REPO
+from helpers import check_schema, free_port, pdf_images, response_schema, table_row
 from settings import FEATURES, load_config
 
 T0 = 1_699_999_200.0  # a fixed clock, in the past, on an hour: every request of a test falls in one known window
@@ -47,8 +49,8 @@ VALUES = {"lastmonth_activity": [0, 10, 20, 30, 40], "lastyear_activity": [10, 2
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp("mon"), monitoring_min_rows=50, monitoring_window_seconds=3600)
+def shared_overrides():
+    return {"monitoring_min_rows": 50, "monitoring_window_seconds": 3600}
 
 
 def fixed_clock_app(cfg):
@@ -72,11 +74,11 @@ def deployed_reference(cfg):
 
 def test_psi_against_hand_computed_values():
     # shares 0.5 0.3 0.2 -> 0.2 0.3 0.5: (0.2-0.5) ln(0.4) + 0 + (0.5-0.2) ln(2.5) = 0.6 ln 2.5
-    assert monitoring.psi_counts([50, 30, 20], [20, 30, 50]) == pytest.approx(0.5497744391, abs=1e-9)
+    assert drift.psi_counts([50, 30, 20], [20, 30, 50]) == pytest.approx(0.5497744391, abs=1e-9)
     # an empty training bin is floored at 1e-4: (0.5 - 1) ln(0.5) + (0.5 - 1e-4) ln(0.5 / 1e-4)
     #   = 0.3465736 + 0.4999 x 8.5171932 = 0.3465736 + 4.2577449
-    assert monitoring.psi_counts([100, 0], [50, 50]) == pytest.approx(0.3465736 + 4.2577449, abs=1e-6)
-    assert monitoring.psi_counts([7, 3], [70, 30]) == 0.0
+    assert drift.psi_counts([100, 0], [50, 50]) == pytest.approx(0.3465736 + 4.2577449, abs=1e-6)
+    assert drift.psi_counts([7, 3], [70, 30]) == 0.0
 
 
 def test_psi_of_counts_equals_drift_psi_on_the_rows():
@@ -85,23 +87,21 @@ def test_psi_of_counts_equals_drift_psi_on_the_rows():
     rng = np.random.default_rng(5)
     ref, live = rng.gamma(2.0, 10.0, 2000), rng.gamma(2.5, 10.0, 700)
     edges = drift.quantile_edges(ref)
-    assert monitoring.psi_counts(monitoring.bin_counts(ref, edges), monitoring.bin_counts(live, edges)) == \
+    assert drift.psi_counts(drift.bin_counts(ref, edges), drift.bin_counts(live, edges)) == \
         pytest.approx(drift.psi(ref, live, edges), abs=1e-12)
 
 
-def test_training_stores_the_reference_with_the_deployed_model(world):
+def test_training_stores_the_reference_with_the_deployed_model(shared):
     from ingestion import read_finaldata
-    from training import training_frame
+    from delivery import training_frame
 
-    X, _ = training_frame(read_finaldata(world.finaldata))
-    ref = deployed_reference(world)
-    assert ref == json.loads((world.output_model_path / "trainedmodel.json").read_text())["monitoring"]
+    X, _ = training_frame(read_finaldata(shared.finaldata))
+    ref = deployed_reference(shared)
+    assert ref == json.loads((shared.output_model_path / "trainedmodel.json").read_text())["monitoring"]
     assert ref["rows"] == len(X) == 200
     assert ref["exit_share_on"] == "test data"
-    model = deployment.load_deployed(world.prod_deployment_path)[0]
-    import scoring
-
-    X_test, _ = scoring.read_labelled(world.test_data_file)
+    model = deployment.load_deployed(shared.prod_deployment_path)[0]
+    X_test, _ = delivery.read_labelled(shared.test_data_file)
     assert ref["predicted_exit_share"] == float(model.predict(X_test).mean())
     for f in FEATURES:
         edges = ref["features"][f]["edges"]
@@ -112,8 +112,8 @@ def test_training_stores_the_reference_with_the_deployed_model(world):
 
 # --- aggregates of a known request sequence -------------------------------------------------------
 
-def test_aggregates_of_a_known_request_sequence(world):
-    app, monitor = fixed_clock_app(world)
+def test_aggregates_of_a_known_request_sequence(shared):
+    app, monitor = fixed_clock_app(shared)
     client = app.test_client()
     r1 = client.post("/prediction", json={"records": RECORDS})  # the fast path
     r2 = client.post("/prediction", data=CSV, content_type="text/csv")  # Flask's route
@@ -129,7 +129,7 @@ def test_aggregates_of_a_known_request_sequence(world):
     [w] = body["versions"]["1"]
     predictions = r1.get_json()["predictions"] + r2.get_json()["predictions"]
     probabilities = r1.get_json()["probabilities"] + r2.get_json()["probabilities"]
-    ref = deployed_reference(world)
+    ref = deployed_reference(shared)
     assert w["window_start"] == T0 and w["window_seconds"] == 3600 and w["workers"] == 1
     assert w["requests"] == 6
     assert w["requests_by_endpoint"] == {"/health": {"200": 1}, "/prediction": {"200": 2, "400": 1, "415": 1},
@@ -143,7 +143,7 @@ def test_aggregates_of_a_known_request_sequence(world):
         got = w["features"][f]
         assert {k: got[k] for k in HAND[f]} == pytest.approx(HAND[f], rel=1e-12)
         assert got["histogram"] == hand_histogram(VALUES[f], ref["features"][f]["edges"])
-        assert w["psi"][f] == pytest.approx(monitoring.psi_counts(ref["features"][f]["counts"], got["histogram"]),
+        assert w["psi"][f] == pytest.approx(drift.psi_counts(ref["features"][f]["counts"], got["histogram"]),
                                              abs=1e-6)
     assert w["level"] == "ok"  # 5 rows: fewer than monitoring_min_rows, whatever the PSI
     assert 0 < w["latency_p50"] <= w["latency_p99"] < 5
@@ -151,15 +151,15 @@ def test_aggregates_of_a_known_request_sequence(world):
     check_schema(body, response_schema(spec, "/monitoring", "get", 200), spec)
 
 
-def test_a_second_flush_adds_to_the_same_window_row(world):
-    app, monitor = fixed_clock_app(world)
+def test_a_second_flush_adds_to_the_same_window_row(shared):
+    app, monitor = fixed_clock_app(shared)
     client = app.test_client()
     client.post("/prediction", json={"records": RECORDS})
     monitor.flush()
     client.post("/prediction", json={"records": RECORDS[:1]})
     monitor.flush()
     # the world is shared: take this worker's row alone
-    conn = history.connect(world.history_db)
+    conn = history.connect(shared.history_db)
     try:
         row = conn.execute("SELECT requests, rows, aggregates FROM traffic_windows WHERE worker = ?",
                            (monitor.worker,)).fetchone()
@@ -175,17 +175,17 @@ def test_a_second_flush_adds_to_the_same_window_row(world):
 def test_latency_quantiles_from_the_buckets():
     lat = {}
     for seconds in [0.001] * 98 + [0.01, 0.5]:
-        b = bisect.bisect_left(monitoring.LATENCY_BOUNDS, seconds)
+        b = bisect.bisect_left(traffic.LATENCY_BOUNDS, seconds)
         lat[b] = lat.get(b, 0) + 1
     # 1 ms and 10 ms are bucket bounds (20 per decade), 0.5 s falls in (0.4467, 0.5012]
-    assert monitoring.latency_quantile(lat, 0.5) == 0.001
-    assert monitoring.latency_quantile(lat, 0.99) == 0.01
-    assert monitoring.latency_quantile(lat, 1.0) == 0.501187234
-    assert monitoring.latency_quantile({}, 0.5) is None
+    assert traffic.latency_quantile(lat, 0.5) == 0.001
+    assert traffic.latency_quantile(lat, 0.99) == 0.01
+    assert traffic.latency_quantile(lat, 1.0) == 0.501187234
+    assert traffic.latency_quantile({}, 0.5) is None
 
 
-def test_monitoring_off_keeps_no_aggregates(tmp_path):
-    cfg = build_world(tmp_path, monitoring=False)
+def test_monitoring_off_keeps_no_aggregates(make_deployed):
+    cfg = make_deployed(monitoring=False)
     app = app_module.create_app(cfg)
     client = app.test_client()
     assert client.post("/prediction", json={"records": RECORDS}).status_code == 200
@@ -193,8 +193,8 @@ def test_monitoring_off_keeps_no_aggregates(tmp_path):
     assert client.get("/monitoring").get_json()["versions"] == {}
 
 
-def test_monitoring_windows_parameter_is_checked(world):
-    client = app_module.create_app(world).test_client()
+def test_monitoring_windows_parameter_is_checked(shared):
+    client = app_module.create_app(shared).test_client()
     for bad in ("0", "x", "10001", "-1"):
         resp = client.get("/monitoring", query_string={"windows": bad})
         assert resp.status_code == 400
@@ -211,8 +211,8 @@ def metric_samples(text):
     return out
 
 
-def test_a_shifted_stream_shows_in_monitoring_metrics_and_health(tmp_path, caplog):
-    cfg = build_world(tmp_path, monitoring_min_rows=50, monitoring_window_seconds=3600)
+def test_a_shifted_stream_shows_in_monitoring_metrics_and_health(caplog, make_deployed):
+    cfg = make_deployed(monitoring_min_rows=50, monitoring_window_seconds=3600)
     app, monitor = fixed_clock_app(cfg)
     client = app.test_client()
     from ingestion import read_finaldata
@@ -271,8 +271,8 @@ def test_a_shifted_stream_shows_in_monitoring_metrics_and_health(tmp_path, caplo
     assert math.isnan(samples[("dras_seconds_since_last_cycle", ())])  # no cycle has run in this world
 
 
-def test_seconds_since_the_last_successful_cycle(world):
-    conn = history.connect(world.history_db)
+def test_seconds_since_the_last_successful_cycle(shared):
+    conn = history.connect(shared.history_db)
     now = time.time()
     try:
         for started, finished, decision in ((now - 500, now - 400, "no drift"), (now - 100, now - 50, "failed"),
@@ -281,40 +281,34 @@ def test_seconds_since_the_last_successful_cycle(world):
                          (started, finished, decision))
     finally:
         conn.close()
-    text = app_module.create_app(world).test_client().get("/metrics").get_data(as_text=True)
+    text = app_module.create_app(shared).test_client().get("/metrics").get_data(as_text=True)
     assert metric_samples(text)[("dras_seconds_since_last_cycle", ())] == pytest.approx(400, abs=5)
 
 
-def test_crossings_since_for_the_monitoring_cycle(tmp_path):
-    cfg = build_world(tmp_path, monitoring_min_rows=10, monitoring_window_seconds=60)
+def test_crossings_since_for_the_monitoring_cycle(make_deployed):
+    cfg = make_deployed(monitoring_min_rows=10, monitoring_window_seconds=60)
     app, monitor = fixed_clock_app(cfg)
     client = app.test_client()
-    assert monitoring.crossings_since(cfg, 0)["level"] == "ok"
+    assert traffic.crossings_since(cfg, 0)["level"] == "ok"
     client.post("/prediction", json={"records": [{"lastmonth_activity": 5000, "lastyear_activity": 90000,
                                                   "number_of_employees": 10**6}] * 10})
     monitor.flush()
-    got = monitoring.crossings_since(cfg, T0 - 60)
+    got = traffic.crossings_since(cfg, T0 - 60)
     assert (got["windows"], got["rows"], got["level"], got["watch"], got["act"]) == (1, 10, "act", True, True)
     assert sorted(got["max_psi"]) == list(FEATURES)
-    assert monitoring.crossings_since(cfg, T0 + 60) == {
+    assert traffic.crossings_since(cfg, T0 + 60) == {
         "since": T0 + 60, "windows": 0, "rows": 0, "level": "ok", "watch": False, "act": False, "max_psi": {},
         "psi_watch": 0.1, "psi_act": 0.2}
 
 
 # --- two real gunicorn workers ----------------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 SENTINEL = 7331997  # sent as a middle value only: min, max and sums never equal it
 
 
-def test_two_gunicorn_workers_sum_up_and_keep_no_raw_input(tmp_path):
-    cfg = build_world(tmp_path, monitoring_flush_seconds=0.2, monitoring_window_seconds=3600,
-                      monitoring_min_rows=50)
+def test_two_gunicorn_workers_sum_up_and_keep_no_raw_input(tmp_path, make_deployed):
+    cfg = make_deployed(monitoring_flush_seconds=0.2, monitoring_window_seconds=3600,
+                        monitoring_min_rows=50)
     prom = tmp_path / "prom"
     prom.mkdir()
     port = free_port()
@@ -394,15 +388,13 @@ def test_two_gunicorn_workers_sum_up_and_keep_no_raw_input(tmp_path):
 
 # --- the report's live-traffic section ------------------------------------------------------------
 
-def test_report_data_and_the_report_section(tmp_path):
+def test_report_data_and_the_report_section(make_deployed):
     import subprocess
 
     import reporting
-    from test_reporting import pdf_images, table_row
-
     from ingestion import read_finaldata
 
-    cfg = build_world(tmp_path, monitoring_min_rows=30, monitoring_window_seconds=60)
+    cfg = make_deployed(monitoring_min_rows=30, monitoring_window_seconds=60)
     app, monitor = fixed_clock_app(cfg)
     client = app.test_client()
     day = 86400.0
@@ -416,7 +408,7 @@ def test_report_data_and_the_report_section(tmp_path):
         answers.append(client.post("/prediction", json={"records": body}).get_json())
         monitor.flush()
     exits1 = sum(answers[0]["predictions"]) * 2
-    data = monitoring.report_data(cfg, until=base + 2 * day)
+    data = traffic.report_data(cfg, until=base + 2 * day)
     assert data["days"] == [
         {"day": "2023-11-14", "requests": 2, "rows": 400, "errors": 0, "exits": exits1, "exit_share": exits1 / 400},
         {"day": "2023-11-15", "requests": 1, "rows": 30, "errors": 0, "exits": sum(answers[2]["predictions"]),
@@ -427,11 +419,11 @@ def test_report_data_and_the_report_section(tmp_path):
     assert data["windows_crossing"] == {"watch": 0, "act": 1}
     assert data["previous_latency"] is None and data["latency"]["requests"] == 3
     # since the second day: only its window; the first day is the period to compare with
-    later = monitoring.report_data(cfg, since=base + day, previous_since=base, until=base + 2 * day)
+    later = traffic.report_data(cfg, since=base + day, previous_since=base, until=base + 2 * day)
     assert [d["day"] for d in later["days"]] == ["2023-11-15"]
     assert later["previous_latency"]["requests"] == 2
     # a window still open at the previous report belongs to this one
-    open_at = monitoring.report_data(cfg, since=base + day + 30, previous_since=base, until=base + 2 * day)
+    open_at = traffic.report_data(cfg, since=base + day + 30, previous_since=base, until=base + 2 * day)
     assert [w["window_start"] for w in open_at["windows"]] == [base + day]
     assert open_at["previous_latency"]["requests"] == 2
 
@@ -455,8 +447,8 @@ def test_report_data_and_the_report_section(tmp_path):
                      text2)
 
 
-def test_a_failed_write_is_written_at_the_next_flush(tmp_path, monkeypatch):
-    cfg = build_world(tmp_path, monitoring_window_seconds=60)
+def test_a_failed_write_is_written_at_the_next_flush(monkeypatch, make_deployed):
+    cfg = make_deployed(monitoring_window_seconds=60)
     app, monitor = fixed_clock_app(cfg)
     client = app.test_client()
     client.post("/prediction", json={"records": RECORDS})
@@ -472,8 +464,8 @@ def test_a_failed_write_is_written_at_the_next_flush(tmp_path, monkeypatch):
     assert [(w["window_start"], w["rows"]) for w in windows] == [(T0 + 60, 1), (T0, 2)]
 
 
-def test_a_worker_without_traffic_sees_the_others_crossing_and_it_expires(tmp_path):
-    cfg = build_world(tmp_path, monitoring_min_rows=10, monitoring_window_seconds=60)
+def test_a_worker_without_traffic_sees_the_others_crossing_and_it_expires(make_deployed):
+    cfg = make_deployed(monitoring_min_rows=10, monitoring_window_seconds=60)
     busy, busy_monitor = fixed_clock_app(cfg)
     idle, idle_monitor = fixed_clock_app(cfg)
     assert idle.test_client().get("/health").get_json() == {"status": "ok", "model_version": 1}
@@ -490,10 +482,10 @@ def test_a_worker_without_traffic_sees_the_others_crossing_and_it_expires(tmp_pa
     assert idle.test_client().get("/health").get_json() == {"status": "ok", "model_version": 1}
 
 
-def test_the_prometheus_histogram_equals_observing_each_request(world):
+def test_the_prometheus_histogram_equals_observing_each_request(shared):
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    app = app_module.create_app(world)
+    app = app_module.create_app(shared)
     monitor = app.extensions["dras"].monitor
     registry = CollectorRegistry()
     reference = Histogram("dras_http_request_duration_seconds", "x", ["endpoint", "status"],
@@ -513,17 +505,17 @@ def test_the_prometheus_histogram_equals_observing_each_request(world):
     assert expected[("dras_http_request_duration_seconds_count", (("endpoint", "/scoring"), ("status", "503")))] == 7
 
 
-def test_the_status_page_reads_the_real_windows(world):
+def test_the_status_page_reads_the_real_windows(shared):
     import status
 
-    app, monitor = fixed_clock_app(world)
+    app, monitor = fixed_clock_app(shared)
     client = app.test_client()
     r = client.post("/prediction", json={"records": RECORDS})
     monitor.flush()
-    conn = history.connect(world.history_db)
+    conn = history.connect(shared.history_db)
     try:
-        found = monitoring.recent_windows(conn, world, limit=60)
-        summary = status.live_traffic(conn, world)
+        found = traffic.recent_windows(conn, shared, limit=60)
+        summary = status.live_traffic(conn, shared)
     finally:
         conn.close()
     # the module's world is shared with the tests above: compare with what the windows hold
@@ -539,6 +531,7 @@ def test_the_status_page_reads_the_real_windows(world):
 @pytest.mark.parametrize("option", [False, True])
 def test_the_cycle_records_live_drift_and_may_retrain_on_it(tmp_path, monkeypatch, option):
     import datagen
+    import cycle
     import fullprocess
     from conftest import make_config, write_delivery
 
@@ -549,24 +542,24 @@ def test_the_cycle_records_live_drift_and_may_retrain_on_it(tmp_path, monkeypatc
                                   live_drift_triggers_retrain=option, package_index_url="http://127.0.0.1:9/simple"))
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
     write_delivery(cfg, "first.csv", rows=200, seed=1)
-    assert fullprocess.run_cycle(cfg)["decision"] == fullprocess.COLD_START
+    assert fullprocess.run_cycle(cfg).to_dict()["decision"] == cycle.COLD_START
     app = app_module.create_app(cfg)
     shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 10
     assert app.test_client().post("/prediction", json={"records": shifted}).status_code == 200
     app.extensions["dras"].monitor.flush()
     # the test data itself as the new delivery: no score drift (a tie), so only live drift may retrain
     write_delivery(cfg, "same.csv", text=cfg.test_data_file.read_bytes())
-    rec = fullprocess.run_cycle(cfg)
+    rec = fullprocess.run_cycle(cfg).to_dict()
     assert rec["score_drift"]["drift"] is False
     live = rec["live_drift"]
     assert (live["windows"], live["rows"], live["level"], live["act"]) == (1, 10, "act", True)
     assert rec["drift"] is option
-    assert rec["decision"] == (fullprocess.REDEPLOYED if option else fullprocess.NO_DRIFT)
+    assert rec["decision"] == (cycle.REDEPLOYED if option else cycle.NO_DRIFT)
     assert deployment.current_manifest(cfg.prod_deployment_path)["version"] == (2 if option else 1)
 
 
-def test_health_of_a_worker_that_never_had_traffic_reads_the_others(tmp_path):
-    cfg = build_world(tmp_path, monitoring_min_rows=10, monitoring_window_seconds=60)
+def test_health_of_a_worker_that_never_had_traffic_reads_the_others(make_deployed):
+    cfg = make_deployed(monitoring_min_rows=10, monitoring_window_seconds=60)
     busy, busy_monitor = fixed_clock_app(cfg)
     fresh, _ = fixed_clock_app(cfg)  # a second worker: no request before /health
     shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 10

@@ -8,6 +8,7 @@ from contextlib import closing
 import pandas as pd
 import pytest
 from conftest import HEADER, make_config, run_script, write_delivery
+from helpers import pdf_images, pdf_text, table_row
 from PIL import Image
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
@@ -19,6 +20,7 @@ import ingestion
 import reporting
 import scoring
 import training
+from cycle import CycleRecord
 from settings import FEATURES, load_config
 
 A4_AT_50_DPI = (math.ceil(595.276 * 50 / 72), math.ceil(841.89 * 50 / 72))  # pdftoppm's page size in pixels
@@ -47,18 +49,6 @@ def world1(world):
     return cfg
 
 
-def pdf_text(path):
-    return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
-                          check=True).stdout
-
-
-def pdf_images(path):
-    """(page, width, height) of each embedded image (not its transparency mask)."""
-    out = subprocess.run(["pdfimages", "-list", str(path)], capture_output=True, text=True, check=True).stdout
-    rows = [line.split() for line in out.splitlines()[2:]]
-    return [(int(r[0]), int(r[3]), int(r[4])) for r in rows if r[2] == "image"]
-
-
 def deployed_truth(cfg):
     """The deployed model's figures on the test data, computed here independently of reporting."""
     with open(cfg.prod_deployment_path / "trainedmodel.pkl", "rb") as f:
@@ -73,13 +63,6 @@ def deployed_truth(cfg):
 
 def section(text, start, end):
     return text[text.index(start):text.index(end, text.index(start))]
-
-
-def table_row(text, label):
-    """The cells after `label` on its line of the layout text."""
-    m = re.search(rf"^\s*{re.escape(label)}\s{{2,}}(.*)$", text, re.M)
-    assert m, f"no line starting with {label!r}"
-    return re.split(r"\s{2,}", m.group(1).strip())
 
 
 def test_single_run_report_shows_the_computed_numbers(world1, tmp_path):
@@ -174,7 +157,7 @@ def test_history_of_two_runs_compares_and_plots(world1):
     new = datagen.generate(300, seed=5, drift="covariate", strength=1.0)
     fd = drift.feature_drift(final, new)
     sd = drift.decide("raw", new_f1=truth2["f1"] - 0.125, deployed_f1=truth2["f1"])
-    cycle = {"decision": "retrain: the deployed score dropped", "score_drift": sd, "feature_drift": fd}
+    cycle = CycleRecord(decision="retrain: the deployed score dropped", score_drift=sd, feature_drift=fd)
     audit = {"sections": [{"title": "Intended use", "text": "Rank clients for a call."}]}
     second = reporting.generate_report(world1, cycle=cycle, audit=audit)
 
@@ -290,10 +273,10 @@ def test_the_new_delivery_slices_are_compared_with_the_previous_delivery(world1)
     with closing(history.connect(world1.history_db)) as conn:
         history.record_json(conn, "cycles", started_at=1.0, record=earlier)
         last = history.record_json(conn, "cycles", started_at=2.0, record={"slices_new": None})  # none recorded
-    cycle = {"cycle_id": last + 1, "decision": "no drift",
-             "slices_new": {"slices": [_slice("number_of_employees < 70", 35, 0.6, "below overall"),
-                                       _slice("lastmonth_activity >= 241", 25, 0.5),
-                                       _slice("lastmonth_activity < 111", 4, 1.0, "too small")]}}
+    cycle = CycleRecord(cycle_id=last + 1, decision="no drift",
+                        slices_new={"slices": [_slice("number_of_employees < 70", 35, 0.6, "below overall"),
+                                               _slice("lastmonth_activity >= 241", 25, 0.5),
+                                               _slice("lastmonth_activity < 111", 4, 1.0, "too small")]})
     assert reporting.delivery_slices(world1, cycle) == [
         {"label": "number_of_employees < 70", "rows": 35, "f1": 0.6, "flag": "below overall",
          "previous_f1": 0.8, "change": "down"},
@@ -307,4 +290,4 @@ def test_the_new_delivery_slices_are_compared_with_the_previous_delivery(world1)
     assert "The new delivery on the deployed model's slices, against the previous delivery on the" in text
     assert table_row(text, "number_of_employees < 70") == ["35", "0.6000", "0.8000", "down", "below overall"]
     assert table_row(text, "lastmonth_activity < 111") == ["4", "1.0000", "n/a", "first delivery", "too small"]
-    assert reporting.delivery_slices(world1, {"cycle_id": 5, "slices_new": None}) is None
+    assert reporting.delivery_slices(world1, CycleRecord(cycle_id=5, slices_new=None)) is None

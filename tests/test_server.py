@@ -1,62 +1,15 @@
 """The API under a real gunicorn on a free loopback port, redeployed while requests flow."""
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import requests
-from conftest import REPO
-from test_app import ROW, build_world, retrain_and_deploy
+from conftest import REPO, retrain_and_deploy
+from helpers import ROW, gunicorn
 
 import datagen
 from settings import FEATURES
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def gunicorn(cfg, workers=2, env=None, port=None, app=None):
-    """Run `gunicorn -c gunicorn.conf.py` for cfg on a loopback port (free, unless given); yield its
-    base URL; kill it. `app`, a WSGI app spec importable from the repo or tests/, replaces the real one."""
-    port = port or free_port()
-    log_path = cfg.base / f"gunicorn-{port}.log"
-    log = open(log_path, "wb")
-    extra = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])} if app else {}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "--chdir", str(REPO),
-         *([app] if app else [])],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "PORT": str(port), "DRAS_CONFIG": str(cfg.path), "WEB_CONCURRENCY": str(workers),
-             **extra, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url + "/health", timeout=5)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not start: {log_path.read_text()}") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def test_gunicorn_conf_binds_loopback_with_a_worker_per_core(monkeypatch):
@@ -73,8 +26,8 @@ def test_gunicorn_conf_binds_loopback_with_a_worker_per_core(monkeypatch):
     assert runpy.run_path(str(REPO / "gunicorn.conf.py"))["bind"] == "127.0.0.1:8000"
 
 
-def test_redeploying_while_requests_flow(tmp_path):
-    cfg = build_world(tmp_path)
+def test_redeploying_while_requests_flow(deployed):
+    cfg = deployed
     rows = datagen.generate(5, seed=9)
     payload = json.dumps({"records": rows[list(FEATURES)].to_dict("records")})
     csv_body = rows.to_csv(index=False).encode()
@@ -119,8 +72,8 @@ def test_redeploying_while_requests_flow(tmp_path):
         assert versions[0] == 1 and versions[-1] == 4, name
 
 
-def test_the_real_server_answers_every_format_and_error(tmp_path):
-    cfg = build_world(tmp_path, max_request_bytes=4096)
+def test_the_real_server_answers_every_format_and_error(make_deployed):
+    cfg = make_deployed(max_request_bytes=4096)
     data = cfg.test_data_file.read_bytes()
     auth = {"Authorization": "Bearer s3cret"}
     with gunicorn(cfg, env={"DRAS_API_TOKEN": "s3cret"}) as url:

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import requests
-import test_server
 from conftest import REPO, make_config
+import helpers
+from helpers import free_port
 from status_world import T0, fill_history
-from test_app import build_world
-from test_server import free_port
 
 import deployment
 import history
+import screenshots
 import status
 from app import TOKEN_ENV, create_app
 from settings import FEATURES, load_config
@@ -27,12 +27,11 @@ NOW = datetime.fromtimestamp(T0 + 31 * 600, timezone.utc)
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
-    """A world with a trained, scored and deployed model (its manifest has the audit) and 30 cycles."""
-    cfg = build_world(tmp_path_factory.mktemp("status"))
-    with closing(history.connect(cfg.history_db)) as conn:
+def running(shared):
+    """An install that has been running: the module's deployed world (its manifest has the audit) and 30 cycles."""
+    with closing(history.connect(shared.history_db)) as conn:
         fill_history(conn, 30)
-    return cfg
+    return shared
 
 
 @pytest.fixture
@@ -65,9 +64,9 @@ def test_fresh_install_facts(fresh, tmp_path):
     assert not fresh.history_db.exists()  # reading never creates the database
 
 
-def test_the_deployed_model_as_its_manifest_records_it(deployed):
-    m = manifest(deployed)
-    model, note = status.deployed_model(deployed)
+def test_the_deployed_model_as_its_manifest_records_it(running):
+    m = manifest(running)
+    model, note = status.deployed_model(running)
     cv = m["audit"]["cross_validation"]
     assert note is None
     assert model == {
@@ -77,7 +76,7 @@ def test_the_deployed_model_as_its_manifest_records_it(deployed):
         "cross_validation": {"folds": 5, "note": None, "f1_mean": cv["f1"]["mean"], "f1_std": cv["f1"]["std"]},
         "drift_test": None, "cycle": None,
     }
-    slices = status.slice_flags(deployed)
+    slices = status.slice_flags(running)
     recorded = m["audit"]["slices"]
     assert [(s["label"], s["rows"], s["f1"], s["flag"]) for s in slices["rows"]] == \
         [(s["label"], s["rows"], s["f1"], s["flag"]) for s in recorded["slices"]]
@@ -111,8 +110,8 @@ def test_an_unreadable_manifest_is_said_in_words(fresh):
     assert "The deployed version&#39;s manifest cannot be read" in resp.get_data(as_text=True)
 
 
-def test_the_last_cycles(deployed):
-    facts = status.gather(deployed, now=NOW, cronjob=deployed.base / "no-cronjob.txt")
+def test_the_last_cycles(running):
+    facts = status.gather(running, now=NOW, cronjob=running.base / "no-cronjob.txt")
     cycles = facts["cycles"]
     assert [c["id"] for c in cycles] == list(range(30, 10, -1))
     assert facts["last_cycle"] is cycles[0]
@@ -148,9 +147,9 @@ def test_a_broken_cycle_record_shows_its_decision(fresh):
     assert create_app(fresh).test_client().get("/").status_code == 200
 
 
-def test_a_newer_logged_check_shows_beside_the_last_recorded_cycle(deployed, tmp_path):
-    cfg = load_config(make_config(tmp_path, output_folder_path=str(deployed.output_folder_path),
-                                  prod_deployment_path=str(deployed.prod_deployment_path)))
+def test_a_newer_logged_check_shows_beside_the_last_recorded_cycle(running, tmp_path):
+    cfg = load_config(make_config(tmp_path, output_folder_path=str(running.output_folder_path),
+                                  prod_deployment_path=str(running.prod_deployment_path)))
     cfg.log_folder_path.mkdir()
     lines = [{"decision": "drift: redeployed", "finished_at": "2026-11-18T16:06:40+00:00"},
              {"decision": "no new data", "finished_at": "2026-11-18T16:16:00+00:00"}]
@@ -161,7 +160,7 @@ def test_a_newer_logged_check_shows_beside_the_last_recorded_cycle(deployed, tmp
     assert status.gather(cfg, now=NOW)["last_check"] is None  # not newer than the recorded cycle
 
 
-# Two windows as monitoring.recent_windows summarizes them (branch `monitoring`), newest first.
+# Two windows as traffic.recent_windows summarizes them (branch `monitoring`), newest first.
 WINDOWS = [
     {"window_start": T0 + 60, "window_seconds": 60.0, "model_version": 2, "requests": 30, "rows": 60, "exits": 30,
      "latency_p50": 0.00125, "latency_p99": 0.0035, "level": "act",
@@ -196,10 +195,10 @@ def test_live_traffic_on_the_page(fresh, monkeypatch):
     assert '<dt>number_of_employees PSI</dt><dd>0.020</dd>' in html
 
 
-def test_no_live_traffic_without_online_monitoring(deployed):
+def test_no_live_traffic_without_online_monitoring(running):
     # No traffic recorded (or no monitoring.py installed): no live-traffic facts, and the page says so.
-    with closing(history.connect(deployed.history_db)) as conn:
-        assert status.live_traffic(conn, deployed) is None
+    with closing(history.connect(running.history_db)) as conn:
+        assert status.live_traffic(conn, running) is None
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -237,9 +236,9 @@ def page_links(html):
     return sorted(set(re.findall(r'(?:href|src|action)="([^"]*)"', html)))
 
 
-def test_the_page_shows_the_facts_and_nothing_from_outside(deployed):
-    m = manifest(deployed)
-    resp = create_app(deployed).test_client().get("/")
+def test_the_page_shows_the_facts_and_nothing_from_outside(running):
+    m = manifest(running)
+    resp = create_app(running).test_client().get("/")
     html = resp.get_data(as_text=True)
     assert resp.status_code == 200 and resp.mimetype == "text/html"
     assert f'<span class="big" id="model-version">{m["version"]}</span>' in html
@@ -272,20 +271,20 @@ def test_the_fresh_install_page_says_so_in_words(fresh, tmp_path):
     assert not fresh.history_db.exists() and not fresh.output_folder_path.exists()
 
 
-def test_the_files_it_links_to_and_no_others(deployed, tmp_path):
-    client = create_app(deployed).test_client()
-    card = (deployed.prod_deployment_path / "modelcard.md").read_bytes()
+def test_the_files_it_links_to_and_no_others(running, tmp_path):
+    client = create_app(running).test_client()
+    card = (running.prod_deployment_path / "modelcard.md").read_bytes()
     with client.get("/files/modelcard.md") as resp:
         assert (resp.status_code, resp.mimetype, resp.data) == (200, "text/plain", card)
     assert client.get("/files/report.pdf").get_json() == {"error": "report.pdf has not been produced yet"}
     pdf = b"%PDF-1.4 not really\n"
-    (deployed.output_model_path / "report.pdf").write_bytes(pdf)
+    (running.output_model_path / "report.pdf").write_bytes(pdf)
     try:
         with client.get("/files/report.pdf") as resp:
             assert (resp.status_code, resp.mimetype, resp.data) == (200, "application/pdf", pdf)
         assert 'href="files/report.pdf"' in client.get("/").get_data(as_text=True)
     finally:
-        (deployed.output_model_path / "report.pdf").unlink()
+        (running.output_model_path / "report.pdf").unlink()
     for path in ("/files/config.json", "/files/trainedmodel.pkl", "/files/..%2Fconfig.json", "/files/../config.json",
                  "/files/%2e%2e/config.json", "/files/latestscore.txt", "/files/"):
         resp = client.get(path)
@@ -293,9 +292,9 @@ def test_the_files_it_links_to_and_no_others(deployed, tmp_path):
     assert client.post("/").status_code == 405
 
 
-def test_the_token_protects_the_page_and_a_browser_can_send_it(deployed, monkeypatch):
+def test_the_token_protects_the_page_and_a_browser_can_send_it(running, monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, "s3cret")
-    client = create_app(deployed).test_client()
+    client = create_app(running).test_client()
     for path in ("/", "/?token=wrong", "/files/modelcard.md"):
         resp = client.get(path)
         assert resp.status_code == 401, path
@@ -321,15 +320,15 @@ def test_the_token_protects_the_page_and_a_browser_can_send_it(deployed, monkeyp
 @contextmanager
 def gunicorn(cfg, env=None):
     """gunicorn (gunicorn.conf.py, one worker) serving tests/status_probe.py's app for cfg; yields its URL."""
-    with test_server.gunicorn(cfg, workers=1, env=env, app=f"status_probe:create({str(cfg.path)!r})") as url:
+    with helpers.gunicorn(cfg, workers=1, env=env, app=f"status_probe:create({str(cfg.path)!r})") as url:
         yield url
 
 
 def browse(url, *args, width=1280, height=900, netlog=None):
     """Headless Chromium's output for url; a Chromium that cannot start fails the test with the reason."""
     try:
-        return status.run_chromium(url, *args, width=width, height=height, netlog=netlog)
-    except status.BrowserError as exc:
+        return screenshots.run_chromium(url, *args, width=width, height=height, netlog=netlog)
+    except screenshots.BrowserError as exc:
         pytest.fail(f"the browser test needs Chromium: {exc}")
 
 
@@ -340,8 +339,8 @@ def png_size(path):
 
 
 @pytest.fixture(scope="module")
-def server(deployed):
-    with gunicorn(deployed) as url:
+def server(running):
+    with gunicorn(running) as url:
         yield url
 
 
@@ -350,8 +349,8 @@ def visible_text(dom):
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", body)).strip()
 
 
-def test_browser_shows_the_deployed_model_and_the_last_decision(deployed, server, tmp_path):
-    m = manifest(deployed)
+def test_browser_shows_the_deployed_model_and_the_last_decision(running, server, tmp_path):
+    m = manifest(running)
     netlog = tmp_path / "netlog.json"
     dom = browse(server + "/", "--dump-dom", netlog=netlog)
     assert f'<span class="big" id="model-version">{m["version"]}</span>' in dom
@@ -407,17 +406,17 @@ def test_browser_fresh_install(fresh):
     assert "No data yet: online monitoring has recorded no traffic window." in text
 
 
-def test_browser_token_protected(deployed):
-    with gunicorn(deployed, env={TOKEN_ENV: "s3cret"}) as url:
+def test_browser_token_protected(running):
+    with gunicorn(running, env={TOKEN_ENV: "s3cret"}) as url:
         refused = browse(url + "/", "--dump-dom")
         shown = browse(url + "/?token=s3cret", "--dump-dom")
     assert "a valid bearer token is required" in refused and 'id="model-version"' not in refused
-    assert f'<span class="big" id="model-version">{manifest(deployed)["version"]}</span>' in shown
+    assert f'<span class="big" id="model-version">{manifest(running)["version"]}</span>' in shown
 
 
 def test_screenshots_command(server, tmp_path):
     out = tmp_path / "shots"
-    done = subprocess.run([sys.executable, str(REPO / "status.py"), "--url", server + "/", "--out", str(out)],
+    done = subprocess.run([sys.executable, str(REPO / "screenshots.py"), "--url", server + "/", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"screenshot: {out / 'status-wide.png'}\nscreenshot: {out / 'status-narrow.png'}\n"
@@ -428,11 +427,11 @@ def test_screenshots_command(server, tmp_path):
 def test_screenshots_command_says_why_in_one_line(tmp_path):
     port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/"
-    done = subprocess.run([sys.executable, str(REPO / "status.py"), "--url", url, "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, str(REPO / "screenshots.py"), "--url", url, "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr == f"error: {url} cannot be reached: [Errno 111] Connection refused\n"
-    no_browser = subprocess.run([sys.executable, str(REPO / "status.py"), "--url", url, "--out", str(tmp_path)],
+    no_browser = subprocess.run([sys.executable, str(REPO / "screenshots.py"), "--url", url, "--out", str(tmp_path)],
                                 capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(tmp_path)})
     assert no_browser.returncode == 2
     assert no_browser.stderr == "error: chromium is not installed (make setup installs it: apt-get install -y chromium)\n"
@@ -444,7 +443,7 @@ def test_screenshots_command_takes_the_address_from_the_config(server, tmp_path)
 
     config = make_config(tmp_path, api_url=server)
     out = tmp_path / "shots"
-    done = subprocess.run([sys.executable, str(REPO / "status.py"), "--config", str(config), "--out", str(out)],
+    done = subprocess.run([sys.executable, str(REPO / "screenshots.py"), "--config", str(config), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"screenshot: {out / 'status-wide.png'}\nscreenshot: {out / 'status-narrow.png'}\n"
