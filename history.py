@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS cycles (
     id INTEGER PRIMARY KEY, started_at REAL NOT NULL, finished_at REAL, decision TEXT,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS drift_evidence (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, cycle_id INTEGER, deployment_id INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
 """
 
 

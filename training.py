@@ -83,13 +83,14 @@ def monitoring_reference(cfg, model, X):
     return drift.reference_bins(X.to_numpy(), share, on)
 
 
-def run(cfg, conn=None):
-    """Train on finaldata.csv and save trainedmodel.pkl; return the metadata written."""
+def run(cfg, conn=None, rows=None, window=None):
+    """Train on finaldata.csv (or on the frame `rows`, described by `window` in the metadata) and
+    save trainedmodel.pkl; return the metadata written."""
     started = time.perf_counter()
     if not cfg.finaldata.exists():
         raise TrainingError(f"{cfg.finaldata} does not exist: run ingestion first")
     data_sha = atomicfiles.sha256_file(cfg.finaldata)
-    df = ingestion.read_finaldata(cfg.finaldata)
+    df = ingestion.read_finaldata(cfg.finaldata) if rows is None else rows
     model = train(df, cfg.model)
     X, y = delivery.training_frame(df)
     cv = audit.cross_validation(build_model(cfg.model), X, y, cfg.cv_folds, seed=cfg.model["random_state"],
@@ -106,6 +107,7 @@ def run(cfg, conn=None):
             "features": list(FEATURES),
             "target": TARGET,
             "training_rows": int(len(X)),
+            **({"training_window": window} if window else {}),
             "data_sha256": data_sha,
             "training_files": history.ingested_files(conn),
             "feature_ranges": audit.feature_ranges(X),
