@@ -223,6 +223,20 @@ class Cycle:
         new_f1 = decisions._f1(y, pred)
         return drift.sequential_decision(look, new_f1, deployed_f1)
 
+    def reset_evidence(self):
+        """The sequential test's state of the model just deployed: its reference is its outcomes on
+        the test data as they are now (their hash recorded: a later change is evidence)."""
+        if self.cfg.drift_test != "sequential":
+            return
+        import atomicfiles
+        import decisions  # lazy: numpy
+        import scoring
+
+        model, _ = deployment.load_deployed(self.cfg.prod_deployment_path)
+        X, y = scoring.read_test_data(self.cfg.test_data_file)
+        self.record.evidence = decisions.fresh_state(y.to_numpy(), model.predict(X),
+                                                     atomicfiles.sha256_file(self.cfg.test_data_file))
+
     def challenge(self, cycle_id, serving):
         """Train a challenger on the rows since the deployment minus a held-out slice; judge it on
         that slice and the test data (decisions.challenge); deploy it, or keep it for
@@ -436,6 +450,7 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
             cyc.retrain()
             cyc.deploy(cycle_id, COLD_START)
             rec.decision = COLD_START
+            cyc.reset_evidence()
         elif pending:
             _check_and_act(cyc, cycle_id, pending, frames)
         elif candidates:  # every new file was quarantined
