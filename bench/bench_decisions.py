@@ -19,7 +19,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import cycle  # noqa: E402
 import datagen  # noqa: E402
+import decisions  # noqa: E402
 import evidence  # noqa: E402
 import training  # noqa: E402
 from settings import FEATURES, TARGET  # noqa: E402
@@ -192,6 +194,16 @@ def promotion_trial(t, scenario, policy, window):
         if not evidence.look(state, level=LEVEL)["drift"]:
             continue
         recent = pd.concat(since, ignore_index=True)
+        if window == "recent":  # the cycle's own path (fullprocess.Cycle.challenge)
+            if recent[TARGET].nunique() < 2:
+                continue
+            out = decisions.challenge(serving, recent, xy(test)[0], yt, fit, level=LEVEL, rounds=ROUNDS,
+                                      seed=seed_of(10, t, d), share=HELD_OUT_SHARE)
+            if cycle.promotion_decision(None, out["policy"]) == cycle.REDEPLOYED:
+                return True, d + 1
+            state = cycle.evidence_after(cycle.promotion_decision(None, out["policy"]), state)
+            since = []
+            continue
         split = evidence.held_out_split(recent[TARGET].to_numpy(), share=HELD_OUT_SHARE, seed=seed_of(10, t, d))
         slice_ = recent.iloc[split["held_out"]]
         rest = recent.iloc[split["training"]]

@@ -48,8 +48,8 @@ def test_ten_undrifted_deliveries_redeploy_nothing_and_their_evidence_adds_up(wo
     decisions = [deliver(world, f"d{i}.csv", rows=60, seed=100 + i).decision for i in range(10)]
     assert set(decisions) <= {cycle.NO_DRIFT, cycle.NOT_ENOUGH_EVIDENCE}, decisions
     assert version(world) == 1
-    evidence = [ev for _, ev in states(world)]
-    assert [(ev["rows"], ev["deliveries"]) for ev in evidence] == [(60 * (i + 1), i + 1) for i in range(10)]
+    evidence = [ev for _, ev in states(world)]  # the cold start's reference first, no rows
+    assert [(ev["rows"], ev["deliveries"]) for ev in evidence] == [(60 * i, i) for i in range(11)]
 
 
 def test_the_course_setting_gives_todays_decisions(make_world):
@@ -119,8 +119,8 @@ def test_small_shifted_deliveries_are_found_once_enough_has_arrived(world):
     # one delivery alone does not show it; several together do
     assert decisions[0] in (cycle.NO_DRIFT, cycle.NOT_ENOUGH_EVIDENCE), decisions
     assert decisions[-1].startswith("drift: ") and len(decisions) > 1, decisions
-    rows = [ev["rows"] for _, ev in states(world)]
-    assert rows[:len(decisions) - 1] == [20 * (i + 1) for i in range(len(decisions) - 1)]
+    rows = [ev["rows"] for _, ev in states(world)]  # the cold start's reference first, no rows
+    assert rows[:len(decisions)] == [20 * i for i in range(len(decisions))]
 
 
 def test_a_deployment_by_hand_resets_the_evidence(world):
@@ -145,4 +145,4 @@ def test_the_evidence_survives_processes_and_verbose_prints_the_decision_first(w
         assert out.returncode == 0, out.stderr
         first = out.stdout.splitlines()[0]
         assert first in (f"decision: {cycle.NO_DRIFT}", f"decision: {cycle.NOT_ENOUGH_EVIDENCE}"), first
-    assert [ev["rows"] for _, ev in states(world)] == [40, 80]
+    assert [ev["rows"] for _, ev in states(world)] == [0, 40, 80]
