@@ -25,6 +25,14 @@ COLD_START = "cold start: deployed"
 NO_DRIFT = "no drift"
 REDEPLOYED = "drift: redeployed"
 GATE_KEPT = "drift: retrained, kept the deployed model (promotion gate)"
+# The promotion policy on held-out evidence (evidence.promotion_decision), the default.
+KEPT = "drift: retrained, kept the deployed model (not better on held-out rows)"
+NEEDS_REVIEW = "drift: retrained, needs review"
+POLICY_DECISIONS = {"promote": REDEPLOYED, "keep": KEPT, "needs review": NEEDS_REVIEW}
+# A stale test set: the serving model's F1 on the rows delivered since its deployment is this far
+# below its F1 on the test data, over at least STALE_MIN_COUNTED actual or predicted leavers.
+STALE_MARGIN = 0.15
+STALE_MIN_COUNTED = 30
 NO_USABLE_ROWS = "no usable new rows"
 NOT_ENOUGH_EVIDENCE = "not enough evidence: nothing redeployed"
 PUBLISHED = "published the deployed version"
@@ -112,6 +120,9 @@ class CycleRecord:
     drift: bool = UNSET
     retrained: Retrained = UNSET
     gate: Gate = UNSET
+    promotion: dict = UNSET  # evidence.promotion_decision, and which model was deployed or kept
+    test_data: dict = UNSET  # the test data's hash, whether it changed, the serving F1 on it, stale or not
+    evidence: dict = UNSET  # the sequential test's state this cycle leaves (also in drift_evidence)
     published: dict = UNSET
     alerts: list = UNSET  # the webhook deliveries (alerts.py): event, delivered, attempts, error, seconds
     finished_at: str = UNSET
@@ -283,9 +294,39 @@ def gate_applies(promotion_gate, complete_rows) -> bool:
     return bool(promotion_gate and complete_rows)
 
 
-def promotion_decision(gate) -> str:
-    """Promote? REDEPLOYED unless the gate ran (a Gate) and the retrained model failed it."""
+def promotion_decision(gate, policy=None) -> str:
+    """Promote? With the held-out `policy` (evidence.promotion_decision's dict): its decision as
+    REDEPLOYED, KEPT or NEEDS_REVIEW. Without it: REDEPLOYED unless the gate ran (a Gate) and the
+    retrained model failed it (the course's gate)."""
+    if policy is not None:
+        return POLICY_DECISIONS[policy["decision"]]
     return GATE_KEPT if gate is not None and not gate.passed else REDEPLOYED
+
+
+def evidence_after(decision, state, fresh=None):
+    """The sequential test's state a cycle leaves behind.
+
+    A redeploy leaves `fresh` (the new model's reference, no evidence; None: the next cycle builds it
+    from the test data); a retrain that kept the serving model starts its evidence again (a decision
+    was made on it); any other decision, "not enough evidence" included, keeps every row gathered.
+    """
+    if state is None:
+        return fresh if decision in (REDEPLOYED, COLD_START) else None
+    if decision in (REDEPLOYED, COLD_START):
+        return fresh
+    if decision in (KEPT, NEEDS_REVIEW, GATE_KEPT):
+        return {**state, "evidence": {"rows": 0, "counted": 0, "hits": 0, "deliveries": 0},
+                "since_file_id": None}
+    return state
+
+
+def stale_test_data(evidence_f1, test_f1, counted, margin=STALE_MARGIN, min_counted=STALE_MIN_COUNTED):
+    """Whether the test data no longer represent the deliveries: the serving model's F1 on the rows
+    delivered since its deployment (`evidence_f1`, over `counted` actual or predicted leavers) is
+    at least `margin` below its F1 on the test data."""
+    if evidence_f1 is None or test_f1 is None or counted < min_counted:
+        return False
+    return evidence_f1 <= test_f1 - margin
 
 
 # ---------------------------------------------------------------- for a person
@@ -310,6 +351,19 @@ def describe(rec) -> str:
         lines.append(f"feature drift: {', '.join(fd['drifted']) or 'none'} ({'; '.join(parts)})")
     if rec.gate:
         lines.append(f"promotion gate: {rec.gate.reason}")
+    if rec.promotion:
+        p = rec.promotion
+        lines.append(f"promotion: {p['reason']}")
+        for part in ("held_out", "test"):
+            if p.get(part) and p[part].get("reason"):
+                lines.append(f"  on the {'held-out rows' if part == 'held_out' else 'test data'}: {p[part]['reason']}")
+        if p.get("action"):
+            lines.append(f"what to do: {p['action']}")
+        if p.get("model"):
+            lines.append(f"model: {p['model']}")
+    td = rec.test_data
+    if td and td.get("stale"):
+        lines.append(f"test data: {td['reason']}")
     if rec.retrained:
         lines.append(f"retrained on {rec.retrained.training_rows} rows: test F1 "
                      f"{rec.retrained.test_metrics['f1']:.4f}")

@@ -349,6 +349,31 @@ def _deploy_from_config(cfg, conn, extra) -> dict:
             conn.close()
 
 
+def promote(cfg, conn) -> dict:
+    """Deploy the challenger a cycle kept (output_model_path/challenger.pkl, decisions.keep_challenger)
+    with its recorded test score; its manifest carries the cycle's record of it. Returns the manifest."""
+    import decisions  # lazy: numpy; only this command needs it
+
+    folder = cfg.model_file.parent
+    path, record_path = folder / decisions.CHALLENGER, folder / decisions.CHALLENGER_RECORD
+    if not path.exists() or not record_path.exists():
+        raise DeploymentError(f"no kept challenger in {folder}: a cycle saves one when it keeps the serving model")
+    record = json.loads(record_path.read_text())
+    digest = atomicfiles.sha256_file(path)
+    if digest != record.get("model_sha256"):
+        raise DeploymentError(f"{path} is not the challenger cycle {record.get('cycle_id')} kept (sha256 differs)")
+    row = conn.execute("SELECT f1, precision, recall, roc_auc, rows FROM scores WHERE dataset = 'test'"
+                       " AND model_sha256 = ? ORDER BY id DESC LIMIT 1", (digest,)).fetchone()
+    if row is None:
+        raise DeploymentError(f"no test score is recorded for {path} (sha256 {digest[:12]})")
+    extra = {"cycle": {"id": record.get("cycle_id"), "decision": "promoted by hand (deployment.py --promote)",
+                       "kept_as": record.get("decision"), "promotion": record.get("promotion")}}
+    manifest = deploy(cfg.prod_deployment_path, path, folder / decisions.CHALLENGER_SCORE, cfg.ingested_list,
+                      metrics=dict(row), keep=cfg.keep_versions, conn=conn, extra=json.loads(json.dumps(extra, default=str)))
+    record_path.unlink()
+    return manifest
+
+
 def main(argv=None):
     import argparse  # lazy: ~8 ms the idle cycle, which reads the manifest through this module, never pays
 
@@ -361,6 +386,8 @@ def main(argv=None):
     group.add_argument("--reproduce", type=int, metavar="N",
                        help="rebuild version N from the delivery archive and compare (touches nothing live)")
     parser.add_argument("--to", type=int, metavar="N", help="with --rollback: the version to serve")
+    group.add_argument("--promote", action="store_true",
+                       help="deploy the challenger the last cycle kept (output_model_path/challenger.pkl)")
     args = parser.parse_args(argv)
     if args.to is not None and not args.rollback:
         parser.error("--to goes with --rollback")
@@ -381,10 +408,14 @@ def main(argv=None):
             code, lines = reproduce.reproduce(cfg, read_manifest(vdir), lambda: load_version(vdir)[0])
             print("\n".join(lines))
             return code
-        what = "deployment.py --rollback" if args.rollback else "deployment.py"
+        what = "deployment.py" + (" --rollback" if args.rollback else " --promote" if args.promote else "")
         with (locks.writer(cfg.output_folder_path, what, cfg.writer_wait_seconds),
               closing(history.connect(cfg.history_db)) as conn):
-            if args.rollback:
+            if args.promote:
+                m = promote(cfg, conn)
+                print(f"promoted the kept challenger: now serving {version_name(m['version'])} "
+                      f"(F1 {m['metrics'].get('f1')!r})")
+            elif args.rollback:
                 m = rollback(prod, conn, to=args.to)
                 print(f"rolled back: now serving {version_name(m['version'])} (F1 {m['metrics'].get('f1')!r})")
             else:

@@ -315,3 +315,9 @@ def score_drift(test, model, new_rows, reference_rows, *, deployed_f1, history=(
                  significance=significance)
     out["new_rows"] = int(len(new_rows))
     return out
+
+
+def sequential_decision(look, new_f1, deployed_f1) -> dict:
+    """The `sequential` test's look (evidence.look) in the form of `decide`'s dict, its fields kept."""
+    return {"test": "sequential", "used": "sequential", "fallback": None, "new_f1": float(new_f1),
+            "deployed_f1": float(deployed_f1), "threshold": look["threshold"], **look}

@@ -37,6 +37,7 @@ import alerts
 import archive
 import atomicfiles
 import cycle
+import cycledata
 import delivery
 import deployment
 import history
@@ -90,78 +91,6 @@ def publish(cfg, record) -> dict:
     return out
 
 
-def _pending_frames(pending, frames):
-    """The rows of the pending files: from this cycle's ingestion when it parsed them, else re-read."""
-    import hashlib
-
-    import pandas as pd  # lazy: the idle cycle imports no pandas
-
-    out = []
-    for f in pending:
-        df = frames.get(f["sha256"])
-        if df is None:
-            path = Path(f["folder"]) / f["name"]
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                logger.warning("pending file %s cannot be read again (%s): left out of the drift check", path, exc)
-                continue
-            if hashlib.sha256(data).hexdigest() != f["sha256"]:
-                logger.warning("pending file %s has changed since it was ingested: left out of the drift check", path)
-                continue
-            df = delivery.parse_delivery(data)
-        out.append(df)
-    return pd.concat(out, ignore_index=True) if out else None
-
-
-def _reference_rows(cfg, conn, pending):
-    """The rows ingested before the pending files: the prefix of finaldata.csv they extended.
-
-    Ingestion appends new rows after the old ones and keeps first occurrences, so the finaldata of
-    before is exactly the first `rows` rows of today's.
-    """
-    row = conn.execute("SELECT rows FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1",
-                       (pending[0]["at"],)).fetchone()
-    before = row["rows"] if row else 0
-    if before == 0 or not cfg.finaldata.exists():
-        return None
-    return ingestion.read_finaldata(cfg.finaldata, nrows=before)
-
-
-def _held_out_range(cfg, conn, pending):
-    """finaldata.csv's rows [start, end) from deliveries decided on since the deployed model was
-    trained (they caused no redeploy): recent labelled rows it has never seen, the held-out
-    reference of the `significance` test (README, "Which reference"). None when there are none."""
-    manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
-    training_files = ((manifest or {}).get("training") or {}).get("training_files")
-    files = conn.execute("SELECT id, name, sha256, at FROM ingested_files WHERE id < ? ORDER BY id",
-                         (pending[0]["id"],)).fetchall()
-    if training_files is not None:  # by content: a changed file under an old name is not the trained one
-        trained = {f["sha256"] for f in training_files}
-        trained_through = max((f["id"] for f in files if f["sha256"] in trained), default=0)
-    else:  # a model deployed before its training files were recorded: by the deployed list of names
-        try:
-            deployed_names = set((cfg.prod_deployment_path / "ingestedfiles.txt").read_text().splitlines())
-        except FileNotFoundError:
-            return None
-        trained_through = max((f["id"] for f in files if f["name"] in deployed_names), default=0)
-    held = [f for f in files if f["id"] > trained_through]
-    if not held:
-        return None
-
-    def rows_before(at):
-        row = conn.execute("SELECT rows FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1", (at,)).fetchone()
-        return row["rows"] if row else 0
-
-    start, end = rows_before(held[0]["at"]), rows_before(pending[0]["at"])
-    return (start, end) if end > start else None
-
-
-def _deployed_history(conn) -> list:
-    """The F1 of each deployment made, oldest first: the score history of the statistical drift tests."""
-    return [r[0] for r in conn.execute("SELECT f1 FROM deployments WHERE action = 'deploy' AND f1 IS NOT NULL ORDER BY id")]
-
-
 class Cycle:
     """One run of the cycle: the record it builds, its timings, and the steps."""
 
@@ -191,13 +120,13 @@ class Cycle:
 
     # The steps of a cycle with work to do.
 
-    def retrain(self):
+    def retrain(self, rows=None, window=None):
         # lazy: the idle cycle imports no pandas or scikit-learn
         import scoring
         import training
 
         with self.step("training"):
-            meta = training.run(self.cfg, self.conn)
+            meta = training.run(self.cfg, self.conn, rows=rows, window=window)
         with self.step("scoring"):
             metrics = scoring.run(self.cfg, self.conn)
         self.record.retrained = Retrained(meta["training_rows"], meta["model_sha256"], metrics)
@@ -221,7 +150,7 @@ class Cycle:
         self.record.deployed_version = manifest["version"]
         return manifest
 
-    def decide(self, model, manifest, new_df, reference_df, held_out_df=None):
+    def decide(self, model, manifest, new_df, reference_df, held_out_df=None, first_file_id=None):
         """Score and feature drift of the new rows against the deployed model; sets the record."""
         # lazy: the idle cycle imports no numpy, pandas or scikit-learn
         import audit
@@ -246,11 +175,14 @@ class Cycle:
             reference_rows = X.assign(**{TARGET: y})
             # The score recorded with this very model: the `latestscore.txt` link may have moved meanwhile.
             deployed_f1 = float(manifest["metrics"]["f1"])
-            decision = drift.score_drift(
-                cfg.drift_test, model, complete, reference_rows, deployed_f1=deployed_f1,
-                history=_deployed_history(self.conn), level=cfg.drift_significance_level,
-                rounds=cfg.drift_bootstrap_rounds, min_history=cfg.drift_min_history, seed=0,
-                extra_reference_rows=held_out_df)
+            if cfg.drift_test == "sequential":
+                decision = self._sequential(model, complete, X, y, deployed_f1, first_file_id)
+            else:
+                decision = drift.score_drift(
+                    cfg.drift_test, model, complete, reference_rows, deployed_f1=deployed_f1,
+                    history=cycledata.deployed_history(self.conn), level=cfg.drift_significance_level,
+                    rounds=cfg.drift_bootstrap_rounds, min_history=cfg.drift_min_history, seed=0,
+                    extra_reference_rows=held_out_df)
         self.record.score_drift = decision
         with self.step("slices"):
             # The new rows cut on the deployed model's recorded slices: the report can then show a slice worsening.
@@ -259,6 +191,88 @@ class Cycle:
             logger.info("drift test: %s", decision["fallback"])
         logger.info("score drift (%s): %s", decision["used"], decision["reason"])
         return decision, complete
+
+    def _sequential(self, model, complete, X_test, y_test, deployed_f1, first_file_id):
+        """The sequential test on everything delivered since the deployment; sets the record's
+        evidence (written with the record by _finish) and test_data."""
+        import atomicfiles
+        import decisions  # lazy: numpy
+        import drift
+
+        state = decisions.load_state(self.conn)
+        X = complete[list(FEATURES)].astype("float64")
+        y = complete[TARGET].astype("int64").to_numpy()
+        pred = model.predict(X)
+        sha = atomicfiles.sha256_file(self.cfg.test_data_file)
+        state, look, facts = decisions.look_at_delivery(state, model, X_test, y_test.to_numpy(), sha, y, pred,
+                                                        first_file_id, self.cfg.drift_significance_level)
+        self.record.evidence = state
+        ev = state["evidence"]
+        facts["stale"] = cycle.stale_test_data(look["evidence_f1"], facts["serving_f1"], ev["counted"])
+        if facts["stale"]:
+            facts["reason"] = (f"the test data no longer represent the deliveries: the serving model scores F1 "
+                               f"{look['evidence_f1']:.2f} on the {ev['rows']} rows delivered since its deployment "
+                               f"but {facts['serving_f1']:.2f} on the {facts['rows']} test rows; refresh the test "
+                               f"data ({self.cfg.test_data_file}) with recently labelled rows")
+            logger.warning("%s", facts["reason"])
+        self.record.test_data = facts
+        new_f1 = decisions._f1(y, pred)
+        return drift.sequential_decision(look, new_f1, deployed_f1)
+
+    def reset_evidence(self):
+        """The sequential test's state of the model just deployed: its reference is its outcomes on
+        the test data as they are now (their hash recorded: a later change is evidence)."""
+        if self.cfg.drift_test != "sequential":
+            return
+        import atomicfiles
+        import decisions  # lazy: numpy
+        import scoring
+
+        model, _ = deployment.load_deployed(self.cfg.prod_deployment_path)
+        X, y = scoring.read_test_data(self.cfg.test_data_file)
+        self.record.evidence = decisions.fresh_state(y.to_numpy(), model.predict(X),
+                                                     atomicfiles.sha256_file(self.cfg.test_data_file))
+
+    def challenge(self, cycle_id, serving):
+        """Train a challenger on the rows since the deployment minus a held-out slice; judge it on
+        that slice and the test data (decisions.challenge); deploy it, or keep it for
+        `deployment.py --promote`. Returns the decision."""
+        import decisions  # lazy: numpy, pandas, scikit-learn
+        import scoring
+
+        cfg, rec = self.cfg, self.record
+        first = (known(rec.evidence) or {}).get("since_file_id")
+        recent = decisions.rows_since(self.conn, ingestion.read_finaldata(cfg.finaldata), first)
+        recent = recent.dropna(subset=list(FEATURES) + [TARGET])
+        X_test, y_test = scoring.read_test_data(cfg.test_data_file)
+        window = f"{len(recent)} rows delivered since the serving model's deployment, minus the held-out slice"
+
+        def fit(rows):
+            self.retrain(rows=rows, window=window)
+            return scoring.load_pickle(cfg.model_file)
+
+        with self.step("challenge"):
+            out = decisions.challenge(serving, recent, X_test, y_test.to_numpy(), fit,
+                                      level=cfg.drift_significance_level, rounds=cfg.drift_bootstrap_rounds,
+                                      seed=int(cycle_id))
+        policy = dict(out["policy"], split=out["split"])
+        decided = cycle.promotion_decision(None, policy)
+        if decided == cycle.REDEPLOYED:
+            policy["model"] = (f"deployed the evaluated challenger (trained on {rec.retrained.training_rows} of "
+                               f"the {len(recent)} rows since the deployment; the held-out slice never trained on)")
+            self.deploy(cycle_id, decided)
+            # The new model's reference: its outcomes on the held-out slice and the test data, never trained on.
+            rec.evidence = decisions.reference_state(out["reference"], (known(rec.test_data) or {}).get("sha256"))
+        else:
+            path = decisions.keep_challenger(cfg, {"cycle_id": cycle_id, "decision": decided, "promotion": policy})
+            policy["model"] = f"kept the serving model; the challenger is saved as {path}"
+            if policy.get("action") is None:
+                policy["action"] = ("nothing: the next deliveries gather new evidence; to serve the challenger "
+                                    f"anyway, `{decisions.PROMOTE_COMMAND}`")
+            rec.evidence = cycle.evidence_after(decided, known(rec.evidence))
+        rec.promotion = policy
+        logger.info("promotion: %s", policy["reason"])
+        return decided
 
     def gate(self, complete, deployed_new_f1):
         """The promotion gate: the retrained model must score at least as well on the newest rows."""
@@ -371,28 +385,19 @@ def _live_drift(cfg, conn):
     return traffic.crossings_since(cfg, last if last is not None else time.time() - 86400)
 
 
-def _held_out(cfg, conn, pending, reference_df):
-    """The held-out reference rows (complete ones) of the `significance` test, or None."""
-    span = _held_out_range(cfg, conn, pending) if reference_df is not None else None
-    if span is None:
-        return None
-    held_out = reference_df.iloc[span[0]:span[1]].dropna(subset=list(FEATURES) + [TARGET])
-    return held_out if len(held_out) else None
-
-
 def _check_and_act(cyc, cycle_id, pending, frames):
     """The pending files' drift check, and on drift retraining and (behind the gate) redeployment."""
     cfg, conn, rec = cyc.cfg, cyc.conn, cyc.record
-    new_df = _pending_frames(pending, frames)
+    new_df = cycledata.pending_frames(pending, frames)
     if new_df is None:
         rec.decision = NO_USABLE_ROWS
         return
     with cyc.step("reference_rows"):
-        reference_df = _reference_rows(cfg, conn, pending)
-        held_out = _held_out(cfg, conn, pending, reference_df)
+        reference_df = cycledata.reference_rows(cfg, conn, pending)
+        held_out = cycledata.held_out(cfg, conn, pending, reference_df)
         rec.held_out_rows = 0 if held_out is None else int(len(held_out))
     model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
-    decision, complete = cyc.decide(model, manifest, new_df, reference_df, held_out)
+    decision, complete = cyc.decide(model, manifest, new_df, reference_df, held_out, first_file_id=pending[0]["id"])
     # Online monitoring: live inputs past psi_act since the last cycle (monitoring.py).
     rec.live_drift = _live_drift(cfg, conn)
     verdict = cycle.drift_verdict(decision, rec.feature_drift, rec.live_drift, cfg.feature_drift_triggers_retrain,
@@ -406,6 +411,9 @@ def _check_and_act(cyc, cycle_id, pending, frames):
     if verdict.live and not (verdict.score or verdict.feature):
         logger.info("live input drift past psi_act since the last cycle triggers retraining")
     cyc.save(cycle_id)
+    if cfg.promotion_gate and cfg.drift_test == "sequential":  # the default: promotion on held-out evidence
+        rec.decision = cyc.challenge(cycle_id, model)
+        return
     cyc.retrain()
     if cycle.gate_applies(cfg.promotion_gate, len(complete)):
         cyc.gate(complete, decision["new_f1"])
@@ -443,6 +451,7 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
             cyc.retrain()
             cyc.deploy(cycle_id, COLD_START)
             rec.decision = COLD_START
+            cyc.reset_evidence()
         elif pending:
             _check_and_act(cyc, cycle_id, pending, frames)
         elif candidates:  # every new file was quarantined
@@ -481,8 +490,15 @@ def _finish(cfg, conn, rec, cycle_id, cyc):
     # A cycle that found nothing to do is only logged: writing the database would cost a WAL
     # checkpoint with fsyncs on close, every ten minutes, for a row that says nothing happened.
     if cycle_id is not None:
-        conn.execute("UPDATE cycles SET finished_at = ?, decision = ?, record = ? WHERE id = ?",
-                     (now, rec.decision, text, cycle_id))
+        # The drift evidence and the record of the delivery it holds: one transaction, so a crash
+        # leaves both (the delivery decided) or neither (the next cycle decides it again).
+        with history.transaction(conn):
+            conn.execute("UPDATE cycles SET finished_at = ?, decision = ?, record = ? WHERE id = ?",
+                         (now, rec.decision, text, cycle_id))
+            if rec.evidence and not rec.errors:
+                import decisions  # lazy: only a cycle that looked at a delivery gets here
+
+                decisions.write_state(conn, cycle_id, rec.evidence)
     _log_line(cfg, text)
     if rec.errors:
         logger.error("cycle finished with errors: %s", "; ".join(rec.errors))

@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS alerts (
     changed_at REAL NOT NULL, memo TEXT NOT NULL, delivered INTEGER, tries INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, last_attempt_at REAL
 );
+CREATE TABLE IF NOT EXISTS drift_evidence (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, cycle_id INTEGER, deployment_id INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
 """
 
 

@@ -239,6 +239,19 @@ def _drift_section(doc, data, W):
         doc.table(rows, [0.25 * W, 0.75 * W], numeric_from=None)
     else:
         doc.para("No score-drift result in this cycle's record.")
+    td = known(cycle.test_data)
+    if td and td.get("stale"):
+        doc.para(f"Stale test data: {td.get('reason')}")
+    pr = known(cycle.promotion)
+    if pr:
+        rows = [["Promotion on held-out evidence", ""], ["Decision", str(pr.get("decision"))]]
+        for part, label in (("held_out", "Held-out rows"), ("test", "Test data")):
+            if isinstance(pr.get(part), dict):
+                rows.append([label, pr[part].get("reason") or "n/a"])
+        rows += [[label, pr[key]] for key, label in (("reason", "Reason"), ("action", "What to do"), ("model", "Model"))
+                 if pr.get(key)]
+        doc.space(2)
+        doc.table(rows, [0.25 * W, 0.75 * W], numeric_from=None)
     fd = known(cycle.feature_drift)
     doc.space(2)
     if fd:

@@ -35,13 +35,13 @@ SCHEMA = {
     "writer_wait_seconds": (float, 60.0),
     "model": (dict, {}),
     "keep_versions": (int, 5),
-    "drift_test": (str, "raw"),
+    "drift_test": (str, "sequential"),
     "drift_significance_level": (float, 0.05),
     "drift_bootstrap_rounds": (int, 2000),
     "drift_min_history": (int, 3),
     "feature_drift_triggers_retrain": (bool, False),
     "feature_drift_psi_threshold": (float, 0.2),
-    "promotion_gate": (bool, False),
+    "promotion_gate": (bool, True),
     "api_url": (str, "http://127.0.0.1:8000"),
     "package_index_url": (str, "https://pypi.org/simple"),
     "max_request_bytes": (int, 16 * 1024 * 1024),
@@ -79,7 +79,7 @@ MODEL_SCHEMA = {
     "class_weight": ((str, type(None)), None),
     "random_state": (int, 0),
 }
-DRIFT_TESTS = ("raw", "parametric", "nonparametric", "significance")
+DRIFT_TESTS = ("sequential", "raw", "parametric", "nonparametric", "significance")
 
 
 class ConfigError(Exception):

@@ -183,6 +183,13 @@ def _cycle_summary(row):
     gate = rec.gate.to_dict() if isinstance(rec.gate, Gate) else rec.gate
     if isinstance(gate, dict) and gate.get("reason"):
         evidence.append(f"Promotion gate: {gate['reason']}")
+    promotion = rec.promotion if isinstance(rec.promotion, dict) else {}
+    for key, label in (("reason", "Promotion"), ("action", "What to do"), ("model", "Model")):
+        if promotion.get(key):
+            evidence.append(f"{label}: {promotion[key]}")
+    test_data = rec.test_data if isinstance(rec.test_data, dict) else {}
+    if test_data.get("stale"):
+        evidence.append(f"Stale test data: {test_data.get('reason')}")
     for q in quarantined:
         if isinstance(q, dict):
             evidence.append(f"Quarantined {q.get('name')}: {q.get('reason')}")

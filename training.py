@@ -118,19 +118,20 @@ def monitoring_reference(cfg, model, X):
     return ref
 
 
-def run(cfg, conn=None):
-    """Train on finaldata.csv and save trainedmodel.pkl; return the metadata written. Holds the
-    writer lock throughout (locks.py; raises locks.Busy when another writer keeps it too long)."""
+def run(cfg, conn=None, rows=None, window=None):
+    """Train on finaldata.csv (or on the frame `rows`, described by `window` in the metadata) and
+    save trainedmodel.pkl; return the metadata written. Holds the writer lock throughout (locks.py;
+    raises locks.Busy when another writer keeps it too long)."""
     with locks.writer(cfg.output_folder_path, "training.py", cfg.writer_wait_seconds):
-        return _run(cfg, conn)
+        return _run(cfg, conn, rows, window)
 
 
-def _run(cfg, conn):
+def _run(cfg, conn, rows, window):
     started = time.perf_counter()
     if not cfg.finaldata.exists():
         raise TrainingError(f"{cfg.finaldata} does not exist: run ingestion first")
     data_sha = atomicfiles.sha256_file(cfg.finaldata)
-    df = ingestion.read_finaldata(cfg.finaldata)
+    df = ingestion.read_finaldata(cfg.finaldata) if rows is None else rows
     model = train(df, cfg.model)
     X, y = delivery.training_frame(df)
     cv = audit.cross_validation(build_model(cfg.model), X, y, cfg.cv_folds, seed=cfg.model["random_state"],
@@ -147,6 +148,7 @@ def _run(cfg, conn):
             "features": list(FEATURES),
             "target": TARGET,
             "training_rows": int(len(X)),
+            **({"training_window": window} if window else {}),
             "data_sha256": data_sha,
             "training_files": history.ingested_files(conn),
             # What --reproduce rebuilds the training set from: the deliveries in the order they were

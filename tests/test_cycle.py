@@ -57,6 +57,84 @@ def test_promotion_decision(gate, decision):
     assert cycle.promotion_decision(gate) == decision
 
 
+# The sequential test's looks (evidence.look through drift.sequential_decision), as the cycle makes them:
+# a reference of 100 leavers' rows with 80 hits, then the evidence gathered since the deployment.
+def _looked(counted, hits, deliveries=1):
+    import drift
+    import evidence
+
+    state = evidence.new_state({"rows": 300, "counted": 100, "hits": 80})
+    state["evidence"] = {"rows": 3 * counted, "counted": counted, "hits": hits, "deliveries": deliveries}
+    return drift.sequential_decision(evidence.look(state), new_f1=0.5, deployed_f1=0.89)
+
+
+@pytest.mark.parametrize(("counted", "hits", "deliveries", "drift", "decision"), [
+    (6, 2, 1, False, cycle.NOT_ENOUGH_EVIDENCE),   # one small delivery: too little to call anything
+    (60, 20, 10, True, None),                       # ten small ones that together show the drop
+    (200, 160, 8, False, cycle.NO_DRIFT),           # as good as the reference
+    (200, 150, 8, False, cycle.NO_DRIFT),           # a little worse: not enough for drift at 0.05
+    (200, 90, 4, True, None),
+])
+def test_drift_verdict_on_the_sequential_evidence(counted, hits, deliveries, drift, decision):
+    verdict = cycle.drift_verdict(_looked(counted, hits, deliveries), FEATURES_CALM, LIVE_CALM, False, False)
+    assert (verdict.drift, verdict.decision) == (drift, decision)
+
+
+def _policy(decision):
+    return {"decision": decision}
+
+
+@pytest.mark.parametrize(("gate", "policy", "decision"), [
+    (None, _policy("promote"), cycle.REDEPLOYED),
+    (None, _policy("keep"), cycle.KEPT),
+    (None, _policy("needs review"), cycle.NEEDS_REVIEW),  # better on the newest rows, worse on the test data
+    (Gate(True, 0.8, 0.8, 300, "at least"), _policy("keep"), cycle.KEPT),  # the held-out policy decides
+])
+def test_promotion_decision_on_held_out_evidence(gate, policy, decision):
+    assert cycle.promotion_decision(gate, policy) == decision
+    assert decision.startswith("drift: ")
+
+
+def test_the_held_out_policy_on_real_comparisons():
+    import evidence
+
+    better = {"verdict": "better", "rows": 60, "difference": 0.3, "interval": [0.1, 0.5]}
+    worse = {"verdict": "worse", "rows": 40, "difference": -0.4, "interval": [-0.6, -0.2]}
+    same = {"verdict": "no significant difference", "rows": 40, "difference": 0.0, "interval": [-0.01, 0.02]}
+    assert cycle.promotion_decision(None, evidence.promotion_decision(better, same)) == cycle.REDEPLOYED
+    assert cycle.promotion_decision(None, evidence.promotion_decision(better, worse)) == cycle.NEEDS_REVIEW
+    assert cycle.promotion_decision(None, evidence.promotion_decision(same, same)) == cycle.KEPT
+
+
+STATE = {"method": "m", "reference": {"rows": 40, "counted": 20, "hits": 15},
+         "evidence": {"rows": 75, "counted": 30, "hits": 12, "deliveries": 3}, "test_sha256": "ab", "since_file_id": 4}
+FRESH = {**STATE, "reference": {"rows": 50, "counted": 25, "hits": 20},
+         "evidence": {"rows": 0, "counted": 0, "hits": 0, "deliveries": 0}, "since_file_id": None}
+RESTARTED = {**STATE, "evidence": {"rows": 0, "counted": 0, "hits": 0, "deliveries": 0}, "since_file_id": None}
+
+
+@pytest.mark.parametrize(("decision", "state", "fresh", "after"), [
+    (cycle.NOT_ENOUGH_EVIDENCE, STATE, None, STATE),  # its rows stay in the evidence
+    (cycle.NO_DRIFT, STATE, None, STATE),
+    (cycle.REDEPLOYED, STATE, FRESH, FRESH),           # reset on deploy: the new model's reference
+    (cycle.REDEPLOYED, STATE, None, None),             # the next delivery builds it from the test data
+    (cycle.KEPT, STATE, None, RESTARTED),              # a decision was made: the evidence starts again
+    (cycle.NEEDS_REVIEW, STATE, None, RESTARTED),
+    (cycle.GATE_KEPT, STATE, None, RESTARTED),
+    (cycle.NO_DRIFT, None, None, None),
+])
+def test_evidence_after(decision, state, fresh, after):
+    assert cycle.evidence_after(decision, state, fresh) == after
+
+
+@pytest.mark.parametrize(("evidence_f1", "test_f1", "counted", "stale"), [
+    (0.40, 0.80, 60, True), (0.66, 0.80, 60, False), (0.65, 0.80, 60, True), (0.40, 0.80, 29, False),
+    (None, 0.80, 60, False), (0.40, None, 60, False),
+])
+def test_stale_test_data(evidence_f1, test_f1, counted, stale):
+    assert cycle.stale_test_data(evidence_f1, test_f1, counted) is stale
+
+
 def test_unset_fields_are_not_in_the_json_none_ones_are():
     rec = CycleRecord.start("2026-01-01T00:00:00.000+00:00", "/c/config.json")
     rec.score_drift = None

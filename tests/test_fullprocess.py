@@ -33,6 +33,17 @@ class Publisher:
         return {"report": str(cfg.output_folder_path / "report.pdf"), "apireturns": "apireturns.txt"}
 
 
+# These tests hold the course's decisions (README, "The course's setting"): the raw test, no gate.
+# The default decisions are tested in tests/test_decisions_cycle.py.
+COURSE = {"drift_test": "raw", "promotion_gate": False}
+
+
+@pytest.fixture
+def world(make_world):
+    """The conftest world with the course's setting."""
+    return make_world(**COURSE)
+
+
 @pytest.fixture
 def published(monkeypatch):
     pub = Publisher()
@@ -165,7 +176,7 @@ def test_tie_is_not_drift_and_the_delivery_is_ingested_once(world, published):
 def test_statistical_tests_fall_back_to_raw_with_little_history(tmp_path, published, test):
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, drift_test=test, drift_min_history=3))
+    cfg = load_config(make_config(tmp_path, promotion_gate=False, drift_test=test, drift_min_history=3))
     import datagen
 
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
@@ -189,7 +200,7 @@ def test_statistical_tests_use_the_deployment_history(tmp_path, published, test,
 
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, drift_test=test, drift_min_history=3))
+    cfg = load_config(make_config(tmp_path, promotion_gate=False, drift_test=test, drift_min_history=3))
     import datagen
 
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
@@ -222,7 +233,7 @@ def test_statistical_tests_use_the_deployment_history(tmp_path, published, test,
 def gate_world(tmp_path, gate):
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, promotion_gate=gate, feature_drift_triggers_retrain=True))
+    cfg = load_config(make_config(tmp_path, drift_test="raw", promotion_gate=gate, feature_drift_triggers_retrain=True))
     import datagen
 
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
@@ -367,7 +378,7 @@ def test_missing_values_are_kept_and_scored_on_complete_rows(world, published):
 def test_the_significance_test_is_passed_through(tmp_path, published):
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=500))
+    cfg = load_config(make_config(tmp_path, promotion_gate=False, drift_test="significance", drift_bootstrap_rounds=500))
     import datagen
 
     datagen.generate(400, seed=301).to_csv(cfg.test_data_file, index=False)
@@ -485,7 +496,7 @@ def test_significance_reference_includes_held_out_deliveries(tmp_path, published
     the test data as the significance test's reference (README, "Which reference")."""
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=500))
+    cfg = load_config(make_config(tmp_path, promotion_gate=False, drift_test="significance", drift_bootstrap_rounds=500))
     import datagen
 
     datagen.generate(400, seed=301).to_csv(cfg.test_data_file, index=False)
@@ -507,7 +518,7 @@ def test_significance_reference_includes_held_out_deliveries(tmp_path, published
 def test_not_enough_evidence_redeploys_nothing(tmp_path, published):
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=200))
+    cfg = load_config(make_config(tmp_path, promotion_gate=False, drift_test="significance", drift_bootstrap_rounds=200))
     import datagen
 
     datagen.generate(5, seed=301).to_csv(cfg.test_data_file, index=False)
@@ -559,7 +570,7 @@ def test_a_changed_file_under_the_trained_name_is_held_out(tmp_path, published):
     """Held-out rows are matched to the deployed model's training files by content, not by name."""
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, drift_test="significance", drift_bootstrap_rounds=500))
+    cfg = load_config(make_config(tmp_path, promotion_gate=False, drift_test="significance", drift_bootstrap_rounds=500))
     import os
 
     import datagen

@@ -11,7 +11,17 @@ def test_repo_config_loads_with_paths_beside_it():
     assert cfg.input_folder_path == REPO / "sourcedata"
     assert cfg.prod_deployment_path == REPO / "production_deployment"
     assert cfg.test_data_file == REPO / "testdata" / "testdata.csv"
-    assert cfg.drift_test == "raw"
+    assert cfg.drift_test == "sequential"
+    assert cfg.promotion_gate is True
+
+
+def test_defaults_are_the_sequential_test_and_the_gate(world):
+    assert (world.drift_test, world.promotion_gate) == ("sequential", True)
+
+
+def test_the_course_setting_is_one_setting_away(make_world):
+    cfg = make_world(drift_test="raw", promotion_gate=False)
+    assert (cfg.drift_test, cfg.promotion_gate) == ("raw", False)
 
 
 def test_default_config_is_the_one_beside_the_scripts():
@@ -31,7 +41,7 @@ def test_relative_paths_resolve_against_the_config_not_the_cwd(tmp_path, monkeyp
     ({"keep_versions": "5"}, "config key 'keep_versions' must be int, not \"5\""),
     ({"keep_versions": True}, "config key 'keep_versions' must be int, not true"),
     ({"keep_versions": 1}, "config key 'keep_versions' must be at least 2, so a rollback has somewhere to go"),
-    ({"drift_test": "vibes"}, "config key 'drift_test' must be one of raw, parametric, nonparametric, significance, not 'vibes'"),
+    ({"drift_test": "vibes"}, "config key 'drift_test' must be one of sequential, raw, parametric, nonparametric, significance, not 'vibes'"),
     ({"model": {"C": 1, "depth": 3}}, "unknown model key 'depth' (known keys: C, class_weight, max_iter, random_state)"),
     ({"model": {"C": -1}}, "model key 'C' must be a positive number, not -1.0"),
     ({"model": {"max_iter": 0}}, "model key 'max_iter' must be at least 1, not 0"),

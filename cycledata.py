@@ -1,0 +1,92 @@
+"""The rows a cycle judges: the pending deliveries' rows, the reference rows ingested before them,
+the held-out span since the deployed model was trained, and the deployed score history."""
+import logging
+from pathlib import Path
+
+import delivery
+import deployment
+import ingestion
+from settings import FEATURES, TARGET
+
+logger = logging.getLogger(__name__)
+
+
+def pending_frames(pending, frames):
+    """The rows of the pending files: from this cycle's ingestion when it parsed them, else re-read."""
+    import hashlib
+
+    import pandas as pd  # lazy: the idle cycle imports no pandas
+
+    out = []
+    for f in pending:
+        df = frames.get(f["sha256"])
+        if df is None:
+            path = Path(f["folder"]) / f["name"]
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                logger.warning("pending file %s cannot be read again (%s): left out of the drift check", path, exc)
+                continue
+            if hashlib.sha256(data).hexdigest() != f["sha256"]:
+                logger.warning("pending file %s has changed since it was ingested: left out of the drift check", path)
+                continue
+            df = delivery.parse_delivery(data)
+        out.append(df)
+    return pd.concat(out, ignore_index=True) if out else None
+
+
+def reference_rows(cfg, conn, pending):
+    """The rows ingested before the pending files: the prefix of finaldata.csv they extended.
+
+    Ingestion appends new rows after the old ones and keeps first occurrences, so the finaldata of
+    before is exactly the first `rows` rows of today's.
+    """
+    row = conn.execute("SELECT rows FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1",
+                       (pending[0]["at"],)).fetchone()
+    before = row["rows"] if row else 0
+    if before == 0 or not cfg.finaldata.exists():
+        return None
+    return ingestion.read_finaldata(cfg.finaldata, nrows=before)
+
+
+def held_out_range(cfg, conn, pending):
+    """finaldata.csv's rows [start, end) from deliveries decided on since the deployed model was
+    trained (they caused no redeploy): recent labelled rows it has never seen, the held-out
+    reference of the `significance` test (README, "Which reference"). None when there are none."""
+    manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
+    training_files = ((manifest or {}).get("training") or {}).get("training_files")
+    files = conn.execute("SELECT id, name, sha256, at FROM ingested_files WHERE id < ? ORDER BY id",
+                         (pending[0]["id"],)).fetchall()
+    if training_files is not None:  # by content: a changed file under an old name is not the trained one
+        trained = {f["sha256"] for f in training_files}
+        trained_through = max((f["id"] for f in files if f["sha256"] in trained), default=0)
+    else:  # a model deployed before its training files were recorded: by the deployed list of names
+        try:
+            deployed_names = set((cfg.prod_deployment_path / "ingestedfiles.txt").read_text().splitlines())
+        except FileNotFoundError:
+            return None
+        trained_through = max((f["id"] for f in files if f["name"] in deployed_names), default=0)
+    held = [f for f in files if f["id"] > trained_through]
+    if not held:
+        return None
+
+    def rows_before(at):
+        row = conn.execute("SELECT rows FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1", (at,)).fetchone()
+        return row["rows"] if row else 0
+
+    start, end = rows_before(held[0]["at"]), rows_before(pending[0]["at"])
+    return (start, end) if end > start else None
+
+
+def deployed_history(conn) -> list:
+    """The F1 of each deployment made, oldest first: the score history of the statistical drift tests."""
+    return [r[0] for r in conn.execute("SELECT f1 FROM deployments WHERE action = 'deploy' AND f1 IS NOT NULL ORDER BY id")]
+
+
+def held_out(cfg, conn, pending, reference_df):
+    """The held-out reference rows (complete ones) of the `significance` test, or None."""
+    span = held_out_range(cfg, conn, pending) if reference_df is not None else None
+    if span is None:
+        return None
+    held_out = reference_df.iloc[span[0]:span[1]].dropna(subset=list(FEATURES) + [TARGET])
+    return held_out if len(held_out) else None
