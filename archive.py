@@ -4,9 +4,9 @@
 
 A file is written (atomically) before its delivery is recorded as ingested, so every recorded
 delivery is in the archive; it is checked on every read: the SHA-256 of the decompressed bytes
-must be its name. gzip is imported where used: the cycle's idle path imports this module.
+must be its name. gzip and hashlib are imported where used: the cycle's idle path imports this
+module and must stay fast.
 """
-import hashlib
 from pathlib import Path
 
 import atomicfiles
@@ -30,6 +30,7 @@ def path_for(folder, sha256: str) -> Path:
 
 def _read(path: Path, sha256: str) -> bytes:
     import gzip
+    import hashlib
     import zlib
 
     try:
@@ -52,6 +53,7 @@ def store(folder, sha256: str, data: bytes) -> Path:
     file) is replaced.
     """
     import gzip
+    import hashlib
 
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ArchiveError(f"not archived: the bytes given do not have sha256 {sha256[:12]}")

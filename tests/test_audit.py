@@ -365,6 +365,9 @@ def test_the_card_follows_the_serving_version_on_redeploy_and_rollback(trained):
         "Generated from the recorded facts of version v0003 (its `manifest.json`) at its deployment; never edited "
         "by hand.",
         f"- Version: v0003, deployed {manifest['deployed_at']}",
+        f"Lineage: a.csv {sha(cfg.input_folder_path / 'a.csv')[:12]}, b.csv {sha(cfg.input_folder_path / 'b.csv')[:12]}."
+        " Each delivery is kept in the archive as `deliveries/<SHA-256>.csv.gz`; `python deployment.py --reproduce 3`"
+        " rebuilds this model from them.",
     ]
 
 
