@@ -376,9 +376,10 @@ def test_a_token_is_required_when_set(shared, monkeypatch, method, path):
     assert resp.status_code == (404 if path == "/nowhere" else 200)
 
 
-def test_health_needs_no_token(shared, monkeypatch):
+def test_health_needs_no_token(deployed, monkeypatch):
+    # a world of its own: the module's shared one holds other tests' traffic, which live monitoring judges
     monkeypatch.setenv("DRAS_API_TOKEN", "s3cret")
-    resp = app_module.create_app(shared).test_client().get("/health")
+    resp = app_module.create_app(deployed).test_client().get("/health")
     assert (resp.status_code, resp.get_json()) == (200, {"status": "ok", "model_version": 1})
 
 
