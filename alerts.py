@@ -48,6 +48,7 @@ LEASE_SECONDS = 60.0
 SEVERITY = {"cycle_failed": "critical", "file_quarantined": "warning", "model_kept": "warning",
             "live_drift_act": "warning", "estimated_f1_low": "warning", "redeployed": "info"}
 ORDER = ("cycle", "quarantine", "model", "deployment", "live_drift", "estimated_f1")
+CYCLE_CONDITIONS = ORDER[:4]  # the API's are live_drift and estimated_f1
 
 
 def event(name, text, **details):
@@ -73,7 +74,7 @@ def _news(row, state, keys):
 
 
 def change(conn, condition, state, build, keys=(), now=None):
-    """Set `condition` to `state`; return the event to send when that is news, else None.
+    """Set `condition` to `state`; return (condition, event) to send when that is news, else None.
 
     News: a state other than the stored one, or with the same state a key (a quarantined file) not
     seen since it began. `build(previous_state, fresh_keys)` makes the event, or None to change
@@ -319,7 +320,7 @@ def after_cycle(cfg, conn, rec, previous):
             return send(cfg, None, [("cycle", ev)])
         now = time.time()
         found = _cycle_events(conn, rec, previous_failed, now)
-        due = [r for r in retries(conn, now) if r[0] not in {c for c, _ in found}]
+        due = [r for r in retries(conn, now) if r[0] in CYCLE_CONDITIONS and r[0] not in {c for c, _ in found}]
         return send(cfg, conn, found + due)
     except (sqlite3.Error, OSError, ValueError) as exc:
         logger.warning("alerts not checked: %s", exc)

@@ -281,8 +281,6 @@ def load_config(path=None) -> Config:
         raise ConfigError("config key 'alarm_pool_seconds' must be at least 'monitoring_window_seconds'")
     if values["monitoring_min_rows"] < 1:
         raise ConfigError("config key 'monitoring_min_rows' must be at least 1")
-    if values["log_max_bytes"] < 1024 or values["log_backups"] < 0:
-        raise ConfigError("config keys 'log_max_bytes' and 'log_backups' must be at least 1024 and 0")
     url = values["alert_webhook_url"]
     if url is not None:
         parts = urlsplit(url)
@@ -294,6 +292,8 @@ def load_config(path=None) -> Config:
         raise ConfigError("config key 'alert_f1_margin' must be between 0 and 1")
     if not 0 < values["alert_budget_seconds"] <= 30:
         raise ConfigError("config key 'alert_budget_seconds' must be more than 0 and at most 30")
+    if values["log_max_bytes"] < 1024 or values["log_backups"] < 0:
+        raise ConfigError("config keys 'log_max_bytes' and 'log_backups' must be at least 1024 and 0")
     for key in PATH_KEYS + ("quarantine_folder_path", "log_folder_path"):
         p = Path(values[key]).expanduser()
         values[key] = p if p.is_absolute() else (path.parent / p).resolve()

@@ -338,3 +338,62 @@ def test_estimated_f1_below_the_test_f1_by_the_margin(deployed, monkeypatch):
         windows[:] = [{"rows": 500, "window_start": 180.0, "estimated_f1": test_f1}]
         watch()
         assert [b["event"] for b in bodies(got)] == ["estimated_f1_recovered"]
+
+
+def test_a_live_gunicorn_sends_live_drift_once_from_its_flush_thread(make_deployed):
+    from helpers import gunicorn
+
+    shifted = [{"lastmonth_activity": 10_000 + i, "lastyear_activity": 100_000 + i, "number_of_employees": 10**7}
+               for i in range(10)]
+    with receiver() as (url, got):
+        # Short windows: a window is judged when it closes (or as it grows, by today's fixed thresholds).
+        cfg = make_deployed(alert_webhook_url=url, monitoring_flush_seconds=0.5, monitoring_window_seconds=2,
+                            monitoring_min_rows=20)
+        with gunicorn(cfg, workers=2) as api:
+            import requests
+
+            with requests.Session() as s:
+                for _ in range(30):  # 300 rows, both workers
+                    assert s.post(api + "/prediction", json={"records": shifted}, timeout=10).status_code == 200
+            deadline = time.monotonic() + 20
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(2)  # the other worker's flush thread has checked too by now
+        events = [b["event"] for b in bodies(got)]
+    assert events[:1] == ["live_drift_act"] and events.count("live_drift_act") == 1
+    [first] = [b for b in bodies(got) if b["event"] == "live_drift_act"]
+    assert (first["severity"], first["details"]["model_version"]) == ("warning", 1)
+    assert first["text"].startswith("Live input drift at \"act\" on model version 1: ")
+
+
+def test_metrics_show_the_last_cycle_and_the_conditions(make_deployed):
+    import re
+
+    import app as app_module
+    import deployment
+
+    cfg = make_deployed()
+    client = app_module.create_app(cfg).test_client()
+
+    def metrics():
+        text = client.get("/metrics").get_data(as_text=True)
+        return {m[0]: float(m[1]) for m in re.findall(r"^(dras_(?:last_cycle|seconds_since_last_cycle_run|alert_"
+                                                      r"condition|model_test_f1)\S*) (\S+)$", text, re.M)}
+
+    before = metrics()
+    assert sorted(before) == ["dras_last_cycle_failed", "dras_model_test_f1{model_version=\"1\"}",
+                              "dras_seconds_since_last_cycle_run"]
+    assert before["dras_last_cycle_failed"] != before["dras_last_cycle_failed"]  # NaN: no cycle yet
+    cfg.input_folder_path.rename(cfg.base / "away")
+    assert run(cfg).returncode == 1
+    test_f1 = deployment.current_manifest(cfg.prod_deployment_path)["metrics"]["f1"]
+    failed = metrics()
+    assert 0 <= failed.pop("dras_seconds_since_last_cycle_run") < 60
+    assert failed == {"dras_last_cycle_failed": 1.0, "dras_alert_condition{condition=\"cycle\"}": 1.0,
+                      "dras_model_test_f1{model_version=\"1\"}": pytest.approx(test_f1)}
+    (cfg.base / "away").rename(cfg.input_folder_path)
+    assert run(cfg).returncode == 0
+    ok = metrics()
+    ok.pop("dras_seconds_since_last_cycle_run")
+    assert ok == {"dras_last_cycle_failed": 0.0, "dras_alert_condition{condition=\"cycle\"}": 0.0,
+                  "dras_model_test_f1{model_version=\"1\"}": pytest.approx(test_f1)}
