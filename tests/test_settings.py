@@ -38,6 +38,13 @@ def test_relative_paths_resolve_against_the_config_not_the_cwd(tmp_path, monkeyp
     ({"model": {"class_weight": "heavy"}}, "model key 'class_weight' must be null or \"balanced\", not 'heavy'"),
     ({"drift_bootstrap_rounds": 0}, "config key 'drift_bootstrap_rounds' must be at least 1, not 0"),
     ({"max_request_bytes": -5}, "config key 'max_request_bytes' must be at least 1, not -5"),
+    ({"alarm_act_per_day": 0}, "config keys 'alarm_act_per_day' and 'alarm_watch_per_day' must satisfy"
+                               " 0 < alarm_act_per_day <= alarm_watch_per_day"),
+    ({"alarm_act_per_day": 2, "alarm_watch_per_day": 1}, "config keys 'alarm_act_per_day' and 'alarm_watch_per_day'"
+                                                         " must satisfy 0 < alarm_act_per_day <= alarm_watch_per_day"),
+    ({"alarm_pool_seconds": 30}, "config key 'alarm_pool_seconds' must be at least 'monitoring_window_seconds'"),
+    ({"monitoring_min_rows": 0}, "config key 'monitoring_min_rows' must be at least 1"),
+    ({"monitoring_estimate": "yes"}, "config key 'monitoring_estimate' must be bool, not \"yes\""),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(ConfigError) as err:
