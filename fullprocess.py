@@ -398,7 +398,7 @@ def _check_and_act(cyc, cycle_id, pending, frames):
         rec.held_out_rows = 0 if held_out is None else int(len(held_out))
     model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
     decision, complete = cyc.decide(model, manifest, new_df, reference_df, held_out, first_file_id=pending[0]["id"])
-    # Online monitoring: live inputs past psi_act since the last cycle (monitoring.py).
+    # Online monitoring: a judged look at "act" since the last cycle (alarms.py, traffic.crossings_since).
     rec.live_drift = _live_drift(cfg, conn)
     verdict = cycle.drift_verdict(decision, rec.feature_drift, rec.live_drift, cfg.feature_drift_triggers_retrain,
                                   cfg.live_drift_triggers_retrain)
@@ -409,7 +409,7 @@ def _check_and_act(cyc, cycle_id, pending, frames):
     if verdict.feature and not verdict.score:
         logger.info("feature drift in %s triggers retraining", ", ".join(rec.feature_drift["drifted"]))
     if verdict.live and not (verdict.score or verdict.feature):
-        logger.info("live input drift past psi_act since the last cycle triggers retraining")
+        logger.info("live input drift at act (the alarm's test) since the last cycle triggers retraining")
     cyc.save(cycle_id)
     if cfg.promotion_gate and cfg.drift_test == "sequential":  # the default: promotion on held-out evidence
         rec.decision = cyc.challenge(cycle_id, model)

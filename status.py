@@ -57,8 +57,7 @@ FILES = {
     "apireturns.txt": ("output_model_path", "text/plain"),
     "modelcard.md": ("prod_deployment_path", "text/plain"),
 }
-# Display lines when no config is at hand (settings' defaults): the levels themselves come from the config.
-PSI_WATCH, PSI_ACT = 0.1, 0.2
+PSI_WATCH, PSI_ACT = 0.1, 0.2  # display lines when no config is at hand (settings' defaults)
 
 bp = Blueprint(BLUEPRINT, __name__, template_folder="templates")
 
@@ -283,8 +282,7 @@ def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT, alarm_rule=None):
     # The level is the alarm's latest judged look (alarms.py); PSI is the magnitude shown.
     judged = next((w for w in windows if isinstance(w.get("alarm"), dict) and w["alarm"].get("judged")), None)
     alarm = judged["alarm"] if judged else None
-    estimated = next((w["estimated_f1"] for w in windows if isinstance(w.get("estimated_f1"), dict)
-                      and w["estimated_f1"].get("value") is not None), None)
+    estimated = next((w["estimated_f1"] for w in windows if (w.get("estimated_f1") or {}).get("value") is not None), None)
     return {
         "windows": len(windows),
         "since": _iso(min((t for t in starts if t is not None), default=None)),

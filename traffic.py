@@ -473,7 +473,7 @@ def summary_lines(cfg, limit=5):
             psi = ", ".join(f"{f} {v:.3f}" for f, v in sorted(w["psi"].items())) or "no reference"
             share = "n/a" if w["exit_share"] is None else f"{w['exit_share']:.3f}"
             state = w["alarm"]["state"]
-            verdict = w["level"] if state == "judged" else (
+            verdict = w["level"] if state == "judged" else "no rows" if not w["rows"] else (
                 f"not judged ({state}" + (f", {w['alarm']['pending_rows']} rows pooled" if state == "pooled" else "") + ")")
             f1 = (w["estimated_f1"] or {}).get("value")
             lines.append(f"v{int(version):04d} {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(w['window_start']))} UTC"

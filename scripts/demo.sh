@@ -68,6 +68,8 @@ if [ -f "$API_PID" ]; then
     # Then 200 five-row predictions of covariate-shifted rows (activity x3): /health degraded. Each wait is
     # for the window to close: a window is judged once, when it has closed. The serving model was trained on
     # ~110 rows: enough to see this gross shift, far too few to see a moderate one (README, Online monitoring).
+    # The ordinary traffic may show "watch" (never degraded): it is the same 40 test rows sent four times (with the
+    # cycle's apicalls), which the test counts as 160 independent rows.
     "$PY" scripts/traffic_burst.py --ordinary --burst 200 || echo "(the traffic could not be sent: see logs/gunicorn.log)"
     "$PY" reporting.py | head -1
     echo "(the report's last section, \"Live traffic\", shows the crossing)"

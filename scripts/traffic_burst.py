@@ -54,7 +54,8 @@ def send_ordinary(cfg, token=None):
     with requests.Session() as s:
         return [s.post(url, data=data, headers={"Content-Type": "text/csv", **headers}, timeout=10).status_code,
                 s.post(url, files={"file": ("testdata.csv", data)}, headers=headers, timeout=10).status_code,
-                s.post(url, json={"filepath": str(cfg.test_data_file)}, headers=headers, timeout=10).status_code]
+                s.post(url, json={"filepath": os.path.relpath(cfg.test_data_file, cfg.base)}, headers=headers,
+                       timeout=10).status_code]  # relative to the config's folder, as the API wants it
 
 
 def wait_judged(cfg):

@@ -440,7 +440,7 @@ def test_report_data_and_the_report_section(make_deployed):
                           check=True).stdout
     live = text[text.index("Live traffic (online monitoring)"):]
     assert "All recorded traffic" in live
-    assert "Windows crossing: 0 at watch, 1 at act." in live
+    assert "Looks judged: 3; at watch: 0, at act: 1." in " ".join(live.split())
     assert table_row(live, "2023-11-14") == ["2", "0", "400", f"{exits1 / 400:.4f}"]
     assert table_row(live, "2023-11-15") == ["1", "0", "30", f"{sum(answers[2]['predictions']) / 30:.4f}"]
     assert table_row(live, "/prediction p50")[1:] == ["-", "first run"]

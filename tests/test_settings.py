@@ -50,6 +50,13 @@ def test_relative_paths_resolve_against_the_config_not_the_cwd(tmp_path, monkeyp
     ({"max_request_bytes": -5}, "config key 'max_request_bytes' must be at least 1, not -5"),
     ({"writer_wait_seconds": -1}, "config key 'writer_wait_seconds' must be 0 (refuse at once) or a positive number of seconds"),
     ({"writer_wait_seconds": "60"}, "config key 'writer_wait_seconds' must be float, not \"60\""),
+    ({"alarm_act_per_day": 0}, "config keys 'alarm_act_per_day' and 'alarm_watch_per_day' must satisfy"
+                               " 0 < alarm_act_per_day <= alarm_watch_per_day"),
+    ({"alarm_act_per_day": 2, "alarm_watch_per_day": 1}, "config keys 'alarm_act_per_day' and 'alarm_watch_per_day'"
+                                                         " must satisfy 0 < alarm_act_per_day <= alarm_watch_per_day"),
+    ({"alarm_pool_seconds": 30}, "config key 'alarm_pool_seconds' must be at least 'monitoring_window_seconds'"),
+    ({"monitoring_min_rows": 0}, "config key 'monitoring_min_rows' must be at least 1"),
+    ({"monitoring_estimate": "yes"}, "config key 'monitoring_estimate' must be bool, not \"yes\""),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(ConfigError) as err:
