@@ -139,10 +139,10 @@ def test_the_evidence_survives_processes_and_verbose_prints_the_decision_first(w
     import subprocess
 
     start(world)
-    for i in range(2):
-        write_delivery(world, f"p{i}.csv", rows=40, seed=300 + i)
-        out = subprocess.run(cycle_cmd(world, "-v"), capture_output=True, text=True, env=env(), timeout=120)
-        assert out.returncode == 0, out.stderr
-        first = out.stdout.splitlines()[0]
-        assert first in (f"decision: {cycle.NO_DRIFT}", f"decision: {cycle.NOT_ENOUGH_EVIDENCE}"), first
-    assert [ev["rows"] for _, ev in states(world)] == [0, 40, 80]
+    deliver(world, "p0.csv", rows=40, seed=300)  # this process's evidence ...
+    write_delivery(world, "p1.csv", rows=40, seed=301)
+    out = subprocess.run(cycle_cmd(world, "-v"), capture_output=True, text=True, env=env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first in (f"decision: {cycle.NO_DRIFT}", f"decision: {cycle.NOT_ENOUGH_EVIDENCE}"), first
+    assert [ev["rows"] for _, ev in states(world)] == [0, 40, 80]  # ... the next process adds to it
