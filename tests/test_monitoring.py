@@ -538,7 +538,9 @@ def test_the_cycle_records_live_drift_and_may_retrain_on_it(tmp_path, monkeypatc
     monkeypatch.setattr(fullprocess, "publish", lambda cfg, record: {})
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, monitoring_min_rows=10, monitoring_window_seconds=60,
+    # the course's setting: a retrain triggered by live drift is deployed
+    cfg = load_config(make_config(tmp_path, drift_test="raw", promotion_gate=False, monitoring_min_rows=10,
+                                  monitoring_window_seconds=60,
                                   live_drift_triggers_retrain=option, package_index_url="http://127.0.0.1:9/simple"))
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
     write_delivery(cfg, "first.csv", rows=200, seed=1)
