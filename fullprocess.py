@@ -468,7 +468,8 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
         return
     current = deployment.current_manifest(cfg.prod_deployment_path)
     version = current["version"] if current else None
-    if version is not None and version != published:
+    # A kept challenger is a decision a person should read: the report is published with it too.
+    if version is not None and (version != published or rec.decision in (cycle.KEPT, cycle.NEEDS_REVIEW)):
         with cyc.step("publish"):
             rec.published = cyc.publisher(cfg, rec)
         rec.published_version = version
