@@ -11,12 +11,14 @@ PORT ?= 8000
 
 setup: $(STAMP)
 	@# pdftotext, pdftoppm and pdfimages: the report tests read the PDF back as a person would.
-	@command -v pdftotext >/dev/null || (apt-get update && apt-get install -y poppler-utils)
+	@command -v pdftotext >/dev/null || (apt-get update && apt-get install -y --no-install-recommends poppler-utils)
 	@# chromium, headless: the status page's tests look at it in a real browser; make demo screenshots it.
-	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 	@# mount and chattr: the hardening tests fill a real tmpfs and make folders immutable (tests/test_hardening_disk.py).
-	@command -v mount >/dev/null || (apt-get update && apt-get install -y mount)
-	@command -v chattr >/dev/null || (apt-get update && apt-get install -y e2fsprogs)
+	@command -v mount >/dev/null || (apt-get update && apt-get install -y --no-install-recommends mount)
+	@command -v chattr >/dev/null || (apt-get update && apt-get install -y --no-install-recommends e2fsprogs)
+	@# cron: the schedule tests start a real cron daemon (tests/test_cron.py).
+	@command -v cron >/dev/null || (apt-get update && apt-get install -y --no-install-recommends cron)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,21 +38,13 @@ test: setup
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
-# cronjob.txt with its placeholders filled: every ten minutes, absolute paths, logging to logs/cron.log.
-CRON_MARK := $(CURDIR)/fullprocess.py
-CRON_LINE = sed -e 's|@PYTHON@|$(CURDIR)/$(PY)|g' -e 's|@REPO@|$(CURDIR)|g' cronjob.txt
-
+# cronjob.txt with its placeholders filled (absolute paths, logging to logs/cron.log), in or out of
+# your crontab; install checks that a cron daemon is running (scripts/cron.sh).
 cron-install:
-	@command -v crontab >/dev/null || (apt-get update && apt-get install -y cron)
-	@test -x $(PY) || $(MAKE) setup
-	@(crontab -l 2>/dev/null | grep -vF '$(CRON_MARK)'; $(CRON_LINE)) | crontab -
-	@echo "installed in the crontab of $$(id -un):"
-	@crontab -l | grep -F '$(CRON_MARK)'
+	@scripts/cron.sh install $(CURDIR) $(CURDIR)/$(PY)
 
 cron-uninstall:
-	@command -v crontab >/dev/null || (apt-get update && apt-get install -y cron)
-	@(crontab -l 2>/dev/null | grep -vF '$(CRON_MARK)' || true) | crontab -
-	@echo "removed the monitoring cycle from the crontab of $$(id -un)"
+	@scripts/cron.sh uninstall $(CURDIR) $(CURDIR)/$(PY)
 
 serve: setup
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py

@@ -1,8 +1,12 @@
 """cronjob.txt: a valid crontab line every ten minutes, installed and removed by make with crontab."""
+import getpass
 import os
+import shutil
 import subprocess
+import time
 from datetime import datetime
 
+import pytest
 from apscheduler.triggers.cron import CronTrigger
 
 import schedule
@@ -44,22 +48,36 @@ def test_the_line_is_one_job_with_placeholders():
     assert "%" not in command  # cron would turn it into a newline
 
 
-def make(target, tmp_path):
+FAKE_PGREP = """#!/bin/sh
+# A stand-in for pgrep(1): a cron daemon is running when $CRON_RUNNING is 1.
+[ "$CRON_RUNNING" = 1 ]
+"""
+
+
+def make(target, tmp_path, daemon=True):
+    """Run `make target` with a stand-in crontab (a file) and, unless `daemon` is None, a stand-in
+    pgrep that says a cron daemon is (True) or is not (False) running."""
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
-    fake = bindir / "crontab"
-    fake.write_text(FAKE_CRONTAB)
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "CRONTAB_FILE": str(tmp_path / "table")}
+    fakes = {"crontab": FAKE_CRONTAB, **({"pgrep": FAKE_PGREP} if daemon is not None else {})}
+    for name, text in fakes.items():
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "CRONTAB_FILE": str(tmp_path / "table"),
+           "CRON_RUNNING": "1" if daemon else "0"}
     return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), target], env=env,
                           capture_output=True, text=True, timeout=60)
+
+
+def job_line():
+    return (f"*/10 * * * * mkdir -p {REPO}/logs && {REPO}/.venv/bin/python {REPO}/fullprocess.py "
+            f"--config {REPO}/config.json >> {REPO}/logs/cron.log 2>&1")
 
 
 def test_make_cron_install_and_uninstall(tmp_path):
     table = tmp_path / "table"
     table.write_text(OTHER)
-    expected = (f"*/10 * * * * mkdir -p {REPO}/logs && {REPO}/.venv/bin/python {REPO}/fullprocess.py "
-                f"--config {REPO}/config.json >> {REPO}/logs/cron.log 2>&1\n")
+    expected = job_line() + "\n"
     for _ in range(2):  # installing twice leaves one line
         result = make("cron-install", tmp_path)
         assert result.returncode == 0, result.stderr
@@ -76,3 +94,58 @@ def test_make_cron_install_into_an_empty_crontab(tmp_path):
     assert (tmp_path / "table").read_text().count("fullprocess.py") == 1
     assert make("cron-uninstall", tmp_path).returncode == 0
     assert (tmp_path / "table").read_text() == ""
+
+
+def test_cron_install_without_a_running_daemon_says_so_and_fails(tmp_path):
+    result = make("cron-install", tmp_path, daemon=False)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[:2] == [
+        f"the line is in the crontab of {getpass.getuser()}, but the cron daemon is not running, "
+        "so nothing will run it.",
+        "start it (as root) with: service cron start"]
+    assert (tmp_path / "table").read_text() == job_line() + "\n"  # in place for when cron starts
+
+
+def test_cron_install_says_what_it_installed(tmp_path):
+    result = make("cron-install", tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, f"installed in the crontab of {getpass.getuser()} (the cron daemon is running):\n{job_line()}\n", "")
+
+
+def test_cron_uninstall_says_what_it_removed_or_that_there_was_nothing(tmp_path):
+    table = tmp_path / "table"
+    table.write_text(OTHER)
+    result = make("cron-uninstall", tmp_path)
+    assert (result.returncode, result.stdout) == (
+        0, f"nothing to remove: the crontab of {getpass.getuser()} has no monitoring cycle of {REPO}\n")
+    assert make("cron-install", tmp_path).returncode == 0
+    result = make("cron-uninstall", tmp_path)
+    assert (result.returncode, result.stdout) == (
+        0, f"removed from the crontab of {getpass.getuser()}:\n{job_line()}\n")
+    assert table.read_text() == OTHER
+
+
+def test_cron_install_sees_a_real_cron_daemon(tmp_path):
+    """The real pgrep, and a real cron daemon started here when none runs (the crontab stays a stand-in)."""
+    cron = shutil.which("cron")
+    if cron is None:
+        pytest.skip("Debian's cron is not installed (make setup installs it)")
+    started = None
+    if subprocess.run(["pgrep", "-x", "cron"], capture_output=True).returncode != 0:
+        started = subprocess.Popen([cron, "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pgrep", "-x", "cron"], capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "cron did not start"
+            time.sleep(0.05)
+    try:
+        result = make("cron-install", tmp_path, daemon=None)
+        assert (result.returncode, result.stdout.splitlines()[-1]) == (0, job_line()), result.stderr
+    finally:
+        if started is not None:
+            started.terminate()
+            started.wait(timeout=10)
+    if started is not None:
+        result = make("cron-install", tmp_path, daemon=None)
+        assert result.returncode != 0
+        assert "the cron daemon is not running" in result.stderr
