@@ -132,7 +132,8 @@ class Cycle:
         self.record.retrained = Retrained(meta["training_rows"], meta["model_sha256"], metrics)
         serving = deployment.current_manifest(self.cfg.prod_deployment_path, missing_ok=True)
         before = (serving or {}).get("metrics", {}).get("f1")
-        if before is not None and metrics["f1"] < before:
+        judged = self.cfg.promotion_gate and self.cfg.drift_test == "sequential"  # the comparisons say it all
+        if before is not None and metrics["f1"] < before and not judged:
             note = (f"the retrained model's test F1 {metrics['f1']:.4f} is below the serving model's {before:.4f} "
                     f"(version {serving['version']}); config promotion_gate keeps a worse model out")
             logger.warning("%s", note)
@@ -266,7 +267,11 @@ class Cycle:
         else:
             path = decisions.keep_challenger(cfg, {"cycle_id": cycle_id, "decision": decided, "promotion": policy})
             policy["model"] = f"kept the serving model; the challenger is saved as {path}"
-            if policy.get("action") is None:
+            if policy.get("action") is None and (known(rec.test_data) or {}).get("stale"):
+                policy["action"] = (f"refresh the test data ({cfg.test_data_file}) with recently labelled rows: they no "
+                                    "longer represent the deliveries (the next cycle re-scores the serving model on "
+                                    f"them); or promote the challenger by hand with `{decisions.PROMOTE_COMMAND}`")
+            elif policy.get("action") is None:
                 policy["action"] = ("nothing: the next deliveries gather new evidence; to serve the challenger "
                                     f"anyway, `{decisions.PROMOTE_COMMAND}`")
             rec.evidence = cycle.evidence_after(decided, known(rec.evidence))
@@ -464,7 +469,8 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
         return
     current = deployment.current_manifest(cfg.prod_deployment_path)
     version = current["version"] if current else None
-    if version is not None and version != published:
+    # A kept challenger is a decision a person should read: the report is published with it too.
+    if version is not None and (version != published or rec.decision in (cycle.KEPT, cycle.NEEDS_REVIEW)):
         with cyc.step("publish"):
             rec.published = cyc.publisher(cfg, rec)
         rec.published_version = version

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole story on the sample data (called by `make demo`, after `make setup clean-outputs`):
-# the first model from practicedata/, the API, sourcedata/ as new data, one cycle (drift, retrain,
-# redeploy, report, API returns), another cycle (nothing new), the API stopped.
+# the first model from practicedata/, the API, sourcedata/ as new data, one cycle (drift, a challenger
+# judged on held-out rows, promoted or kept, report, API returns), another cycle (nothing new), the API stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -52,8 +52,10 @@ fi
 step "3. New data: sourcedata/ (a later delivery; the relation between activity and leaving has shifted)"
 ls -l sourcedata/
 
-step "4. One monitoring cycle: new data found, drift checked, retrained, redeployed, published"
+step "4. One monitoring cycle: new data found, drift checked (sequential test), a challenger trained and judged on held-out rows"
 "$PY" fullprocess.py --verbose
+echo "(the lines 'promotion:' and 'what to do:' above say what was decided, why, and what a person does next;"
+echo " a kept challenger is served only by hand: $PY deployment.py --promote)"
 
 step "5. Another cycle: nothing new, done in milliseconds"
 "$PY" fullprocess.py --verbose

@@ -39,7 +39,8 @@ def test_two_cycles_at_once_one_works_one_exits(world):
 # mid-training (the drift decision made but not recorded), mid-deployment (a version folder half
 # built, or built but not serving, or serving but not in the history).
 @pytest.mark.parametrize("stage", ["ingestion", "training", "deployment"])
-def test_a_cycle_killed_mid_work_is_finished_by_the_next(world, stage):
+def test_a_cycle_killed_mid_work_is_finished_by_the_next(make_world, stage):
+    world = make_world(drift_test="raw", promotion_gate=False)  # the course's setting: retrain on everything
     write_delivery(world, "first.csv", rows=2000, seed=1)
     assert fullprocess.run_cycle(world, publisher=stand_in).to_dict()["decision"] == cycle.COLD_START
     write_delivery(world, "shifted.csv", rows=8000, seed=2, drift="concept", strength=1.0)

@@ -63,7 +63,7 @@ def test_the_course_setting_gives_todays_decisions(make_world):
     assert states(cfg) == []
 
 
-def test_a_corrupted_delivery_is_drift_and_its_challenger_is_kept_out(world):
+def test_a_corrupted_delivery_is_drift_and_its_challenger_is_kept_out(world, published):
     start(world)
     path = write_delivery(world, "bad.csv", rows=200, seed=3)
     df = datagen.generate(200, seed=3)
@@ -77,6 +77,7 @@ def test_a_corrupted_delivery_is_drift_and_its_challenger_is_kept_out(world):
     assert "refresh the test data" in p["action"] and "`python deployment.py --promote`" in p["action"]
     assert p["model"] == f"kept the serving model; the challenger is saved as {world.output_model_path / 'challenger.pkl'}"
     assert (world.output_model_path / "challenger.pkl").exists()
+    assert published == [cycle.COLD_START, cycle.NEEDS_REVIEW]  # the report says it to a person
     # a decision was made: the evidence starts again, under the same deployment
     assert states(world)[-1][1] == {"rows": 0, "counted": 0, "hits": 0, "deliveries": 0}
     # the command the record names promotes it, with its record
@@ -139,10 +140,10 @@ def test_the_evidence_survives_processes_and_verbose_prints_the_decision_first(w
     import subprocess
 
     start(world)
-    for i in range(2):
-        write_delivery(world, f"p{i}.csv", rows=40, seed=300 + i)
-        out = subprocess.run(cycle_cmd(world, "-v"), capture_output=True, text=True, env=env(), timeout=120)
-        assert out.returncode == 0, out.stderr
-        first = out.stdout.splitlines()[0]
-        assert first in (f"decision: {cycle.NO_DRIFT}", f"decision: {cycle.NOT_ENOUGH_EVIDENCE}"), first
-    assert [ev["rows"] for _, ev in states(world)] == [0, 40, 80]
+    deliver(world, "p0.csv", rows=40, seed=300)  # this process's evidence ...
+    write_delivery(world, "p1.csv", rows=40, seed=301)
+    out = subprocess.run(cycle_cmd(world, "-v"), capture_output=True, text=True, env=env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first in (f"decision: {cycle.NO_DRIFT}", f"decision: {cycle.NOT_ENOUGH_EVIDENCE}"), first
+    assert [ev["rows"] for _, ev in states(world)] == [0, 40, 80]  # ... the next process adds to it

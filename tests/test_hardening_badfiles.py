@@ -94,7 +94,8 @@ CORPUS = [
 ]
 
 
-def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(world):
+def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(make_world):
+    world = make_world(drift_test="raw", promotion_gate=False)  # the course's setting: drift redeploys
     write_delivery(world, "first.csv", rows=300, seed=1)
     assert fullprocess.run_cycle(world, publisher=stand_in).to_dict()["decision"] == cycle.COLD_START
     corpus = []

@@ -72,7 +72,8 @@ def last_record(cfg):
 
 
 @pytest.mark.parametrize("where", ["models on a full disk", "production folder read-only", "output folder read-only"])
-def test_a_cycle_that_cannot_write_fails_cleanly_and_the_next_finishes(world, where):
+def test_a_cycle_that_cannot_write_fails_cleanly_and_the_next_finishes(make_world, where):
+    world = make_world(drift_test="raw", promotion_gate=False)  # the course's setting: drift redeploys
     write_delivery(world, "first.csv", rows=300, seed=1)
     assert fullprocess.run_cycle(world, publisher=stand_in).to_dict()["decision"] == cycle.COLD_START
     before = deployment.current_manifest(world.prod_deployment_path)

@@ -549,9 +549,11 @@ def test_the_cycle_records_live_drift_and_may_retrain_on_it(tmp_path, monkeypatc
     monkeypatch.setattr(fullprocess, "publish", lambda cfg, record: {})
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    # one-second windows: the burst's window closes (and is judged) before the second cycle reads it
-    cfg = load_config(make_config(tmp_path, monitoring_min_rows=10, monitoring_window_seconds=1,
-                                  monitoring_flush_seconds=0.2, live_drift_triggers_retrain=option, package_index_url="http://127.0.0.1:9/simple"))
+    # one-second windows: the burst's window closes (and is judged) before the second cycle reads it;
+    # the course's setting: a retrain triggered by live drift is deployed
+    cfg = load_config(make_config(tmp_path, drift_test="raw", promotion_gate=False, monitoring_min_rows=10,
+                                  monitoring_window_seconds=1, monitoring_flush_seconds=0.2,
+                                  live_drift_triggers_retrain=option, package_index_url="http://127.0.0.1:9/simple"))
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
     write_delivery(cfg, "first.csv", rows=200, seed=1)
     assert fullprocess.run_cycle(cfg).to_dict()["decision"] == cycle.COLD_START

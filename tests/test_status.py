@@ -459,3 +459,21 @@ def test_screenshots_command_takes_the_address_from_the_config(server, tmp_path)
                           capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"screenshot: {out / 'status-wide.png'}\nscreenshot: {out / 'status-narrow.png'}\n"
+
+
+def test_a_kept_challenger_and_stale_test_data_are_on_the_page():
+    record = {"decision": "drift: retrained, needs review", "new_files": ["s.csv"], "errors": [],
+              "promotion": {"reason": "the challenger is better on the 60 newest held-out rows (+0.30 F1) but worse",
+                            "action": "refresh the test data with recently labelled rows, or promote the challenger "
+                                      "by hand with `python deployment.py --promote`",
+                            "model": "kept the serving model; the challenger is saved as models/challenger.pkl"},
+              "test_data": {"stale": True, "reason": "the test data no longer represent the deliveries: F1 0.24 "
+                                                     "on the 60 rows delivered since its deployment but 0.79"}}
+    row = {"id": 3, "started_at": 0.0, "finished_at": 1.0, "decision": record["decision"], "record": json.dumps(record)}
+    assert status._cycle_summary(row)["evidence"] == [
+        "Promotion: the challenger is better on the 60 newest held-out rows (+0.30 F1) but worse",
+        "What to do: refresh the test data with recently labelled rows, or promote the challenger by hand with "
+        "`python deployment.py --promote`",
+        "Model: kept the serving model; the challenger is saved as models/challenger.pkl",
+        "Stale test data: the test data no longer represent the deliveries: F1 0.24 on the 60 rows delivered "
+        "since its deployment but 0.79"]
