@@ -43,7 +43,7 @@ import ingestion
 import schedule
 from cycle import (COLD_START, FAILED, NO_DATA_YET, NO_NEW_DATA, NO_USABLE_ROWS, PUBLISHED, CycleRecord, Gate,
                    Retrained, known)
-from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
+from settings import FEATURES, TARGET, ConfigError, load_config, rotate_logs, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +286,7 @@ def run_cycle(cfg, publisher=None) -> CycleRecord:
         if not held:
             logger.info("another cycle holds %s: exiting", cfg.output_folder_path / LOCK_NAME)
             return CycleRecord.locked()
+        rotate_logs(cfg.log_folder_path, cfg.log_max_bytes, cfg.log_backups)
         try:
             conn = history.connect(cfg.history_db)
         except (sqlite3.Error, OSError) as exc:  # a read-only or full output folder: say so, record it

@@ -19,16 +19,26 @@ graceful_timeout = 10
 # The app is built in the master and shared copy-on-write by the workers; each worker loads the
 # model itself on its first request (and again whenever the deployed version changes).
 preload_app = True
-accesslog = None
+
+accesslog = None  # set by on_starting: log_folder_path/access.log of the served config
 errorlog = "-"
 loglevel = "info"
 
 
 def on_starting(server):
-    """The app's own loggers (model loads, failed loads) to stderr, like the scripts'."""
-    from settings import setup_logging  # in the hook: reading this file imports no project module
+    """The app's own loggers (model loads, failed loads) to stderr, like the scripts'; gunicorn's
+    access log to log_folder_path/access.log (rotated by the cycle: settings.rotate_logs)."""
+    from settings import ConfigError, load_config, setup_logging  # in the hook: reading this file imports no project module
 
     setup_logging()
+    try:
+        folder = load_config(os.environ.get("DRAS_CONFIG") or None).log_folder_path
+        folder.mkdir(parents=True, exist_ok=True)
+    except (ConfigError, OSError):
+        return  # the app factory says what is wrong with the config, in one line
+    if server.cfg.accesslog is None:  # unless given on the command line
+        server.cfg.set("accesslog", str(folder / "access.log"))
+        server.log.setup(server.cfg)
 
 
 # --- online monitoring (monitoring.py) -------------------------------------------------------

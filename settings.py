@@ -5,6 +5,7 @@ and by the app factory.
 """
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,8 @@ SCHEMA = {
     **{key: (str, REQUIRED) for key in PATH_KEYS},
     "quarantine_folder_path": (str, "quarantine"),
     "log_folder_path": (str, "logs"),
+    "log_max_bytes": (int, 1_000_000),
+    "log_backups": (int, 20),
     "ingest_settle_seconds": (float, 2.0),
     "model": (dict, {}),
     "keep_versions": (int, 5),
@@ -83,6 +86,8 @@ class Config:
     prod_deployment_path: Path
     quarantine_folder_path: Path
     log_folder_path: Path
+    log_max_bytes: int
+    log_backups: int
     ingest_settle_seconds: float
     model: dict
     keep_versions: int
@@ -247,6 +252,8 @@ def load_config(path=None) -> Config:
         raise ConfigError("config key 'monitoring_flush_requests' must be at least 1")
     if not 0 < values["psi_watch"] <= values["psi_act"]:
         raise ConfigError("config keys 'psi_watch' and 'psi_act' must satisfy 0 < psi_watch <= psi_act")
+    if values["log_max_bytes"] < 1024 or values["log_backups"] < 0:
+        raise ConfigError("config keys 'log_max_bytes' and 'log_backups' must be at least 1024 and 0")
     for key in PATH_KEYS + ("quarantine_folder_path", "log_folder_path"):
         p = Path(values[key]).expanduser()
         values[key] = p if p.is_absolute() else (path.parent / p).resolve()
@@ -267,3 +274,46 @@ def setup_logging(level="INFO"):
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
+
+
+# The logs in log_folder_path that grow with every cycle or request: cron's redirection of the
+# cycle's output, the cycle's JSON lines, and gunicorn's access log (gunicorn.conf.py).
+ROTATED_LOGS = ("cron.log", "cycles.jsonl", "access.log")
+
+
+def rotate_logs(folder, max_bytes, backups):
+    """Rotate each of ROTATED_LOGS in `folder` that has reached `max_bytes`: its text goes to
+    NAME.1.gz (older copies shift to .2.gz ... and the one past `backups` is removed), then the
+    file is emptied in place. Return the names rotated.
+
+    Copy-then-truncate, not rename: cron's `>>` and gunicorn hold the file open in append mode, and
+    keep writing to it (from offset 0) after the truncation; a renamed file would take their next
+    lines with it. Only a stat per file when nothing is due: the idle cycle calls this.
+    """
+    rotated = []
+    for name in ROTATED_LOGS:
+        path = Path(folder) / name
+        try:
+            if path.stat().st_size < max_bytes:
+                continue
+        except FileNotFoundError:
+            continue
+        import gzip  # lazy: only when a log is due, never on the idle cycle's usual path
+        import shutil
+
+        for n in range(backups, 0, -1):
+            older = path.with_name(f"{name}.{n}.gz")
+            if older.exists():
+                if n == backups:
+                    older.unlink()
+                else:
+                    older.replace(path.with_name(f"{name}.{n + 1}.gz"))
+        if backups:
+            target = path.with_name(f"{name}.1.gz")
+            partial = target.with_name(target.name + ".part")
+            with open(path, "rb") as src, gzip.open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            partial.replace(target)
+        os.truncate(path, 0)
+        rotated.append(name)
+    return rotated
