@@ -401,7 +401,7 @@ def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
 
     port = free_port()
     cfg = load_config(make_config(world.base, api_url=f"http://127.0.0.1:{port}",
-                                  package_index_url=f"http://127.0.0.1:{free_port()}/simple"))
+                                  package_index_url=f"http://127.0.0.1:{free_port()}/simple", **COURSE))
     write_delivery(cfg, "first.csv", rows=300, seed=1)
     assert fullprocess.main(["--config", str(cfg.path)]) == 0  # in-process, with the real publish
     first = log_lines(cfg)[-1]
