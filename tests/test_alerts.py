@@ -103,7 +103,8 @@ def test_no_webhook_by_default(world):
 
 def test_each_event_once_from_real_cycles(make_deployed):
     with receiver() as (url, got):
-        cfg = make_deployed(alert_webhook_url=url)
+        # the course's setting: the shifted delivery below is redeployed whatever the challenger scores
+        cfg = make_deployed(alert_webhook_url=url, drift_test="raw", promotion_gate=False)
         root = cfg.base
 
         write_delivery(cfg, "bad.csv", text="hello\n")

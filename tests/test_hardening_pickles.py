@@ -121,7 +121,9 @@ def cycle(cfg, *args):
     ("training", "ScoringError: {model} is refused: {refusal}"),  # scoring.py's load refuses it first
     ("deployment", "DeploymentError: cannot deploy {model}: {refusal}"),
 ])
-def test_a_cycle_that_retrains_into_a_trojan_deploys_nothing(deployed, tmp_path, when, error):
+def test_a_cycle_that_retrains_into_a_trojan_deploys_nothing(make_deployed, tmp_path, when, error):
+    # the course's setting: the retrained (trojan) model goes straight to deployment, the route under test
+    deployed = make_deployed(drift_test="raw", promotion_gate=False)
     marker = tmp_path / "marker"
     trojan = tmp_path / "trojan.pkl"
     trojan.write_bytes(trojan_bytes(deployed.model_file.read_bytes(), marker))

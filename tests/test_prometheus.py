@@ -97,7 +97,10 @@ def test_a_real_prometheus_scrapes_a_live_gunicorn(tmp_path, make_deployed):
             test_f1 = deployment.current_manifest(cfg.prod_deployment_path)["metrics"]["f1"]
             assert (f1["metric"]["model_version"], float(f1["value"][1])) == ("1", pytest.approx(test_f1))
             if b"dras_estimated_f1" in requests.get(api + "/metrics", timeout=5).content:  # issue 16's estimate
-                assert [r["metric"]["__name__"] for r in query(base, "dras_estimated_f1")][:1] == ["dras_estimated_f1"]
+                deadline = time.monotonic() + 20  # the next scrape brings it
+                while not (found := query(base, "dras_estimated_f1")) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                assert [r["metric"]["__name__"] for r in found][:1] == ["dras_estimated_f1"]
             rules = requests.get(f"{base}/api/v1/rules", timeout=5).json()["data"]["groups"]
             assert [(g["name"], len(g["rules"])) for g in rules] == [("dras", 8)]
         finally:
