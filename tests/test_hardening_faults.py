@@ -311,7 +311,8 @@ def deliver(cfg, i, rng, delivered, bad=False):
 def test_the_cycle_survives_sigkill_at_30_seeded_moments(make_world):
     # monitoring off: the cycle's own API calls send the (shifted) test data, which the live alarm
     # rightly calls drift; here /health must speak of the serving version only
-    cfg = make_world(cv_folds=0, keep_versions=3, feature_drift_triggers_retrain=True, monitoring=False)
+    cfg = make_world(cv_folds=0, keep_versions=3, feature_drift_triggers_retrain=True, monitoring=False,
+                     drift_test="raw", promotion_gate=False)  # the course's setting: every delivery redeploys
     FORKSERVER.set_forkserver_preload(PRELOAD)
     rng = random.Random(SEED)
     delivered = {}

@@ -241,7 +241,9 @@ def template(tmp_path_factory):
     """A deployed world with two versions (so a rollback has somewhere to go), copied for each race."""
     FORKSERVER.set_forkserver_preload(PRELOAD)
     root = tmp_path_factory.mktemp("template") / "world"
-    cfg = build_world(root, rows=200, cv_folds=0, feature_drift_triggers_retrain=True)
+    # the course's setting: a drifted delivery is redeployed, so every race meets a deployment
+    cfg = build_world(root, rows=200, cv_folds=0, feature_drift_triggers_retrain=True, drift_test="raw",
+                      promotion_gate=False)
     retrain_and_deploy(cfg, seed=7)
     return root
 
