@@ -96,7 +96,8 @@ def test_a_real_prometheus_scrapes_a_live_gunicorn(tmp_path, make_deployed):
             [f1] = query(base, "dras_model_test_f1")
             test_f1 = deployment.current_manifest(cfg.prod_deployment_path)["metrics"]["f1"]
             assert (f1["metric"]["model_version"], float(f1["value"][1])) == ("1", pytest.approx(test_f1))
-            if b"dras_estimated_f1" in requests.get(api + "/metrics", timeout=5).content:  # issue 16's estimate
+            # issue 16's estimate, once /metrics has a sample of it (a window of monitoring_min_rows rows)
+            if b"\ndras_estimated_f1{" in requests.get(api + "/metrics", timeout=5).content:
                 deadline = time.monotonic() + 20  # the next scrape brings it
                 while not (found := query(base, "dras_estimated_f1")) and time.monotonic() < deadline:
                     time.sleep(0.5)
