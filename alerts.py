@@ -140,7 +140,13 @@ def _reason(exc):
     found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
     if found:
         return found.group(1).strip().lower()
-    return type(exc).__name__
+    for kind, text in ((requests.TooManyRedirects, "too many redirects"),
+                       (requests.exceptions.SSLError, "its TLS certificate was refused"),
+                       (requests.ConnectionError, "cannot connect"),
+                       (requests.exceptions.InvalidURL, "the URL is not valid")):
+        if isinstance(exc, kind):
+            return text
+    return "the request failed"  # its own text may hold the URL
 
 
 def deliver(url, events, budget):

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, fields
 
 import history
+import ingestion
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class CycleRecord:
     config: str = UNSET
     decision: str = None
     new_files: list = UNSET
+    duplicates: list = UNSET  # copies of ingested files in the input folder (ingestion.look), when any
+    waiting: list = UNSET  # files still settling (ingest_settle_seconds), when any
     timings: dict = UNSET
     errors: list = field(default_factory=list)
     recorded_missing_deployment: int = UNSET
@@ -339,6 +342,8 @@ def describe(rec) -> str:
     lines = [f"decision: {rec.decision}"]
     if rec.new_files:
         lines.append(f"new files: {', '.join(rec.new_files)}")
+    lines += [f"duplicate: {ingestion.duplicate_text(d)}" for d in rec.duplicates or []]
+    lines += [f"waiting: {ingestion.waiting_text(w)}" for w in rec.waiting or []]
     for q in (rec.ingestion or {}).get("quarantined", []):
         lines.append(f"quarantined: {q['name']}: {q['reason']}")
     sd = rec.score_drift
@@ -368,8 +373,11 @@ def describe(rec) -> str:
         lines.append(f"retrained on {rec.retrained.training_rows} rows: test F1 "
                      f"{rec.retrained.test_metrics['f1']:.4f}")
     previous, deployed = known(rec.previous_version), known(rec.deployed_version)
-    if previous != deployed:
-        lines.append(f"deployed: version {deployed} (was {previous})")
+    if deployed is None:
+        lines.append("serving: nothing deployed yet")
+    elif previous != deployed:
+        lines.append(f"deployed: version {deployed} " + (f"(was {previous})" if previous is not None
+                                                         else "(the first: nothing was deployed before)"))
     else:
         lines.append(f"serving: version {deployed}")
     for what, where in (rec.published or {}).items():

@@ -44,6 +44,7 @@ import history
 import ingestion
 import locks
 import schedule
+import words
 from cycle import (COLD_START, FAILED, LOG_NAME, NO_DATA_YET, NO_NEW_DATA, NO_USABLE_ROWS, PUBLISHED, CycleRecord,
                    Gate, Retrained, known)
 from settings import FEATURES, TARGET, ConfigError, load_config, rotate_logs, setup_logging
@@ -99,6 +100,7 @@ class Cycle:
         self.conn = conn
         self.publisher = publisher
         self.t0 = time.perf_counter()
+        self.failed_step = None  # the step an exception left (named in the failure)
         self.record = CycleRecord.start(_iso(time.time()), str(cfg.path))
 
     @contextmanager
@@ -107,8 +109,17 @@ class Cycle:
         logger.info("step: %s", name)
         try:
             yield
+        except BaseException:
+            self.failed_step = name
+            raise
         finally:
             self.record.timings[name] = round(time.perf_counter() - started, 6)
+
+    def failure(self, exc, unexpected=False) -> str:
+        """The cycle's failure in words: the step it happened in and why."""
+        where = f"the {self.failed_step} step" if self.failed_step else "the cycle"
+        how = "failed unexpectedly" if unexpected else "failed"
+        return f"{where} {how}: {words.error_text(exc)}" + (" (the log has the details)" if unexpected else "")
 
     def save(self, cycle_id, finished=False):
         rec = self.record
@@ -324,13 +335,29 @@ def run_cycle(cfg, publisher=None, who="fullprocess.py") -> CycleRecord:
             return _run_locked(cfg, conn, publisher or publish)
 
 
+def missing_input(cfg):
+    """The line that says the input folder does not exist, or None when it does: a user's mistake
+    (a typo in the config), which must not look like "no new data" forever."""
+    if cfg.input_folder_path.is_dir():
+        return None
+    return f"input folder {cfg.input_folder_path} does not exist (config key input_folder_path in {cfg.path})"
+
+
 def _run_locked(cfg, conn, publisher):
     cyc = Cycle(cfg, conn, publisher)
     rec = cyc.record
+    missing = missing_input(cfg)
+    if missing:
+        _fail(rec, missing)
+        manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
+        rec.deployed_version = rec.previous_version = manifest["version"] if manifest else None
+        _finish(cfg, conn, rec, None, cyc)
+        return rec
     with cyc.step("look"):
         interrupted = cycle.mark_interrupted(conn)
         state = cycle.last_state(conn)
-        candidates = ingestion.new_files(conn, cfg.input_folder_path, cfg.ingest_settle_seconds)
+        found = ingestion.look(conn, cfg.input_folder_path, cfg.ingest_settle_seconds)
+        candidates = found.candidates
         manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
         if cycle.reconcile_deployment(conn, manifest):
             rec.recorded_missing_deployment = manifest["version"]
@@ -342,13 +369,12 @@ def _run_locked(cfg, conn, publisher):
         else:  # no finished cycle: what was deployed by hand counts as published, unless a cycle died
             published = None if interrupted else current_version
     rec.new_files = [c.path.name for c in candidates]
+    if found.duplicates:
+        rec.duplicates = found.duplicates
+    if found.waiting:
+        rec.waiting = found.waiting
     if interrupted:
         rec.recovered = interrupted
-    if not cfg.input_folder_path.is_dir():  # a typo in the config must not look like "no new data" forever
-        _fail(rec, f"input folder {cfg.input_folder_path} does not exist (input_folder_path in {cfg.path})")
-        rec.deployed_version = rec.previous_version = current_version
-        _finish(cfg, conn, rec, None, cyc)
-        return rec
     nothing_owed = max_id <= covered and published == current_version
     if not candidates and (nothing_owed if manifest else not cfg.finaldata.exists()):
         rec.decision = NO_NEW_DATA if manifest else NO_DATA_YET
@@ -356,6 +382,8 @@ def _run_locked(cfg, conn, publisher):
         rec.published_version = published
         rec.deployed_version = rec.previous_version = current_version
         logger.info("%s in %s", rec.decision, cfg.input_folder_path)
+        for d in found.duplicates:
+            logger.info("duplicate: %s", ingestion.duplicate_text(d))
         _finish(cfg, conn, rec, None, cyc)
         return rec
 
@@ -370,7 +398,7 @@ def _run_locked(cfg, conn, publisher):
         _work(cyc, cycle_id, candidates, manifest, covered, published)
     except Exception as exc:  # noqa: BLE001 - the unattended job's last line: record why, never die silently
         logger.exception("cycle %s failed unexpectedly", cycle_id)
-        _fail(rec, f"unexpected {type(exc).__name__}: {exc}")
+        _fail(rec, cyc.failure(exc, unexpected=True))
     _finish(cfg, conn, rec, cycle_id, cyc)
     return rec
 
@@ -465,7 +493,7 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
         cyc.save(cycle_id)
     except (deployment.DeploymentError, training.TrainingError, scoring.ScoringError, delivery.BadFile,
             NotImplementedError, OSError) as exc:
-        _fail(rec, f"{type(exc).__name__}: {exc}")
+        _fail(rec, cyc.failure(exc))
         return
     current = deployment.current_manifest(cfg.prod_deployment_path)
     version = current["version"] if current else None
@@ -506,9 +534,7 @@ def _finish(cfg, conn, rec, cycle_id, cyc):
 
                 decisions.write_state(conn, cycle_id, rec.evidence)
     _log_line(cfg, text)
-    if rec.errors:
-        logger.error("cycle finished with errors: %s", "; ".join(rec.errors))
-    else:
+    if not rec.errors:  # an error was logged when it happened (_fail): once is enough
         logger.info("cycle finished: %s (%.3fs)", rec.decision, rec.seconds)
 
 
@@ -558,7 +584,9 @@ def main(argv=None):
     rec = run_cycle(cfg)
     if args.verbose:
         print(cycle.describe(rec))
-    return 1 if rec.errors else 0
+    if rec.errors:  # 2: the user's mistake (the only error); 1: the cycle ran and failed
+        return 2 if rec.errors == [missing_input(cfg)] else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,11 +37,13 @@ def differences(manifest, deployed_model, rebuilt_model, data_sha256, now_librar
     recorded = manifest.get("training", {})
     out = []
     if data_sha256 != recorded.get("data_sha256"):
-        out.append(f"training set: rebuilt sha256 {data_sha256[:12]}, recorded {str(recorded.get('data_sha256'))[:12]}")
+        out.append(f"training set: rebuilt sha256 {data_sha256[:12]}, "
+                   f"recorded {(recorded.get('data_sha256') or 'none')[:12]}")
     then = recorded.get("libraries", {})
     for name in sorted(set(then) | set(now_libraries)):
         if then.get(name) != now_libraries.get(name):
-            out.append(f"library {name}: {then.get(name)} in the manifest, {now_libraries.get(name)} now")
+            out.append(f"library {name}: {then.get(name) or 'not recorded'} in the manifest, "
+                       f"{now_libraries.get(name) or 'not installed'} now")
     if deployed_model is not None:
         old, new = _coefficients(deployed_model), _coefficients(rebuilt_model)
         for key in old:
@@ -51,7 +53,8 @@ def differences(manifest, deployed_model, rebuilt_model, data_sha256, now_librar
                            + (f" (largest difference {gap:.3g})" if gap is not None else ""))
     f1_then = manifest.get("metrics", {}).get("f1")
     if test_metrics is not None and f1_then != test_metrics["f1"]:
-        out.append(f"test F1: deployed {f1_then!r}, rebuilt {test_metrics['f1']!r}")
+        out.append(f"test F1: deployed {'none recorded' if f1_then is None else repr(f1_then)}, "
+                   f"rebuilt {test_metrics['f1']!r}")
     return out
 
 

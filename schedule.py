@@ -51,7 +51,7 @@ def make_trigger(expr):
 
 def run_daemon(run, expr, what):
     """Run `run()` (one cycle; it returns the cycle's record) on schedule `expr` until SIGTERM or SIGINT;
-    return 0. A record with errors counts as a failed job; the daemon keeps going. `what` names the
+    return 0. A record with errors is logged as a failed cycle; the daemon keeps going. `what` names the
     config in the start line."""
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
     from apscheduler.schedulers.blocking import BlockingScheduler
@@ -61,8 +61,8 @@ def run_daemon(run, expr, what):
 
     def job():
         rec = run()
-        if rec.errors:
-            raise RuntimeError("; ".join(rec.errors))
+        if rec.errors:  # said once, in words: raised, it would also print the scheduler's traceback
+            logger.error("scheduled cycle failed: %s (the daemon keeps going)", "; ".join(rec.errors))
 
     def on_event(event):
         if event.code == EVENT_JOB_ERROR:

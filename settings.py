@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import words
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.json"
 
 FEATURES = ("lastmonth_activity", "lastyear_activity", "number_of_employees")
@@ -234,7 +236,7 @@ def load_config(path=None) -> Config:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        raise ConfigError(f"cannot read config file {path}: {words.error_text(exc)}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -129,7 +129,7 @@ def run(cfg, conn=None, rows=None, window=None):
 def _run(cfg, conn, rows, window):
     started = time.perf_counter()
     if not cfg.finaldata.exists():
-        raise TrainingError(f"{cfg.finaldata} does not exist: run ingestion first")
+        raise TrainingError(f"{cfg.finaldata} does not exist: run ingestion.py first")
     data_sha = atomicfiles.sha256_file(cfg.finaldata)
     df = ingestion.read_finaldata(cfg.finaldata) if rows is None else rows
     model = train(df, cfg.model)

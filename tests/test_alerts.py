@@ -127,9 +127,9 @@ def test_each_event_once_from_real_cycles(make_deployed):
         assert got == []
 
         cfg.input_folder_path.rename(root / "away")
-        assert run(cfg).returncode == 1
+        assert run(cfg).returncode == 2
         rec = last_record(cfg)
-        error = f"input folder {cfg.input_folder_path} does not exist (input_folder_path in {cfg.path})"
+        error = f"input folder {cfg.input_folder_path} does not exist (config key input_folder_path in {cfg.path})"
         assert bodies(got) == [{
             "event": "cycle_failed", "severity": "critical",
             "text": f"The monitoring cycle failed: {error}. The next cycle tries again on schedule; "
@@ -137,7 +137,7 @@ def test_each_event_once_from_real_cycles(make_deployed):
             "details": {"errors": [error], "decision": "failed", "started_at": rec["started_at"], "cycle_id": None,
                         "deployed_version": 1, "config": str(cfg.path)}}]
         got.clear()
-        assert run(cfg).returncode == 1  # still failing: not sent again
+        assert run(cfg).returncode == 2  # still failing: not sent again
         assert got == [] and "alerts" not in last_record(cfg)
 
         (root / "away").rename(cfg.input_folder_path)

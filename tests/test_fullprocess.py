@@ -535,7 +535,7 @@ def test_a_missing_input_folder_is_a_failure_not_no_new_data(tmp_path, published
     cfg = load_config(make_config(tmp_path, input_folder_path="sourcedta"))
     rec = fullprocess.run_cycle(cfg).to_dict()
     assert rec["decision"] == cycle.FAILED
-    assert rec["errors"] == [f"input folder {tmp_path / 'sourcedta'} does not exist (input_folder_path in {cfg.path})"]
+    assert rec["errors"] == [f"input folder {tmp_path / 'sourcedta'} does not exist (config key input_folder_path in {cfg.path})"]
     assert fullprocess.main(["--config", str(cfg.path)]) == 1
 
 
