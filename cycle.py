@@ -335,6 +335,24 @@ def stale_test_data(evidence_f1, test_f1, counted, margin=STALE_MARGIN, min_coun
 # ---------------------------------------------------------------- for a person
 
 
+def missing_input(cfg):
+    """The line that says the input folder does not exist, or None when it does: a user's mistake
+    (a typo in the config), which fails the cycle (exit 2) rather than look like "no new data"."""
+    if cfg.input_folder_path.is_dir():
+        return None
+    return f"input folder {cfg.input_folder_path} does not exist (config key input_folder_path in {cfg.path})"
+
+
+def failure_text(step, reason, unexpected=False) -> str:
+    """A cycle's failure in words: the step it happened in (None: between steps, where the reason
+    is said alone, after the log's "cycle failed:") and why."""
+    where = f"the {step.replace('_', ' ')} step failed" if step else ""
+    if unexpected:
+        where = f"{where} unexpectedly" if where else "unexpectedly"
+        return f"{where}: {reason} (the log has the details)"
+    return f"{where}: {reason}" if where else reason
+
+
 def describe(rec) -> str:
     """The cycle's record in a few lines for a person: what it found, decided and where it wrote."""
     if rec.decision == LOCKED:

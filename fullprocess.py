@@ -115,12 +115,6 @@ class Cycle:
         finally:
             self.record.timings[name] = round(time.perf_counter() - started, 6)
 
-    def failure(self, exc, unexpected=False) -> str:
-        """The cycle's failure in words: the step it happened in and why."""
-        where = f"the {self.failed_step} step" if self.failed_step else "the cycle"
-        how = "failed unexpectedly" if unexpected else "failed"
-        return f"{where} {how}: {words.error_text(exc)}" + (" (the log has the details)" if unexpected else "")
-
     def save(self, cycle_id, finished=False):
         rec = self.record
         if finished:
@@ -335,20 +329,11 @@ def run_cycle(cfg, publisher=None, who="fullprocess.py") -> CycleRecord:
             return _run_locked(cfg, conn, publisher or publish)
 
 
-def missing_input(cfg):
-    """The line that says the input folder does not exist, or None when it does: a user's mistake
-    (a typo in the config), which must not look like "no new data" forever."""
-    if cfg.input_folder_path.is_dir():
-        return None
-    return f"input folder {cfg.input_folder_path} does not exist (config key input_folder_path in {cfg.path})"
-
-
 def _run_locked(cfg, conn, publisher):
     cyc = Cycle(cfg, conn, publisher)
     rec = cyc.record
-    missing = missing_input(cfg)
-    if missing:
-        _fail(rec, missing)
+    if cycle.missing_input(cfg):  # a typo in the config must not look like "no new data" forever
+        _fail(rec, cycle.missing_input(cfg))
         manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
         rec.deployed_version = rec.previous_version = manifest["version"] if manifest else None
         _finish(cfg, conn, rec, None, cyc)
@@ -369,10 +354,7 @@ def _run_locked(cfg, conn, publisher):
         else:  # no finished cycle: what was deployed by hand counts as published, unless a cycle died
             published = None if interrupted else current_version
     rec.new_files = [c.path.name for c in candidates]
-    if found.duplicates:
-        rec.duplicates = found.duplicates
-    if found.waiting:
-        rec.waiting = found.waiting
+    rec.duplicates, rec.waiting = found.duplicates or cycle.UNSET, found.waiting or cycle.UNSET
     if interrupted:
         rec.recovered = interrupted
     nothing_owed = max_id <= covered and published == current_version
@@ -381,9 +363,8 @@ def _run_locked(cfg, conn, publisher):
         rec.ingested_through = max_id
         rec.published_version = published
         rec.deployed_version = rec.previous_version = current_version
-        logger.info("%s in %s", rec.decision, cfg.input_folder_path)
-        for d in found.duplicates:
-            logger.info("duplicate: %s", ingestion.duplicate_text(d))
+        logger.info("%s in %s%s", rec.decision, cfg.input_folder_path,
+                    "".join(f"; {ingestion.duplicate_text(d)}" for d in found.duplicates))
         _finish(cfg, conn, rec, None, cyc)
         return rec
 
@@ -398,7 +379,7 @@ def _run_locked(cfg, conn, publisher):
         _work(cyc, cycle_id, candidates, manifest, covered, published)
     except Exception as exc:  # noqa: BLE001 - the unattended job's last line: record why, never die silently
         logger.exception("cycle %s failed unexpectedly", cycle_id)
-        _fail(rec, cyc.failure(exc, unexpected=True))
+        _fail(rec, cycle.failure_text(cyc.failed_step, words.error_text(exc), unexpected=True))
     _finish(cfg, conn, rec, cycle_id, cyc)
     return rec
 
@@ -493,7 +474,7 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
         cyc.save(cycle_id)
     except (deployment.DeploymentError, training.TrainingError, scoring.ScoringError, delivery.BadFile,
             NotImplementedError, OSError) as exc:
-        _fail(rec, cyc.failure(exc))
+        _fail(rec, cycle.failure_text(cyc.failed_step, words.error_text(exc)))
         return
     current = deployment.current_manifest(cfg.prod_deployment_path)
     version = current["version"] if current else None
@@ -585,7 +566,7 @@ def main(argv=None):
     if args.verbose:
         print(cycle.describe(rec))
     if rec.errors:  # 2: the user's mistake (the only error); 1: the cycle ran and failed
-        return 2 if rec.errors == [missing_input(cfg)] else 1
+        return 2 if rec.errors == [cycle.missing_input(cfg)] else 1
     return 0
 
 
