@@ -26,6 +26,7 @@ import atomicfiles
 import delivery
 import history
 import locks
+import progress
 from settings import COLUMNS, FEATURES, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -259,16 +260,20 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
                     result.skipped.append(path.name)
                 else:
                     candidates.append(Candidate(path, digest))
-        good = []
-        for cand in candidates:
+        good, read = [], 0
+        for i, cand in enumerate(candidates, 1):
             # Read once; hash, judge and record those same bytes. The cached hash only chose the
             # candidate: a file replaced since by content already ingested (or taken earlier in this
             # run) is that content, and is skipped like it.
+            where = f"file {i} of {len(candidates)}, {progress.megabytes(read)} read before it"
+            progress.show(f"ingestion: reading {cand.path.name} ({where})")
             try:
                 data = cand.path.read_bytes()
             except FileNotFoundError:  # removed since it was listed: nothing left to judge
                 logger.warning("%s disappeared before it could be read; nothing ingested from it", cand.path.name)
                 continue
+            read += len(data)
+            progress.show(f"ingestion: checking {cand.path.name}, {progress.megabytes(len(data))} ({where})")
             digest = hashlib.sha256(data).hexdigest()
             if digest in known:
                 seen[cand.path.name] = digest
@@ -297,6 +302,7 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
             keep_in_archive(cfg, digest, data)
             good.append((cand.path, digest, df))
         if good:
+            progress.show(f"ingestion: merging {len(good)} file(s) into {cfg.finaldata.name}")
             frames = [read_finaldata(cfg.finaldata)] if cfg.finaldata.exists() else []
             frames += [df for _, _, df in good]
             merged = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
@@ -322,6 +328,7 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
             result.total_rows = summary["rows"] if summary else 0
         result.duplicates = duplicates_of(conn, seen)
     finally:
+        progress.clear()
         if own_conn:
             conn.close()
     result.seconds = time.perf_counter() - started

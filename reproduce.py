@@ -10,6 +10,7 @@ from pathlib import Path
 import archive
 import delivery
 import ingestion
+import progress
 import scoring
 import training
 
@@ -21,7 +22,10 @@ def training_set(folder, lineage):
     in `folder`, deduplicated as ingestion does (the first of equal rows kept). Raises ArchiveError."""
     import pandas as pd
 
-    frames = [delivery.parse_delivery(archive.load(folder, d["sha256"])) for d in lineage]
+    frames = []
+    for i, d in enumerate(lineage, 1):
+        progress.show(f"reproducing: reading delivery {i} of {len(lineage)} from the archive ({d['name']})")
+        frames.append(delivery.parse_delivery(archive.load(folder, d["sha256"])))
     return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
 
 
@@ -63,6 +67,13 @@ def reproduce(cfg, manifest, load_deployed) -> tuple:
 
     `load_deployed()` returns the deployed model (only called when the bytes differ).
     """
+    try:
+        return _reproduce(cfg, manifest, load_deployed)
+    finally:
+        progress.clear()
+
+
+def _reproduce(cfg, manifest, load_deployed) -> tuple:
     number = manifest["version"]
     recorded = manifest.get("training", {})
     if "lineage" not in recorded:
@@ -82,6 +93,7 @@ def reproduce(cfg, manifest, load_deployed) -> tuple:
     if digest == expected:
         return REPRODUCED, [f"version {number} reproduced: sha256 {digest}"]
     try:
+        progress.show("reproducing: scoring the rebuilt model on the test data")
         X, y = scoring.read_test_data(cfg.test_data_file)
         test_metrics = scoring.score_model(model, X, y)
     except scoring.ScoringError:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import progress
 import words
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.json"
@@ -303,12 +304,13 @@ def load_config(path=None) -> Config:
 
 
 def setup_logging(level="INFO"):
-    """Configure logging once, from an entry point: one line per record on stderr.
+    """Configure logging once, from an entry point: one line per record on stderr (erasing any
+    progress line first: progress.py).
 
     (What `logging.config.dictConfig` would do, without importing logging.config and its socket and
     pickle machinery: ~10 ms the monitoring cycle's idle path cannot spare.)
     """
-    handler = logging.StreamHandler()
+    handler = progress.LogHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in root.handlers[:]:
