@@ -1,6 +1,7 @@
 """The status page: its facts against the recorded ones, its routes, and the page in a real browser."""
 import json
 import os
+import pwd
 import re
 import struct
 import subprocess
@@ -56,12 +57,17 @@ def manifest(cfg):
 # The facts
 # ---------------------------------------------------------------------------------------------
 
-def test_fresh_install_facts(fresh, tmp_path):
-    facts = status.gather(fresh, now=NOW, cronjob=tmp_path / "cronjob.txt")
+def test_fresh_install_facts(fresh, tmp_path, monkeypatch):
+    for key, value in helpers.fake_cron(tmp_path).items():  # an empty crontab
+        monkeypatch.setenv(key, value)
+    facts = status.gather(fresh, now=NOW)
     assert facts == {
         "now": "2026-11-18T16:16:40+00:00", "model": None, "model_note": "no model is deployed yet",
         "slices": None, "cycles": [], "last_cycle": None, "last_check": None, "f1_trend": [],
-        "psi_trend": [], "traffic": None, "schedule": None, "history": "absent",
+        "psi_trend": [], "traffic": None, "history": "absent",
+        "schedule": {"schedules": [], "next": None, "notes": [],
+                     "none": f"no schedule installed: the crontab of {pwd.getpwuid(os.getuid()).pw_name} has no "
+                             f"monitoring cycle for {fresh.path}; no daemon runs (fullprocess.py --daemon)"},
         "feature_drift_rule": {"psi_threshold": 0.2, "level": 0.05},
         "links": [{"name": "report.pdf", "href": "files/report.pdf", "available": False, "at": None},
                   {"name": "apireturns.txt", "href": "files/apireturns.txt", "available": False, "at": None},
@@ -119,7 +125,7 @@ def test_an_unreadable_manifest_is_said_in_words(fresh):
 
 
 def test_the_last_cycles(running):
-    facts = status.gather(running, now=NOW, cronjob=running.base / "no-cronjob.txt")
+    facts = status.gather(running, now=NOW)
     cycles = facts["cycles"]
     assert [c["id"] for c in cycles] == list(range(30, 10, -1))
     assert facts["last_cycle"] is cycles[0]
@@ -209,19 +215,6 @@ def test_no_live_traffic_without_online_monitoring(running):
     # No traffic recorded (or no monitoring.py installed): no live-traffic facts, and the page says so.
     with closing(history.connect(running.history_db)) as conn:
         assert status.live_traffic(conn, running) is None
-
-
-@pytest.mark.parametrize(("line", "expected"), [
-    ("*/10 * * * * /usr/bin/python fullprocess.py\n", {"expr": "*/10 * * * *", "next": "2026-11-18T16:20:00+00:00"}),
-    ("# a comment\n\n*/5 * * * * x\n", {"expr": "*/5 * * * *", "next": "2026-11-18T16:20:00+00:00"}),
-    ("*/10 * * * *\n", {"error": "cronjob.txt holds no crontab line"}),
-    ("61 * * * * x\n", {"error": "cronjob.txt: Error validating expression '61': the last value (61) is higher "
-                                 "than the maximum value (59)"}),
-])
-def test_the_next_scheduled_cycle(tmp_path, line, expected):
-    path = tmp_path / "cronjob.txt"
-    path.write_text(line)
-    assert status.next_cycle(NOW, path) == expected
 
 
 def test_line_chart_geometry():
