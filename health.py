@@ -163,9 +163,9 @@ def model_fact(prod):
         return Fact("FAIL", "serving model", str(exc)), None
     except OSError as exc:
         return Fact("FAIL", "serving model", f"{vdir} cannot be read: {exc.strerror}"), None
-    digest = manifest["files"]["trainedmodel.pkl"]["sha256"]
-    return Fact("ok", "serving model", f"version {manifest.get('version')}: trainedmodel.pkl matches its "
-                                      f"manifest (sha256 {digest[:12]}) and the model allow-list"), manifest.get("version")
+    digest, version = manifest["files"]["trainedmodel.pkl"]["sha256"], manifest.get("version")
+    return Fact("ok", "serving model", f"version {version}: trainedmodel.pkl matches its manifest (sha256 "
+                                      f"{digest[:12]}) and the model allow-list"), version
 
 
 def quarantine_fact(cfg, last, now):

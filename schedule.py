@@ -313,7 +313,8 @@ def in_force(config_path, log_folder, now=None) -> dict:
                         f"so nothing runs it; {START_CRON}", True))
     else:
         entry = _entry("crontab", *cron_expr(line), now)
-        daemon = "the cron daemon is running" if cron["cron_running"] else "pgrep cannot tell whether a cron daemon runs"
+        daemon = ("the cron daemon is running" if cron["cron_running"]
+                  else "pgrep cannot tell whether a cron daemon runs")
         entry["text"] = f"cron runs the cycle on {entry['expr']} (the crontab of {cron['user']}; {daemon})"
         schedules.append(entry)
     beat = read_heartbeat(Path(log_folder) / HEARTBEAT)
@@ -321,7 +322,8 @@ def in_force(config_path, log_folder, now=None) -> dict:
     if beat is None:
         missing.append(("no daemon runs (fullprocess.py --daemon)", False))
     elif stopped is not None:
-        missing.append((f"{stopped}; its record {Path(log_folder) / HEARTBEAT} is left", True))
+        missing.append((f"{stopped}; its record {Path(log_folder) / HEARTBEAT} is left behind "
+                        "(the next daemon replaces it)", True))
     else:
         expr = str(beat["schedule"])
         entry = _entry("daemon", expr, expr, now)

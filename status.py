@@ -1,9 +1,11 @@
 """The status page: the whole system at a glance, in a browser.
 
     gather(cfg)       the page's facts as plain data: the deployed model, the last cycles, the
-                      next scheduled cycle, the F1 and PSI trends, slice flags, live traffic, links
+                      schedule in force (schedule.in_force), the F1 and PSI trends, slice flags,
+                      live traffic, links
     blueprint         GET / renders templates/status.html from gather(); GET /files/<name> serves
                       the latest report.pdf, apireturns.txt and modelcard.md (those names only)
+    main              `python status.py --check`: is it running? (health.py's facts, one line each)
 
 Screenshots of the running page (headless Chromium) are screenshots.py's.
 

@@ -132,14 +132,14 @@ def test_a_stale_heartbeat_is_no_schedule(world, monkeypatch, tmp_path):
         f'<p class="flag" id="schedule-none">No schedule installed: the crontab of {USER} has no monitoring cycle '
         f'for {world.path}; the daemon (pid {os.getpid()} on {HOST}) has stopped beating: last heartbeat '
         '2026-11-18 15:51 UTC, 25 min ago (more than two schedule periods, 20 min); its record '
-        f'{world.log_folder_path}/daemon.json is left.</p>']
+        f'{world.log_folder_path}/daemon.json is left behind (the next daemon replaces it).</p>']
 
 
 def test_a_dead_daemons_record_is_no_schedule_and_a_note_beside_cron(world, monkeypatch, tmp_path):
     pid = dead_pid()
     write_beat(world, pid=pid)
     gone = (f"the daemon (pid {pid} on {HOST}) is gone (last heartbeat 2026-11-18 16:16 UTC, 30 s ago); "
-            f"its record {world.log_folder_path}/daemon.json is left")
+            f"its record {world.log_folder_path}/daemon.json is left behind (the next daemon replaces it)")
     for key, value in fake_cron(tmp_path).items():
         monkeypatch.setenv(key, value)
     assert schedule.in_force(world.path, world.log_folder_path, NOW)["none"] == (
