@@ -265,6 +265,15 @@ class Heartbeat:
             atomicfiles.write_text(self.path, json.dumps({**self.record, "heartbeat_at": iso(time.time())},
                                                          sort_keys=True) + "\n")
 
+    def after(self, run):
+        """`run`, beating once it returns or raises."""
+        def beating():
+            try:
+                return run()
+            finally:
+                self.beat()
+        return beating
+
     def stop(self):
         with self.lock:
             self.stopped = True
@@ -348,20 +357,19 @@ def in_force(config_path, log_folder, now=None) -> dict:
 def run_daemon(run, expr, what, heartbeat=None):
     """Run `run()` (one cycle; it returns the cycle's record) on schedule `expr` until SIGTERM or SIGINT;
     return 0. A record with errors counts as a failed job; the daemon keeps going. `what` names the
-    config in the start line; `heartbeat`, a path, gets the daemon's record while it runs (Heartbeat)."""
+    config in the start line."""
+    # `heartbeat`, a path: the daemon's record while it runs (Heartbeat), beaten after each cycle and on a timer
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     trigger = make_trigger(expr)
     scheduler = BlockingScheduler()
     pulse = Heartbeat(heartbeat, expr, what) if heartbeat is not None else None
+    if pulse is not None:
+        run = pulse.after(run)
 
     def job():
-        try:
-            rec = run()
-        finally:
-            if pulse is not None:
-                pulse.beat()
+        rec = run()
         if rec.errors:
             raise RuntimeError("; ".join(rec.errors))
 
