@@ -229,10 +229,14 @@ def _pid_exists(pid):
     return True
 
 
+def _host(beat):
+    return beat.get("host") or "an unknown host"
+
+
 def daemon_stopped(beat, now):
     """Why the daemon recorded in `beat` no longer runs, in words, or None while it does: its pid exists
     (on this host; another host's cannot be asked) and its heartbeat is younger than two schedule periods."""
-    who = f"the daemon (pid {beat['pid']} on {beat.get('host') or 'an unknown host'})"
+    who = f"the daemon (pid {beat['pid']} on {_host(beat)})"
     last = epoch(beat.get("heartbeat_at"))
     if last is None:
         return f"{who} recorded no heartbeat"
@@ -338,7 +342,7 @@ def in_force(config_path, log_folder, now=None) -> dict:
         entry = _entry("daemon", expr, expr, now)
         entry.update(pid=beat["pid"], host=beat.get("host"), started_at=beat.get("started_at"),
                      heartbeat_at=beat.get("heartbeat_at"))
-        entry["text"] = (f"the daemon (fullprocess.py --daemon, pid {beat['pid']} on {beat.get('host')}) runs the "
+        entry["text"] = (f"the daemon (fullprocess.py --daemon, pid {beat['pid']} on {_host(beat)}) runs the "
                          f"cycle on {expr}; last heartbeat {shown_time(entry['heartbeat_at'])} "
                          f"({ago(entry['heartbeat_at'], now)})")
         schedules.append(entry)
