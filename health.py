@@ -195,6 +195,7 @@ def check(cfg, now=None, url=None, timeout=API_TIMEOUT) -> list:
 
 
 def healthy(facts) -> bool:
+    """All is well: every fact is ok or a note."""
     return all(f.level in GOOD for f in facts)
 
 
