@@ -9,6 +9,9 @@ from cycle import known
 from settings import COLUMNS, FEATURES
 
 STATS = ("count", "mean", "median", "std", "min", "max")
+# A heading starts a new page when less than this (mm) is left below it: it never ends a page with
+# a line or two of its section (keepWithNext alone keeps it with one flowable, a short one).
+ROOM_BELOW_HEADING = 45
 
 
 def change(current, previous, digits=4) -> str:
@@ -55,9 +58,10 @@ class _Doc:
         self.story = []
 
     def heading(self, text):
-        from reportlab.platypus import Paragraph
+        from reportlab.lib.units import mm
+        from reportlab.platypus import CondPageBreak, Paragraph
 
-        self.story.append(Paragraph(escape(text), self.h2))
+        self.story += [CondPageBreak(ROOM_BELOW_HEADING * mm), Paragraph(escape(text), self.h2)]
 
     def para(self, text, style=None):
         from reportlab.platypus import Paragraph
@@ -343,7 +347,9 @@ def _trends_section(doc, data, W):
     else:
         doc.para("F1 per deployment: no deployment recorded in the history yet.")
     summaries = data["summaries"]
-    if len(summaries) > 1:
+    if len(summaries) > 1 and not any(s["missing"].get(col) for s in summaries for col in COLUMNS):
+        doc.para(f"Missing data per ingestion: no missing values in any of the {len(summaries)} ingestion runs.")
+    elif len(summaries) > 1:
         doc.image(charts.missing_trend_png(summaries), W)
     else:
         doc.para("Missing data: one run so far; a trend needs two ingestions.")
@@ -398,13 +404,18 @@ def _live_section(doc, data, W):
         rows.append([name, _fmt(a, ".2f"), _fmt(b, ".2f", none="-"), change(a, b, 2)])
     doc.table(rows, [0.3 * W, 0.2 * W, 0.2 * W, 0.2 * W])
     windows = live["windows"]
-    if len(windows) > 1:
+    starts = sorted({w["window_start"] for w in windows})
+    if len(starts) > 1:
         doc.image(charts.live_share_png(windows, t), W)
         doc.image(charts.live_psi_png(windows, t), W)
-    else:
+    elif len(windows) == 1:
         w = windows[0]
         doc.para(f"One window so far: exit share {_fmt(w['exit_share'])}, PSI "
                  + ", ".join(f"{k} {v:.3f}" for k, v in sorted(w["psi"].items())) + "; a trend needs two.")
+    else:  # versions served side by side in one window: one time, nothing to draw a trend along
+        versions = sorted({w["model_version"] for w in windows})
+        doc.para(f"All windows so far start at {_stamp(starts[0])} ({len(windows)} windows, versions "
+                 f"{', '.join(map(str, versions[:-1]))} and {versions[-1]}): a trend needs two times.")
 
 
 def render_pdf(data, confusion) -> bytes:
