@@ -6,20 +6,13 @@ from xml.sax.saxutils import escape
 import charts
 import modelcard
 from cycle import known
+from summary import ORDER, change
 from settings import COLUMNS, FEATURES
 
 STATS = ("count", "mean", "median", "std", "min", "max")
 # A heading starts a new page when less than this (mm) is left below it: it never ends a page with
 # a line or two of its section (keepWithNext alone keeps it with one flowable, a short one).
 ROOM_BELOW_HEADING = 45
-
-
-def change(current, previous, digits=4) -> str:
-    """'up', 'down' or 'same' for two numbers compared as shown (rounded to `digits`); 'first run' without a previous."""
-    if current is None or previous is None:
-        return "first run" if previous is None else "n/a"
-    a, b = round(float(current), digits), round(float(previous), digits)
-    return "up" if a > b else "down" if a < b else "same"
 
 
 def _fmt(value, spec=".4f", none="n/a"):
@@ -54,6 +47,7 @@ class _Doc:
         self.h2 = ParagraphStyle("section", parent=sheet["Heading2"], keepWithNext=1)
         self.lead = ParagraphStyle("lead", parent=self.body, keepWithNext=1)
         self.small = ParagraphStyle("small", parent=self.body, fontSize=8, leading=10)
+        self.todo = ParagraphStyle("todo", parent=self.body, fontName="Helvetica-Bold")
         self.cell = ParagraphStyle("cell", parent=self.body, fontSize=8.5, leading=10.5)
         self.story = []
 
@@ -103,6 +97,14 @@ class _Doc:
         from reportlab.platypus import Spacer
 
         self.story.append(Spacer(1, mm * MM))
+
+
+def _summary_section(doc, data):
+    """The summary in words (summary.py), what to do last and in bold."""
+    doc.heading("Summary")
+    said = data["overview"]
+    for key in ORDER:
+        doc.para(said[key], doc.todo if key == "todo" else doc.body)
 
 
 def _model_section(doc, data, W):
@@ -444,6 +446,7 @@ def render_pdf(data, confusion) -> bytes:
 
     doc.story.append(Paragraph(escape(title), doc.h1))
     doc.para(f"Generated {_stamp(data['generated_at'])}. The deployed model, scored on {data['test_data']}.")
+    _summary_section(doc, data)
     _model_section(doc, data, W)
     _scores_section(doc, data, W, confusion)
     _data_section(doc, data, W)

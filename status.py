@@ -1,6 +1,6 @@
 """The status page: the whole system at a glance, in a browser.
 
-    gather(cfg)       the page's facts as plain data: the deployed model, the last cycles, the
+    gather(cfg)       the page's facts as plain data: the summary (summary.py), the deployed model, the last cycles, the
                       next scheduled cycle, the F1 and PSI trends, slice flags, live traffic, links
     blueprint         GET / renders templates/status.html from gather(); GET /files/<name> serves
                       the latest report.pdf, apireturns.txt and modelcard.md (those names only)
@@ -33,6 +33,7 @@ import deployment
 import history
 import lineage
 import schedule
+import summary
 import traffic
 from cycle import CycleRecord, Gate, known
 from settings import FEATURES
@@ -395,6 +396,7 @@ def gather(cfg, now=None, cronjob=None) -> dict:
         if "deployments" in tables:
             facts["f1_trend"] = f1_per_deployment(conn)
         facts["traffic"] = live_traffic(conn, cfg)
+        facts["summary"] = summary.page_summary(conn, facts)  # the report's summary, shorter (summary.SHORT)
     except sqlite3.Error as exc:
         logger.warning("status page: reading %s failed: %s", cfg.history_db, exc)
         facts["history"] = f"unreadable: {exc}"
