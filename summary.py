@@ -26,6 +26,7 @@ from cycle import FAILED, CycleRecord, known
 ORDER = ("happened", "scores", "drift", "live", "todo")
 SHORT = ("happened", "scores", "live", "todo")  # the status page: its "Last cycle" shows the drift check
 RECENT_CYCLES = 50  # the last drift check is looked for among this many cycles
+LISTED_DEPLOYMENTS = 3  # more in the period are counted, the last one named
 ACTIONS = {"deploy": "version {} deployed", "rollback": "rolled back to version {}", "restore": "version {} restored"}
 
 
@@ -183,13 +184,16 @@ def _happened(p):
         deliveries = "no delivery ingested or quarantined"
     d = p["decisions"]
     if d:
-        words = [f'"{k}"' + (f" ({n})" if len(d) > 1 else "") for k, n in d.items()]
+        words = [f'"{k}"' + (f" ({n:,d})" if len(d) > 1 else "") for k, n in d.items()]
         cycles = (f"{_count(sum(d.values()), 'cycle')} decided "
                   + (", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]))
     else:
         cycles = "no cycle with new data"
-    deps = ", then ".join(ACTIONS.get(x["action"], "version {} " + str(x["action"])).format(x["version"])
-                          for x in p["deployments"]) or "no deployment"
+    said = [ACTIONS.get(x["action"], "version {} " + str(x["action"])).format(x["version"]) for x in p["deployments"]]
+    if len(said) > LISTED_DEPLOYMENTS:
+        deps = f"{_count(len(said), 'deployment')}, the last: {said[-1]}"
+    else:
+        deps = ", then ".join(said) or "no deployment"
     return f"{scope}: {deliveries}; {cycles}; {deps}."
 
 

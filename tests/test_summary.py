@@ -227,3 +227,14 @@ def test_live_traffic_and_the_estimated_f1(make_deployed):
         f"Live traffic since {summary.stamp(base)}: 400 rows predicted in 2 windows; the latest look the drift alarm "
         f"judged is at ok; estimated F1 {page_est['value']:.3f} (95% interval {page_est['interval'][0]:.3f} to "
         f"{page_est['interval'][1]:.3f}) beside the test F1 {f1:.3f}.")
+
+
+def test_a_long_period_counts_its_deployments_and_names_the_last():
+    p = {"since": T0, "ingested": {"files": 1200, "rows": 1_234_567}, "quarantined": [],
+         "decisions": {"no drift": 8572, "drift: redeployed": 1428},
+         "deployments": [{"at": T0 + k, "version": k, "action": "deploy"} for k in range(1, 1429)]
+         + [{"at": T0 + 1429, "version": 3, "action": "rollback"}]}
+    assert summary._happened(p) == (
+        'Since the report of 2023-11-14 22:13 UTC: 1,200 deliveries ingested (1,234,567 rows), none quarantined; '
+        '10,000 cycles decided "no drift" (8,572) and "drift: redeployed" (1,428); 1,429 deployments, the last: '
+        "rolled back to version 3.")
