@@ -1,8 +1,8 @@
 """The status page: the whole system at a glance, in a browser.
 
-    gather(cfg)       the page's facts as plain data: the deployed model, the last cycles, the
-                      schedule in force (schedule.in_force), the F1 and PSI trends, slice flags,
-                      live traffic, links
+    gather(cfg)       the page's facts as plain data: the summary (summary.py), the deployed model,
+                      the last cycles, the schedule in force (schedule.in_force), the F1 and PSI
+                      trends, slice flags, live traffic, links
     blueprint         GET / renders templates/status.html from gather(); GET /files/<name> serves
                       the latest report.pdf, apireturns.txt and modelcard.md (those names only)
     main              `python status.py --check`: is it running? (health.py's facts, one line each)
@@ -36,6 +36,7 @@ import health
 import history
 import lineage
 import schedule
+import summary
 import traffic
 from cycle import CycleRecord, Gate, known
 from settings import FEATURES, ConfigError, load_config
@@ -353,6 +354,7 @@ def gather(cfg, now=None) -> dict:
         if "deployments" in tables:
             facts["f1_trend"] = f1_per_deployment(conn)
         facts["traffic"] = live_traffic(conn, cfg)
+        facts["summary"] = summary.page_summary(conn, facts)  # the report's summary, shorter (summary.SHORT)
     except sqlite3.Error as exc:
         logger.warning("status page: reading %s failed: %s", cfg.history_db, exc)
         facts["history"] = f"unreadable: {exc}"

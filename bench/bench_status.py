@@ -130,7 +130,7 @@ Anchors, measured in the same run:
 | GET /health through gunicorn | {ms(real_health)} |
 | reading and parsing all {n_cycles:,} cycle records (what the page never does) | {every_cycle[0]:.0f} ms |
 
-The page is {size / 1000:.0f} kB of HTML. It costs the same with 20 or 10,000 cycles: it reads the last 20 cycles, the last 50 for the PSI trend, the last 50 deployments (and, with online monitoring, its last 60 windows), each by primary key. /prediction is untouched: its fast path answers in front of Flask, and the blueprint adds no hook to other routes (the token check reads the cookie only on the status page when no Authorization header came).
+The page is {size / 1000:.0f} kB of HTML. It costs the same with 20 or 10,000 cycles: it reads the last 20 cycles, the last 50 for the PSI trend, the last 50 deployments (and, with online monitoring, its last 60 windows), each by primary key; its summary counts the decisions since the last report through an index (cycles_by_start) and reads the deployments' small rows. /prediction is untouched: its fast path answers in front of Flask, and the blueprint adds no hook to other routes (the token check reads the cookie only on the status page when no Authorization header came).
 
 Command: `{COMMAND}` (also run by `make bench`).
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 from conftest import REPO, make_config
 import helpers
 from helpers import free_port
@@ -25,6 +26,7 @@ from app import TOKEN_ENV, create_app
 from settings import FEATURES, load_config
 
 NOW = datetime.fromtimestamp(T0 + 31 * 600, timezone.utc)
+BACKGROUND = (0xF3, 0xF4, 0xF6)  # the page's --bg
 
 
 @pytest.fixture(scope="module")
@@ -390,15 +392,20 @@ def url_requests(netlog):
     return {s["url"]: {"initiator": s["initiator"], "errors": s["errors"]} for s in sources.values() if s["url"]}
 
 
+def layout(server, width):
+    """(scrollWidth, clientWidth, scrollHeight) of the page laid out `width` CSS pixels wide (status_probe's /__layout)."""
+    dom = browse(server + f"/__layout?width={width}", "--dump-dom", width=max(width, 500), height=1400)
+    probe = re.search(r'<output id="probe">scrollWidth=(\d+) clientWidth=(\d+) scrollHeight=(\d+)</output>', dom)
+    assert probe, f"the layout probe did not run: {dom[:300]}"
+    return tuple(map(int, probe.groups()))
+
+
 @pytest.mark.parametrize(("name", "width"), [("wide", 1280), ("narrow", 390)])
 def test_browser_screenshots_fit_the_width(server, tmp_path, name, width):
     shot = tmp_path / f"status-{name}.png"
     browse(server + "/", f"--screenshot={shot}", width=width, height=1400)
     assert png_size(shot) == (width, 1400)
-    dom = browse(server + f"/__layout?width={width}", "--dump-dom", width=width, height=1400)
-    probe = re.search(r'<output id="probe">scrollWidth=(\d+) clientWidth=(\d+)</output>', dom)
-    assert probe, f"the layout probe did not run: {dom[:300]}"
-    scroll_width, client_width = map(int, probe.groups())
+    scroll_width, client_width, _ = layout(server, width)
     assert client_width == width
     assert scroll_width <= client_width, f"the page scrolls sideways at {width} px: {scroll_width} > {client_width}"
 
@@ -425,8 +432,18 @@ def test_screenshots_command(server, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"screenshot: {out / 'status-wide.png'}\nscreenshot: {out / 'status-narrow.png'}\n"
-    assert png_size(out / "status-wide.png") == (1280, 1600)
-    assert png_size(out / "status-narrow.png") == (390, 2400)
+    # The whole page: each screenshot is as tall as the page laid out at its width.
+    heights = {}
+    for name, width in (("wide", 1280), ("narrow", 390)):
+        heights[name] = layout(server, width)[2]
+        assert png_size(out / f"status-{name}.png") == (width, heights[name])
+    assert heights["narrow"] > heights["wide"] > 1400  # taller than any fixed window of old
+    # Nothing below it: a shot 100 pixels taller shows only the page's background under that height.
+    taller = tmp_path / "taller.png"
+    browse(server + "/", f"--screenshot={taller}", width=390, height=heights["narrow"] + 100)
+    with Image.open(taller) as im:
+        below = im.convert("RGB").crop((0, heights["narrow"], 390, heights["narrow"] + 100))
+        assert below.getcolors() == [(390 * 100, BACKGROUND)]
 
 
 def test_screenshots_command_says_why_in_one_line(tmp_path):
