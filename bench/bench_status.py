@@ -113,7 +113,7 @@ def main():
     verdict = "met" if page[1] <= GOAL_MS else "not met"
     text = f"""# Status page benchmark
 
-A world with a deployed model (its manifest has the audit), {n_cycles:,} monitoring cycles in the history database ({db_mb:.1f} MB; records shaped as fullprocess.py writes them), {n_deploys:,} deployments and a live daemon's record (the schedule in force). Live traffic is not in this figure: online monitoring (monitoring.py) is not on this branch yet; the page reads at most 60 of its windows through traffic.recent_windows. {REQUESTS} requests each, after one warm-up. Machine: 2 cores shared with other developers' work, so figures vary between runs.
+A world with a deployed model (its manifest has the audit), {n_cycles:,} monitoring cycles in the history database ({db_mb:.1f} MB; records shaped as fullprocess.py writes them), {n_deploys:,} deployments and a live daemon's record (the schedule in force). The history holds no live-traffic windows here; with online monitoring on, the page reads at most 60 of them through traffic.recent_windows. {REQUESTS} requests each, after one warm-up. Machine: 2 cores shared with other developers' work, so figures vary between runs.
 
 | figure | measured (median) | goal | verdict |
 |---|---|---|---|
