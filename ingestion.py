@@ -140,8 +140,8 @@ def file_sha256(conn, path: Path) -> str:
 
 
 def look(conn, folder, settle_seconds=0.0) -> Found:
-    """The delivery files in `folder` whose content has not been ingested yet (the first of each
-    content), the copies of ingested files under other names, and the files still settling."""
+    """The delivery files in `folder` whose content has not been ingested yet (new_files), the
+    copies of ingested files under other names, and the files still settling."""
     known = history.ingested_hashes(conn)
     found, seen = Found(), {}
     for path in delivery_files(folder, settle_seconds, waiting=found.waiting):
@@ -149,14 +149,15 @@ def look(conn, folder, settle_seconds=0.0) -> Found:
         if digest in known:
             seen[path.name] = digest
         else:
-            known.add(digest)
             found.candidates.append(Candidate(path, digest))
     found.duplicates = duplicates_of(conn, seen)
     return found
 
 
 def new_files(conn, folder, settle_seconds=0.0) -> list:
-    """Delivery files in `folder` whose content has not been ingested yet (first of each content)."""
+    """Delivery files in `folder` whose content has not been ingested yet. Every such file, copies of
+    one new content included: ingest() takes the first copy and reports the others as duplicates of
+    it, or quarantines each copy of a bad content, so that no file is left unaccounted for."""
     return look(conn, folder, settle_seconds).candidates
 
 
