@@ -219,3 +219,25 @@ def test_diagnostics_without_test_data_says_so_in_its_json(deployed):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert json.loads(proc.stdout)["predictions_on_test_data"] == (
         f"unavailable: cannot read the test data: no such file or directory: {deployed.test_data_file}")
+
+
+NOTHING_YET = [
+    (("ingestion.py",), 0, "nothing ingested yet: no {finaldata}\n", ""),
+    (("training.py",), 2, "", "error: {finaldata} does not exist: run ingestion.py first\n"),
+    (("scoring.py",), 2, "", "error: {model} does not exist: run training.py first\n"),
+    (("deployment.py", "--list"), 0, "no versions in {prod}\n", ""),
+    (("deployment.py", "--rollback"), 2, "", "error: nothing is deployed in {prod}: nothing to roll back\n"),
+    (("deployment.py", "--promote"), 2, "",
+     "error: no kept challenger in {models}: a cycle saves one when it keeps the serving model\n"),
+    (("reporting.py",), 2, "", "error: no report: no model is deployed in {prod}\n"),
+    (("training.py", "--runs"), 0, "no training runs recorded: {history} does not exist\n", ""),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "out", "err"), NOTHING_YET, ids=[" ".join(a) for a, *_ in NOTHING_YET])
+def test_before_anything_exists_each_script_says_what_to_do_first(world, args, code, out, err):
+    names = {"finaldata": world.finaldata, "model": world.model_file, "prod": world.prod_deployment_path,
+             "models": world.output_model_path, "history": world.history_db}
+    proc = run_script(*args, "--config", world.path)
+    logged = [line for line in proc.stderr.splitlines(keepends=True) if " INFO " not in line]
+    assert (proc.returncode, proc.stdout, "".join(logged)) == (code, out.format(**names), err.format(**names))
