@@ -260,7 +260,7 @@ class Cycle:
         with self.step("challenge"):
             out = decisions.challenge(serving, recent, X_test, y_test.to_numpy(), fit,
                                       level=cfg.drift_significance_level, rounds=cfg.drift_bootstrap_rounds,
-                                      seed=int(cycle_id))
+                                      seed=int(cycle_id), command=decisions.promote_command(cfg.path))
         policy = dict(out["policy"], split=out["split"])
         decided = cycle.promotion_decision(None, policy)
         if decided == cycle.REDEPLOYED:
