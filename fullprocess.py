@@ -257,10 +257,11 @@ class Cycle:
             self.retrain(rows=rows, window=window)
             return scoring.load_pickle(cfg.model_file)
 
+        command = decisions.promote_command(cfg.path)
         with self.step("challenge"):
             out = decisions.challenge(serving, recent, X_test, y_test.to_numpy(), fit,
                                       level=cfg.drift_significance_level, rounds=cfg.drift_bootstrap_rounds,
-                                      seed=int(cycle_id), command=decisions.promote_command(cfg.path))
+                                      seed=int(cycle_id), command=command)
         policy = dict(out["policy"], split=out["split"])
         decided = cycle.promotion_decision(None, policy)
         if decided == cycle.REDEPLOYED:
@@ -275,10 +276,10 @@ class Cycle:
             if policy.get("action") is None and (known(rec.test_data) or {}).get("stale"):
                 policy["action"] = (f"refresh the test data ({cfg.test_data_file}) with recently labelled rows: they no "
                                     "longer represent the deliveries (the next cycle re-scores the serving model on "
-                                    f"them); or promote the challenger by hand with `{decisions.PROMOTE_COMMAND}`")
+                                    f"them); or promote the challenger by hand with `{command}`")
             elif policy.get("action") is None:
                 policy["action"] = ("nothing: the next deliveries gather new evidence; to serve the challenger "
-                                    f"anyway, `{decisions.PROMOTE_COMMAND}`")
+                                    f"anyway, `{command}`")
             rec.evidence = cycle.evidence_after(decided, known(rec.evidence))
         rec.promotion = policy
         logger.info("promotion: %s", policy["reason"])
