@@ -81,15 +81,6 @@ def _f1(y, pred):
     return evidence.f1_of_rate(c["hits"] / c["counted"]) if c["counted"] else 0.0
 
 
-def rows_since(conn, finaldata_rows, first_file_id):
-    """The rows of finaldata.csv from the delivery `first_file_id` on (a frame of finaldata's columns)."""
-    row = conn.execute("SELECT at FROM ingested_files WHERE id = ?", (first_file_id,)).fetchone()
-    if row is None:
-        return finaldata_rows.iloc[:0]
-    before = conn.execute("SELECT rows FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1", (row["at"],)).fetchone()
-    return finaldata_rows.iloc[(before["rows"] if before else 0):].reset_index(drop=True)
-
-
 def challenge(serving, recent, X_test, y_test, fit, level=0.05, rounds=2000, seed=0, share=HELD_OUT_SHARE):
     """Train a challenger on `recent` minus a seeded, stratified held-out slice and judge it.
 

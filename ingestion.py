@@ -23,10 +23,12 @@ from pathlib import Path
 
 import archive
 import atomicfiles
+import columnstats
 import delivery
+import finaldata
 import history
 import locks
-from settings import COLUMNS, FEATURES, ConfigError, load_config, setup_logging
+from settings import ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -108,30 +110,8 @@ def new_files(conn, folder, settle_seconds=0.0) -> list:
     return out
 
 
-def read_finaldata(path, nrows=None):
-    """Read finaldata.csv (its first `nrows` rows, if given) with the schema's dtypes (nullable integers keep missing values)."""
-    import pandas as pd
-
-    return pd.read_csv(path, dtype={"corporation": "str", **{c: "Int64" for c in delivery.NUMERIC}},
-                       keep_default_na=False, na_values={c: [""] for c in COLUMNS}, nrows=nrows)
-
-
-def summarize(df) -> tuple:
-    """Per-feature statistics and per-column missing percentages of the ingested data."""
-    stats = {}
-    for col in FEATURES:
-        s = df[col].dropna().astype("float64")
-        stats[col] = {
-            "mean": float(s.mean()) if len(s) else None,
-            "median": float(s.median()) if len(s) else None,
-            "std": float(s.std()) if len(s) > 1 else None,
-            "min": float(s.min()) if len(s) else None,
-            "max": float(s.max()) if len(s) else None,
-            "count": int(len(s)),
-        }
-    rows = len(df)
-    missing = {col: (float(df[col].isna().sum()) * 100.0 / rows if rows else 0.0) for col in COLUMNS}
-    return stats, missing
+read_finaldata = finaldata.read
+summarize = columnstats.summarize  # per-feature statistics and per-column missing percentages of a frame
 
 
 def quarantine_target(path: Path, digest: str, qdir: Path) -> Path:
@@ -189,8 +169,6 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
 def _ingest(cfg, folder, conn, candidates) -> IngestResult:
     import hashlib  # here, not at the top: the cycle's idle path imports this module
 
-    import pandas as pd
-
     started = time.perf_counter()
     folder = Path(folder) if folder is not None else cfg.input_folder_path
     own_conn = conn is None
@@ -243,13 +221,12 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
             keep_in_archive(cfg, digest, data)
             good.append((cand.path, digest, df))
         if good:
-            frames = [read_finaldata(cfg.finaldata)] if cfg.finaldata.exists() else []
-            frames += [df for _, _, df in good]
-            merged = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
-            # finaldata.csv first, the history second: a crash in between leaves the files
-            # un-recorded, so the next run ingests them again, and deduplication makes that a no-op.
-            atomicfiles.write_with(cfg.finaldata, lambda tmp: merged.to_csv(tmp, index=False))
-            stats, missing = summarize(merged)
+            # Only the new distinct rows are appended (finaldata.py). finaldata.csv first, the history
+            # second: a crash in between leaves rows no ingestion recorded, which the next run cuts
+            # off before it ingests the same files again.
+            store = finaldata.open_store(cfg, conn)
+            added = store.add([df for _, _, df in good])
+            stats, missing = added.profile.summary()
             now = time.time()
             with history.transaction(conn):
                 for path, digest, df in good:
@@ -257,12 +234,14 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
                                         rows=len(df), folder=str(path.parent), at=now)
                     result.ingested.append({"name": path.name, "sha256": digest, "rows": len(df)})
                     result.frames[digest] = df
-                history.record_json(conn, "summaries", at=now, rows=len(merged), stats=stats, missing=missing)
+                history.record_json(conn, "summaries", at=now, rows=added.rows, bytes=added.bytes, stats=stats,
+                                    missing=missing)
                 history.record_timing(conn, "ingestion", time.perf_counter() - started, now)
+            store.settle(added)
             write_ingested_list(conn, cfg.ingested_list)
-            result.total_rows = len(merged)
+            result.total_rows = added.rows
             logger.info("ingested %d file(s) from %s; finaldata.csv now has %d distinct rows",
-                        len(good), folder, len(merged))
+                        len(good), folder, added.rows)
         else:
             summary = history.latest_summary(conn)
             result.total_rows = summary["rows"] if summary else 0
