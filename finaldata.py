@@ -227,7 +227,7 @@ def open_store(cfg, conn) -> Store:
         return Store(path, folder, 0, 0, [], Profile())
     elif recorded is not None or not size:
         logger.warning("%s is %s: rebuilding it from the delivery archive", path,
-                       f"{size} bytes, shorter than the {recorded} the history records" if size else "missing")
+                       f"{size} bytes, not the {recorded} the history records" if size else "missing")
         return _adopt(cfg, conn, *distinct(_recorded_deliveries(cfg, conn)))
     else:  # a file from before incremental ingestion (or one no ingestion recorded): taken as it is
         logger.info("indexing %s (%d bytes) for incremental ingestion", path, size)

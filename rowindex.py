@@ -81,7 +81,13 @@ def write(folder, start, end, hashes, offsets):
     import numpy as np
 
     order = np.argsort(hashes, kind="stable")
-    table = np.stack([np.asarray(hashes, dtype=np.uint64)[order], np.asarray(offsets, dtype=np.uint64)[order]])
+    return _save(folder, start, end, np.stack([np.asarray(hashes, dtype=np.uint64)[order],
+                                                np.asarray(offsets, dtype=np.uint64)[order]]))
+
+
+def _save(folder, start, end, table):
+    import numpy as np
+
     path = Path(folder) / file_name(start, end)
 
     def save(tmp):
@@ -90,6 +96,11 @@ def write(folder, start, end, hashes, offsets):
 
     atomicfiles.write_with(path, save)
     return path
+
+
+def _write_merged(folder, start, end, table):
+    """The index file of two merged ones (a function of its own: the kill-9 suite stops a process right after it)."""
+    return _save(folder, start, end, table)
 
 
 def _load(path):
@@ -144,13 +155,7 @@ def merge_tail(folder, chosen) -> list:
         into_b[at] = True
         merged[:, into_b] = b
         merged[:, ~into_b] = a
-        path = Path(folder) / file_name(a0, b1)
-
-        def save(tmp, merged=merged):
-            with open(tmp, "wb") as f:
-                np.save(f, merged, allow_pickle=False)
-
-        atomicfiles.write_with(path, save)
+        path = _write_merged(folder, a0, b1, merged)
         older.unlink(missing_ok=True)
         newer.unlink(missing_ok=True)
         chosen[-2:] = [(a0, b1, path)]
