@@ -245,8 +245,8 @@ def _load_profile(path):
         return None
     try:
         return Profile.load(path)
-    except (OSError, ValueError, KeyError) as exc:
-        logger.warning("the column profile %s cannot be read (%s): it is made again", path, exc)
+    except (OSError, ValueError, KeyError):
+        logger.warning("the column profile %s cannot be read: it is made again from finaldata.csv", path)
         return None
 
 

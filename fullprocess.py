@@ -444,7 +444,11 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
     frames = {}
     if candidates:
         with cyc.step("ingestion"):
-            result = ingestion.ingest(cfg, conn=conn, candidates=candidates)
+            try:
+                result = ingestion.ingest(cfg, conn=conn, candidates=candidates)
+            except finaldata.Unrecoverable as exc:
+                _fail(rec, str(exc))
+                return
         frames = result.frames
         rec.ingestion = result.as_dict()
         cyc.save(cycle_id)

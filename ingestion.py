@@ -274,6 +274,9 @@ def main(argv=None):
     except locks.Busy as exc:
         print(f"error: {exc}", file=sys.stderr)
         return locks.EXIT_BUSY
+    except finaldata.Unrecoverable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for f in result.ingested:
         print(f"ingested    {f['name']} ({f['rows']} rows)")
     for name in result.skipped:
