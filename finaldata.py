@@ -71,22 +71,20 @@ def read_range(path, start, end):
     return read(io.BytesIO(HEADER + data))
 
 
-def _field(value) -> str:
-    if value is None or value != value:  # None, or NaN for a frame built by hand
-        return ""
-    text = str(value)
-    return '"' + text.replace('"', '""') + '"' if NEEDS_QUOTES.search(text) else text
-
-
 def csv_lines(df) -> list:
     """Each row of `df` (finaldata's columns) as its line of finaldata.csv, in bytes: what pandas'
     to_csv writes (missing values empty), and a field holding a carriage return quoted."""
-    numbers = [df[c].to_numpy(dtype=object, na_value=None) for c in COLUMNS[1:]]
-    out = []
-    for corporation, *values in zip(df["corporation"].to_numpy(dtype=object), *numbers):
-        out.append((",".join([_field(corporation)] + ["" if v is None else str(v) for v in values]) + "\n")
-                   .encode("utf-8"))
-    return out
+    import pandas as pd
+
+    names = df["corporation"].to_numpy(dtype=object)
+    missing = pd.isna(names)
+    if missing.any():
+        names = names.copy()
+        names[missing] = ""
+    if NEEDS_QUOTES.search("".join(names)):  # one scan of them all: the usual names need no quotes
+        names = ['"' + n.replace('"', '""') + '"' if NEEDS_QUOTES.search(n) else n for n in names]
+    numbers = [df[c].to_numpy(dtype=object, na_value="") for c in COLUMNS[1:]]
+    return [f"{n},{a},{b},{c},{e}\n".encode("utf-8") for n, a, b, c, e in zip(names, *numbers)]
 
 
 def distinct(frames) -> tuple:

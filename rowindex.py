@@ -31,8 +31,8 @@ def hash_lines(lines):
 
     import numpy as np
 
-    return np.fromiter((int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little") for line in lines),
-                       dtype=np.uint64, count=len(lines))
+    blake2b = hashlib.blake2b
+    return np.frombuffer(b"".join([blake2b(line, digest_size=8).digest() for line in lines]), dtype="<u8")
 
 
 def file_name(start, end) -> str:
