@@ -558,7 +558,8 @@ def main(argv=None):
         cfg = load_config(args.config)
         if args.daemon:
             return schedule.run_daemon(lambda: run_cycle(cfg, who="fullprocess.py --daemon"),
-                                       args.schedule or schedule.read_cronjob(), cfg.path)
+                                       args.schedule or schedule.read_cronjob(), cfg.path,
+                                       heartbeat=cfg.log_folder_path / schedule.HEARTBEAT)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

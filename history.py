@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS cycles (
     id INTEGER PRIMARY KEY, started_at REAL NOT NULL, finished_at REAL, decision TEXT,
     record TEXT NOT NULL
 );
+-- the summary counts the decisions of a period (summary.period) without reading the records
+CREATE INDEX IF NOT EXISTS cycles_by_start ON cycles (started_at, decision);
 CREATE TABLE IF NOT EXISTS alerts (
     condition TEXT PRIMARY KEY, state TEXT NOT NULL, event TEXT NOT NULL, payload TEXT NOT NULL,
     changed_at REAL NOT NULL, memo TEXT NOT NULL, delivered INTEGER, tries INTEGER NOT NULL DEFAULT 0,

@@ -99,15 +99,12 @@ def file_sha256(conn, path: Path) -> str:
 
 
 def new_files(conn, folder, settle_seconds=0.0) -> list:
-    """Delivery files in `folder` whose content has not been ingested yet (first of each content)."""
+    """Delivery files in `folder` whose content has not been ingested yet. Every such file, copies of
+    one new content included: ingest() takes the first copy and reports the others as duplicates of
+    it, or quarantines each copy of a bad content, so that no file is left unaccounted for."""
     known = history.ingested_hashes(conn)
-    out = []
-    for path in delivery_files(folder, settle_seconds):
-        digest = file_sha256(conn, path)
-        if digest not in known:
-            known.add(digest)
-            out.append(Candidate(path, digest))
-    return out
+    return [Candidate(path, digest) for path in delivery_files(folder, settle_seconds)
+            if (digest := file_sha256(conn, path)) not in known]
 
 
 read_finaldata = finaldata.read
