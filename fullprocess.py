@@ -400,8 +400,10 @@ def _check_and_act(cyc, cycle_id, pending, frames):
         return
     with cyc.step("reference_rows"):
         reference = cycledata.reference_rows(cfg, conn, pending)
-        held_out = cycledata.held_out(cfg, conn, pending, reference)
-        rec.held_out_rows = 0 if held_out is None else int(len(held_out))
+        held_out = None
+        if cfg.drift_test == "significance":  # the only test they widen: no other reads them
+            held_out = cycledata.held_out(cfg, conn, pending, reference)
+            rec.held_out_rows = 0 if held_out is None else int(len(held_out))
     model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
     decision, complete = cyc.decide(model, manifest, new_df, reference, held_out, first_file_id=pending[0]["id"])
     # Online monitoring: a judged look at "act" since the last cycle (alarms.py, traffic.crossings_since).
