@@ -112,9 +112,8 @@ class Added:
     """What an ingestion appended: the rows and length of finaldata.csv after it, its profile."""
     rows: int
     bytes: int
-    new_rows: int
     profile: Profile
-    index_file: tuple = None
+    index_file: tuple = None  # (start, end, path) of the index file of the appended bytes
 
 
 class Store:
@@ -132,7 +131,7 @@ class Store:
         known = rowindex.known(self.chosen, self.path, lines, hashes)
         new = [line for line, k in zip(lines, known) if not k]
         if not new:
-            return Added(self.rows, self.length, 0, self.profile)
+            return Added(self.rows, self.length, self.profile)
         start = self.length or len(HEADER)
         offsets = _offsets(start, new)
         _append(self.path, self.length, (b"" if self.length else HEADER) + b"".join(new))
@@ -140,7 +139,7 @@ class Store:
         index_file = (start, end, rowindex.write(self.folder, start, end, hashes[~known], offsets[:-1]))
         profile = self.profile.plus(Profile.of_frame(rows[~known]))
         profile.save(self.folder / f"columns-{end}.npz")
-        return Added(self.rows + len(new), end, len(new), profile, index_file)
+        return Added(self.rows + len(new), end, profile, index_file)
 
     def settle(self, added):
         """After the history has recorded `added`: merge the index files as they grow, remove the
