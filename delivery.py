@@ -18,6 +18,7 @@ import math
 import re
 from decimal import Decimal
 
+import words
 from settings import COLUMNS, FEATURES, TARGET
 
 NUMERIC = FEATURES + (TARGET,)
@@ -177,7 +178,7 @@ def read_error(exc) -> BadFile:
     if isinstance(exc, csv.Error):
         return BadFile(f"malformed CSV: {_csv_words(exc)}")
     lines = str(exc).strip().splitlines()
-    return BadFile(f"malformed CSV: {lines[-1] if lines else type(exc).__name__}")
+    return BadFile(f"malformed CSV: {lines[-1] if lines else words.error_text(exc)}")
 
 
 def out_of_rule(values):

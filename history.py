@@ -123,6 +123,11 @@ def ingested_hashes(conn) -> set:
     return {row[0] for row in conn.execute("SELECT sha256 FROM ingested_files")}
 
 
+def ingested_names(conn) -> dict:
+    """{sha256: the name the content was ingested under} (each content is ingested once)."""
+    return {row[0]: row[1] for row in conn.execute("SELECT sha256, name FROM ingested_files")}
+
+
 def ingested_files(conn) -> list:
     """Ingested files in the order they arrived, as dicts."""
     return [dict(r) for r in conn.execute("SELECT name, sha256, rows, folder, at FROM ingested_files ORDER BY id")]

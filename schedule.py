@@ -360,7 +360,7 @@ def in_force(config_path, log_folder, now=None) -> dict:
 
 def run_daemon(run, expr, what, heartbeat=None):
     """Run `run()` (one cycle; it returns the cycle's record) on schedule `expr` until SIGTERM or SIGINT;
-    return 0. A record with errors counts as a failed job; the daemon keeps going. `what` names the
+    return 0. A record with errors is logged as a failed cycle; the daemon keeps going. `what` names the
     config in the start line."""
     # `heartbeat`, a path: the daemon's record while it runs (Heartbeat), beaten after each cycle and on a timer
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
@@ -374,8 +374,8 @@ def run_daemon(run, expr, what, heartbeat=None):
 
     def job():
         rec = run()
-        if rec.errors:
-            raise RuntimeError("; ".join(rec.errors))
+        if rec.errors:  # said once, in words: raised, it would also print the scheduler's traceback
+            logger.error("scheduled cycle failed: %s (the daemon keeps going)", "; ".join(rec.errors))
 
     def on_event(event):
         if event.code == EVENT_JOB_ERROR:

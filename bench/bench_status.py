@@ -30,6 +30,7 @@ import datagen  # noqa: E402
 import deployment  # noqa: E402
 import history  # noqa: E402
 import ingestion  # noqa: E402
+import progress  # noqa: E402
 import schedule  # noqa: E402
 import scoring  # noqa: E402
 import status  # noqa: E402
@@ -66,7 +67,8 @@ def build(root: Path, cycles: int):
 def timed(fn, n=REQUESTS):
     fn()  # the first call loads the template and the schedule parser
     times = []
-    for _ in range(n):
+    for k in range(n):
+        progress.tick(f"bench_status: request {k + 1} of {n}")
         started = time.perf_counter()
         fn()
         times.append((time.perf_counter() - started) * 1000)
@@ -136,6 +138,7 @@ Command: `{COMMAND}` (also run by `make bench`).
 """
     out = ROOT / "bench" / "results" / "status.md"
     out.write_text(text)
+    progress.clear()  # the progress line (stderr) erased before the output
     print(text)
     return 0
 

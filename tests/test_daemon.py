@@ -135,7 +135,9 @@ def test_the_daemon_logs_a_failing_cycle_and_keeps_going(world):
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert {line["decision"] for line in lines} == {cycle.FAILED}
-    assert "scheduled cycle failed: ScoringError: test data" in err
+    assert ("scheduled cycle failed: the scoring step failed: test data "
+            f"{world.test_data_file} is not usable: missing column 'lastmonth_activity' (the daemon keeps going)") in err
+    assert "Traceback" not in err and "Error:" not in err
     assert "received SIGINT" in err
     assert deployment.current_manifest(world.prod_deployment_path) is None
 
