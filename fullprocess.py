@@ -16,8 +16,9 @@ One cycle (README, "The monitoring cycle"):
 5. record the cycle in the history database (`cycles`) and as one JSON line in
    log_folder_path/cycles.jsonl.
 
-Crash safety: every step leaves the files consistent on its own (ingestion writes finaldata.csv
-before recording it, and deduplication makes a repeat harmless; a deployment builds its version
+Crash safety: every step leaves the files consistent on its own (ingestion appends to
+finaldata.csv before recording its new length, and the next run cuts the file back to the
+recorded length before it ingests the same files again; a deployment builds its version
 folder under a temporary name and swaps a symlink). What a cycle still owes is derived from the
 history at the start of the next one: ingested files no finished cycle has decided on
 ("pending"), and a deployed version no cycle has published. A cycle killed at any point is

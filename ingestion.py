@@ -1,4 +1,4 @@
-"""Ingestion: find new delivery files, check each one, merge the good ones into finaldata.csv.
+"""Ingestion: find new delivery files, check each one, append the good ones' new rows to finaldata.csv.
 
 Rules (README, "Ingestion rules"):
 - a delivery file is a `*.csv` in the input folder; dotfiles, `*.tmp`/`*.part` and files modified
@@ -9,7 +9,9 @@ Rules (README, "Ingestion rules"):
 - a good file's bytes are kept in the archive (archive.py) before it is recorded as ingested;
 - a bad file is moved to the quarantine folder with a `.reason.txt` beside it, never deleted;
 - a missing value (empty cell, NA, NaN, null) keeps its row in finaldata.csv, so the
-  missing-data diagnostic sees it; training drops such rows.
+  missing-data diagnostic sees it; training drops such rows;
+- only the rows finaldata.csv does not hold yet are appended, found by its row-hash index
+  (finaldata.py): the cost of an ingestion is its files', not the history's.
 
 pandas is imported inside the functions that read and write the data, so that looking for new
 files (the monitoring cycle's frequent "nothing to do" path) stays fast.
