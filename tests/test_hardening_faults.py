@@ -366,10 +366,15 @@ def test_the_cycle_survives_sigkill_at_33_seeded_moments(make_world):
     schedule = [("point", p) for p in POINTS] + [("step", s) for s in STEPS * 2] + [("any", None)] * 6
     rng.shuffle(schedule)
     killed_in, kills, runs = [], 0, 0
-    while kills < KILLS:
+    needed = {"ingestion", "training", "deployment"}  # steps a kill must have landed in
+    while kills < KILLS or not needed <= set(killed_in):
         runs += 1
         assert runs <= KILLS + 15, f"only {kills} of {runs} runs could be killed: {killed_in}"
-        kind, target = schedule[(runs - 1) % len(schedule)]
+        if runs > len(schedule) and not needed <= set(killed_in):
+            # a loaded machine made a step's kills land after the step: aim at it again
+            kind, target = "step", sorted(needed - set(killed_in))[0]
+        else:
+            kind, target = schedule[(runs - 1) % len(schedule)]
         deliver(cfg, runs, rng, delivered, bad=target == "after quarantine move")
         proc, r = start_cycle(cfg, target if kind == "point" else None)
         lines = Lines(r)
@@ -398,8 +403,7 @@ def test_the_cycle_survives_sigkill_at_33_seeded_moments(make_world):
         manifest = check_invariants(cfg, delivered)
         # nothing is owed: the next cycle finds nothing to do
         assert fullprocess.run_cycle(cfg, publisher=stand_in).to_dict()["decision"] == cycle.NO_NEW_DATA
-    assert kills == KILLS
-    assert {"ingestion", "training", "deployment"} <= set(killed_in), killed_in
+    assert kills >= KILLS and needed <= set(killed_in), killed_in
     assert set(POINTS) <= set(killed_in), killed_in  # every exact point was reached and killed at
     assert manifest["version"] > 10  # the cycles really redeployed, again and again
     with sqlite3.connect(cfg.history_db) as conn:
