@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS quarantined_files (
 );
 CREATE TABLE IF NOT EXISTS summaries (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, rows INTEGER NOT NULL,
-    stats TEXT NOT NULL, missing TEXT NOT NULL
+    stats TEXT NOT NULL, missing TEXT NOT NULL, bytes INTEGER
 );
 CREATE TABLE IF NOT EXISTS training_runs (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, rows INTEGER NOT NULL, data_sha256 TEXT NOT NULL,
@@ -76,17 +76,24 @@ def connect(path) -> sqlite3.Connection:
     return conn
 
 
+# Columns added to a table after it was first made: a database made by an older version gains them
+# at its next `connect`. The hash cache gained inode and ctime (which no `utime` call can set); its
+# old rows, NULL there, are never trusted and so hashed again. A summary gained finaldata.csv's
+# length after its ingestion (finaldata.py), NULL in the rows of before, which the next ingestion fills.
+UPGRADES = (("file_hashes", "inode", "INTEGER"), ("file_hashes", "ctime_ns", "INTEGER"),
+            ("summaries", "bytes", "INTEGER"))
+
+
 def _upgrade(conn):
-    """Bring a database made by an older version up to SCHEMA. The hash cache gained inode and ctime
-    (which no `utime` call can set); its old rows, NULL there, are never trusted and so hashed again."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(file_hashes)")}
-    for column in ("inode", "ctime_ns"):
-        if column not in columns:
-            try:
-                conn.execute(f"ALTER TABLE file_hashes ADD COLUMN {column} INTEGER")
-            except sqlite3.OperationalError as exc:  # another process upgraded it first
-                if "duplicate column" not in str(exc):
-                    raise
+    """Add UPGRADES' columns to a database made before them."""
+    for table, column, kind in UPGRADES:
+        if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        except sqlite3.OperationalError as exc:  # another process upgraded it first
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def connect_ro(path):
