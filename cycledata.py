@@ -70,12 +70,17 @@ def reference_rows(cfg, conn, pending):
     return profile.minus(Profile.of_frame(rows_between(cfg, before, now))).reference()
 
 
+def span_since(conn, first_file_id):
+    """finaldata.csv's rows from the delivery `first_file_id` on: ((rows, bytes), (rows, bytes))."""
+    row = conn.execute("SELECT at FROM ingested_files WHERE id = ?", (first_file_id,)).fetchone()
+    now = _now(conn)
+    return (_before(conn, row["at"]) if row else now), now
+
+
 def rows_since(cfg, conn, first_file_id):
     """The rows of finaldata.csv from the delivery `first_file_id` on (a frame of finaldata's
     columns), read from the end of the file."""
-    row = conn.execute("SELECT at FROM ingested_files WHERE id = ?", (first_file_id,)).fetchone()
-    now = _now(conn)
-    return rows_between(cfg, _before(conn, row["at"]) if row else now, now)
+    return rows_between(cfg, *span_since(conn, first_file_id))
 
 
 def held_out_range(cfg, conn, pending):

@@ -127,13 +127,13 @@ class Cycle:
 
     # The steps of a cycle with work to do.
 
-    def retrain(self, rows=None, window=None):
+    def retrain(self, rows=None, window=None, span=None):
         # lazy: the idle cycle imports no pandas or scikit-learn
         import scoring
         import training
 
         with self.step("training"):
-            meta = training.run(self.cfg, self.conn, rows=rows, window=window)
+            meta = training.run(self.cfg, self.conn, rows=rows, window=window, span=span)
         with self.step("scoring"):
             metrics = scoring.run(self.cfg, self.conn)
         self.record.retrained = Retrained(meta["training_rows"], meta["model_sha256"], metrics)
@@ -250,13 +250,16 @@ class Cycle:
 
         cfg, rec = self.cfg, self.record
         first = (known(rec.evidence) or {}).get("since_file_id")
-        recent = cycledata.rows_since(cfg, self.conn, first)
+        start, end = cycledata.span_since(self.conn, first)
+        recent = cycledata.rows_between(cfg, start, end)
         recent = recent.dropna(subset=list(FEATURES) + [TARGET])
         X_test, y_test = scoring.read_test_data(cfg.test_data_file)
         window = f"{len(recent)} rows delivered since the serving model's deployment, minus the held-out slice"
+        # what --reproduce rebuilds the challenger's training rows from (reproduce.training_rows)
+        span = {"rows": [start[0], end[0]], "held_out_share": decisions.HELD_OUT_SHARE, "held_out_seed": int(cycle_id)}
 
         def fit(rows):
-            self.retrain(rows=rows, window=window)
+            self.retrain(rows=rows, window=window, span=span)
             return scoring.load_pickle(cfg.model_file)
 
         command = decisions.promote_command(cfg.path)

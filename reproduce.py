@@ -27,6 +27,22 @@ def training_set(folder, lineage) -> bytes:
     return finaldata.rebuild(frames)
 
 
+def training_rows(rows, span):
+    """The rows a version trained on: all of `rows` (the rebuilt finaldata.csv), or, for a
+    challenger (`span` recorded), the rows since the deployment it challenged, complete, minus the
+    held-out slice, as the cycle chose them (fullprocess.Cycle.challenge, decisions.challenge)."""
+    if not span:
+        return rows
+    import evidence
+    from settings import FEATURES, TARGET
+
+    first, end = span["rows"]
+    recent = rows.iloc[first:end].reset_index(drop=True).dropna(subset=list(FEATURES) + [TARGET])
+    split = evidence.held_out_split(recent[TARGET].to_numpy(), share=span["held_out_share"],
+                                    seed=span["held_out_seed"])
+    return recent.iloc[split["training"]].reset_index(drop=True)
+
+
 def _coefficients(model) -> dict:
     """The fitted numbers of the Pipeline, by name, as plain lists."""
     scale, classify = model.named_steps["scale"], model.named_steps["classify"]
@@ -85,7 +101,8 @@ def _reproduce(cfg, manifest, load_deployed) -> tuple:
         data_path = Path(scratch) / "finaldata.csv"
         data_path.write_bytes(data)  # as ingestion writes it, then read back as training reads it
         data_sha256 = hashlib.sha256(data).hexdigest()
-        model = training.train(finaldata.read(data_path), recorded["params"])
+        model = training.train(training_rows(finaldata.read(data_path), recorded.get("training_span")),
+                               recorded["params"])
     digest = hashlib.sha256(training.model_bytes(model)).hexdigest()
     expected = manifest["files"]["trainedmodel.pkl"]["sha256"]
     if digest == expected:

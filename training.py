@@ -7,7 +7,7 @@ import argparse
 import json
 import logging
 import pickle
-import pickletools
+import io
 import platform
 import sys
 import time
@@ -69,21 +69,18 @@ def library_versions():
 def model_bytes(model) -> bytes:
     """The model pickled canonically: the same fitted model gives the same bytes in any process.
 
-    Two things could vary between runs with the same coefficients: which string objects the
-    feature names in `feature_names_in_` are (the pickle memo refers back to a string object seen
-    twice, so shared or distinct objects give different opcodes), and the memo's numbering.
-    Fresh copies of the names and `pickletools.optimize` (it drops unused memo entries) remove both.
+    The pickle memo writes a back-reference for an object seen twice, so whether two equal
+    objects happen to be one object in this process (the parameter name `C` and numpy's order flag
+    `'C'` are in the cycle's process, not in training.py's) would change the bytes. The pickler's
+    fast mode keeps no memo: each object is written out in full wherever it appears, and the bytes
+    depend on the values only. (A fitted Pipeline holds no reference cycle, which fast mode cannot
+    pickle.)
     """
-    import copy
-
-    import numpy as np
-
-    model = copy.deepcopy(model)
-    for _, step in getattr(model, "steps", [("", model)]):
-        names = getattr(step, "feature_names_in_", None)
-        if names is not None:
-            step.feature_names_in_ = np.array(["".join(list(str(n))) for n in names], dtype=object)
-    return pickletools.optimize(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    pickler.dump(model)
+    return buf.getvalue()
 
 
 def save_model(model, path, metadata):
@@ -120,18 +117,19 @@ def monitoring_reference(cfg, model, X):
     return ref
 
 
-def run(cfg, conn=None, rows=None, window=None):
-    """Train on finaldata.csv (or on the frame `rows`, described by `window` in the metadata) and
+def run(cfg, conn=None, rows=None, window=None, span=None):
+    """Train on finaldata.csv (or on the frame `rows`, described by `window` in words and by `span`
+    for --reproduce: {"rows": [first, end) of finaldata.csv, "held_out_share", "held_out_seed"}) and
     save trainedmodel.pkl; return the metadata written. Holds the writer lock throughout (locks.py;
     raises locks.Busy when another writer keeps it too long)."""
     with locks.writer(cfg.output_folder_path, "training.py", cfg.writer_wait_seconds):
         try:
-            return _run(cfg, conn, rows, window)
+            return _run(cfg, conn, rows, window, span)
         finally:
             progress.clear()
 
 
-def _run(cfg, conn, rows, window):
+def _run(cfg, conn, rows, window, span):
     started = time.perf_counter()
     if not cfg.finaldata.exists():
         raise TrainingError(f"{cfg.finaldata} does not exist: run ingestion.py first")
@@ -157,6 +155,7 @@ def _run(cfg, conn, rows, window):
             "target": TARGET,
             "training_rows": int(len(X)),
             **({"training_window": window} if window else {}),
+            **({"training_span": span} if span else {}),
             "data_sha256": data_sha,
             "training_files": history.ingested_files(conn),
             # What --reproduce rebuilds the training set from: the deliveries in the order they were

@@ -92,6 +92,10 @@ def test_a_corrupted_delivery_is_drift_and_its_challenger_is_kept_out(world, pub
     assert manifest["cycle"]["decision"] == "promoted by hand (deployment.py --promote)"
     again = run_script("deployment.py", "--config", world.path, "--promote")
     assert again.returncode == 2 and "no kept challenger" in again.stderr
+    # the promoted challenger reproduces from the archive (its span of rows minus the held-out slice)
+    digest = manifest["files"]["trainedmodel.pkl"]["sha256"]
+    proc = run_script("deployment.py", "--config", world.path, "--reproduce", "2")
+    assert (proc.returncode, proc.stdout) == (0, f"version 2 reproduced: sha256 {digest}\n"), proc.stdout
 
 
 def test_a_real_shift_after_the_test_data_are_refreshed_is_promoted(world):
@@ -106,6 +110,10 @@ def test_a_real_shift_after_the_test_data_are_refreshed_is_promoted(world):
     assert (p["decision"], p["held_out"]["verdict"]) == ("promote", "better")
     assert p["model"].startswith("deployed the evaluated challenger (trained on ")
     assert version(world) == 2
+    # the challenger reproduces from the archive: its rows are the recorded span minus the held-out slice
+    digest = deployment.current_manifest(world.prod_deployment_path)["files"]["trainedmodel.pkl"]["sha256"]
+    proc = run_script("deployment.py", "--config", world.path, "--reproduce", "2")
+    assert (proc.returncode, proc.stdout) == (0, f"version 2 reproduced: sha256 {digest}\n"), proc.stdout
     # the reset: the new deployment's state holds no evidence
     (dep, ev), = [s for s in states(world)][-1:]
     assert ev == {"rows": 0, "counted": 0, "hits": 0, "deliveries": 0}

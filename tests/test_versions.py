@@ -5,6 +5,7 @@ import json
 import shutil
 
 from conftest import retrain_and_deploy, run_script, write_delivery
+from helpers import run
 
 import archive
 import deployment
@@ -167,3 +168,18 @@ def test_list_shows_state_and_lineage(make_deployed):
 def test_scoring_reads_the_canonical_pickle(deployed):
     model = scoring.load_pickle(deployed.model_file)
     assert list(model.feature_names_in_) == ["lastmonth_activity", "lastyear_activity", "number_of_employees"]
+
+
+def test_a_version_the_cycle_deployed_reproduces(make_deployed):
+    """Found by the README pass: the cycle's process pickled a model whose equal strings were one
+    object (a memo back-reference) where training.py's were two, so no cycle-deployed version
+    reproduced. The course's setting: the cycle retrains on every row and redeploys."""
+    cfg = make_deployed(drift_test="raw", promotion_gate=False, cv_folds=0)
+    write_delivery(cfg, "shifted.csv", rows=200, seed=9, drift="concept", strength=0.8)
+    proc = run(cfg)
+    assert proc.returncode == 0, proc.stderr
+    manifest = deployment.current_manifest(cfg.prod_deployment_path)
+    assert manifest["version"] == 2
+    digest = manifest["files"]["trainedmodel.pkl"]["sha256"]
+    proc = deployment_cmd(cfg, "--reproduce", "2")
+    assert (proc.returncode, proc.stdout) == (0, f"version 2 reproduced: sha256 {digest}\n"), proc.stderr
