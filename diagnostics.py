@@ -57,7 +57,7 @@ def model_predictions(data, model=None, cfg=None) -> list:
 
 
 def _latest_summary(cfg):
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         return history.latest_summary(conn)
 
 
@@ -78,7 +78,7 @@ def missing_data(cfg) -> dict:
 
 def recorded_timings(cfg) -> dict:
     """The latest recorded seconds of each pipeline step, from real runs."""
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         rows = conn.execute("SELECT step, seconds FROM step_timings WHERE id IN "
                             "(SELECT max(id) FROM step_timings GROUP BY step) ORDER BY step").fetchall()
     return {r["step"]: r["seconds"] for r in rows}
@@ -332,7 +332,7 @@ def collect(cfg, measure=True) -> dict:
         "recorded_timings": recorded_timings(cfg),
         "dependencies": outdated_packages_list(cfg),
     }
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         history.record_json(conn, "diagnostics", at=time.time(), kind="all", value=result)
     return result
 

@@ -76,7 +76,7 @@ def _scores_on_test(cfg, model):
 
 def _history(cfg, model_sha):
     """Deployments, the previous deployment's test scores, summaries, timings and files, from the history database."""
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         deployments = [dict(r) for r in conn.execute(
             "SELECT at, version, action, model_sha256, f1 FROM deployments ORDER BY id")]
         summaries = [{"at": r["at"], "rows": r["rows"], "stats": json.loads(r["stats"]),
@@ -107,7 +107,7 @@ def deploying_cycle(cfg, manifest):
     made_by = manifest.get("cycle")
     if not isinstance(made_by, dict) or made_by.get("id") is None:
         return None
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         row = conn.execute("SELECT record FROM cycles WHERE id = ?", (made_by["id"],)).fetchone()
     if row is None:  # only what the deployment was told: its decision and drift results
         return CycleRecord(cycle_id=made_by["id"], decision=made_by.get("decision"),
@@ -126,7 +126,7 @@ def delivery_slices(cfg, cycle):
         return None
     before = known(cycle.cycle_id) or 2**62
     previous = {}
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         for row in conn.execute("SELECT record FROM cycles WHERE id < ? ORDER BY id DESC LIMIT 20", (before,)):
             earlier = json.loads(row["record"]).get("slices_new")
             if earlier:
@@ -188,7 +188,7 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
 
 def _live_traffic(cfg):
     """traffic.report_data since the previous report (the last recorded "report" timing)."""
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         reports = [r[0] for r in conn.execute("SELECT at FROM step_timings WHERE step = 'report'"
                                               " ORDER BY id DESC LIMIT 2")]
     return traffic.report_data(cfg, since=reports[0] if reports else None,
@@ -223,7 +223,7 @@ def generate_report(cfg, cycle=None, audit=None, dependencies=None) -> dict:
     kept = _versioned_path(out / "reports", version, data["generated_at"])
     atomicfiles.write_bytes(kept, pdf)
     atomicfiles.write_bytes(latest, pdf)
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         history.record_timing(conn, "report", time.perf_counter() - started)
     logger.info("report for v%04d: %s", version, kept)
     return {"pdf": kept, "latest": latest, "confusion_matrix": cm_path}

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import re
-import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,10 +95,6 @@ def _dig(doc, *keys):
             return None
         doc = doc.get(key)
     return doc
-
-
-def _tables(conn):
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def deployed_model(cfg):
@@ -309,7 +304,7 @@ def live_traffic(conn, cfg, limit=TRAFFIC_WINDOWS):
     """The last `limit` windows online monitoring (monitoring.py) recorded, summed; None before it has any."""
     try:
         found = traffic.recent_windows(conn, cfg, limit=limit)
-    except (AttributeError, KeyError, ValueError, sqlite3.Error) as exc:
+    except (AttributeError, KeyError, ValueError, history.Error) as exc:
         logger.warning("status page: live traffic unreadable: %s", exc)
         return None
     return traffic_summary(found, cfg.psi_watch, cfg.psi_act, traffic.alarm_thresholds(cfg))
@@ -377,14 +372,14 @@ def gather(cfg, now=None, cronjob=None) -> dict:
     }
     check, conn_finished = facts["last_check"], None
     try:
-        conn = history.connect_ro(cfg.history_db)  # a GET never creates the database
-    except sqlite3.Error as exc:
-        logger.warning("status page: cannot open %s: %s", cfg.history_db, exc)
+        conn = history.connect_ro(cfg.history)  # a GET never creates the database
+    except history.Error as exc:
+        logger.warning("status page: cannot open %s: %s", cfg.history, exc)
         conn = None
     if conn is None:
         return facts
     try:
-        tables = _tables(conn)
+        tables = history.tables(conn)
         facts["history"] = "present"
         if "cycles" in tables:
             facts["cycles"] = recent_cycles(conn)
@@ -395,8 +390,8 @@ def gather(cfg, now=None, cronjob=None) -> dict:
         if "deployments" in tables:
             facts["f1_trend"] = f1_per_deployment(conn)
         facts["traffic"] = live_traffic(conn, cfg)
-    except sqlite3.Error as exc:
-        logger.warning("status page: reading %s failed: %s", cfg.history_db, exc)
+    except history.Error as exc:
+        logger.warning("status page: reading %s failed: %s", cfg.history, exc)
         facts["history"] = f"unreadable: {exc}"
     finally:
         conn.close()
