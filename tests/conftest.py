@@ -116,12 +116,48 @@ def retrain_and_deploy(cfg, seed, rows=150):
     return deployment.deploy_from_config(cfg)
 
 
+# --- the history's backends: SQLite (every test), PostgreSQL (the tests marked `backends`) ---------
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """A test marked `backends` whose world has a history runs once per backend: [sqlite], [postgresql]."""
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends"):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (tests/pgserver.py), started at its first use."""
+    from pgserver import PostgresServer
+
+    server = PostgresServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def backend(request):
+    """The history's backend of this test's world: "sqlite" unless the test is marked `backends`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def history_overrides(backend, request):
+    """The config keys that put a world's history in its backend: none for SQLite, a fresh database's
+    history_url on the session's server for PostgreSQL."""
+    if backend == "sqlite":
+        return {}
+    return {"history_url": request.getfixturevalue("postgres").new_database()}
+
+
 # --- the world fixtures: an empty world, a deployed one, and one deployed world per module ---------
 
 @pytest.fixture
-def make_world(tmp_path):
+def make_world(tmp_path, history_overrides):
     """make_world(**overrides): new_world under tmp_path, its config changed by `overrides`."""
-    return functools.partial(new_world, tmp_path)
+    return functools.partial(new_world, tmp_path, **history_overrides)
 
 
 @pytest.fixture
@@ -131,9 +167,9 @@ def world(make_world):
 
 
 @pytest.fixture
-def make_deployed(tmp_path):
+def make_deployed(tmp_path, history_overrides):
     """make_deployed(rows=200, seed=1, **overrides): build_world under tmp_path."""
-    return functools.partial(build_world, tmp_path)
+    return functools.partial(build_world, tmp_path, **history_overrides)
 
 
 @pytest.fixture
