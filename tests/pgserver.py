@@ -100,6 +100,12 @@ class PostgresServer:
         self.sql(f"CREATE DATABASE {name} OWNER {owner}")
         return self.url(name, owner)
 
+    def copy_database(self, url):
+        """A fresh database holding what the database of `url` holds (none may be connected to it); its URL."""
+        name = f"world_{os.getpid()}_{next(self._names)}"
+        self.sql(f"CREATE DATABASE {name} TEMPLATE {url.rsplit('/', 1)[1]} OWNER {USER}")
+        return self.url(name)
+
     def stop(self):
         """Stop at once (connections dropped) and remove the folder."""
         done = self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop", check=False)
