@@ -15,6 +15,7 @@ import re
 import sqlite3
 import sys
 import time
+import weakref
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -250,8 +251,7 @@ def one_line(exc) -> str:
 
 
 def _pg_connect(url, read_only=False):
-    raw = pg_session(url, read_only=read_only)
-    conn = PgConnection(raw)
+    conn = PgConnection(pg_session(url, read_only=read_only), lambda: pg_session(url, read_only=read_only))
     try:
         if read_only:
             if conn.execute("SELECT to_regclass('ingested_files')").fetchone()[0] is None:
@@ -314,14 +314,25 @@ class PgCursor:
 
 class PgConnection:
     """The history on PostgreSQL, used as a sqlite3 connection in autocommit is: `?` placeholders,
-    `lastrowid`, rows by name, this module's errors."""
+    `lastrowid`, rows by name, this module's errors.
 
-    def __init__(self, raw):
-        self._raw = raw
+    A connection the server dropped (a restart, a network cut) fails its statement, and the next
+    one opens a new session (with `reopen`; never for the writer lock's, whose lock went with it).
+    A forked child disowns the connections it inherits: libpq would otherwise end the parent's
+    session on the shared socket when the child's copy is freed."""
+
+    def __init__(self, raw, reopen=None):
+        self._raw, self._reopen = raw, reopen
+        _live.add(self)
+        _hook_fork()
 
     def _run(self, call):
         import psycopg
 
+        if self._raw is None:
+            raise OperationalError("this PostgreSQL connection belongs to the process this one was forked from")
+        if self._raw.broken and self._reopen is not None:
+            self._raw = self._reopen()
         try:
             return call()
         except psycopg.IntegrityError as exc:
@@ -331,21 +342,44 @@ class PgConnection:
 
     def execute(self, sql, params=(), raw_sql=False):
         text, returning = (sql, False) if raw_sql else pg_sql(sql)
-        cur = self._raw.cursor(row_factory=_row_factory)
-        return self._run(lambda: PgCursor(cur.execute(text, None if raw_sql else tuple(params)), returning))
+        return self._run(lambda: PgCursor(self._raw.cursor(row_factory=_row_factory).execute(
+            text, None if raw_sql else tuple(params)), returning))
 
     def executemany(self, sql, seq):
         text, _ = pg_sql(sql)
         self._run(lambda: self._raw.cursor().executemany(text, [tuple(p) for p in seq]))
 
     def close(self):
-        self._raw.close()
+        _live.discard(self)
+        if self._raw is not None:
+            self._raw.close()
+
+    def _disown(self):
+        """In a forked child: keep the inherited session from ever being ended from here."""
+        raw, self._raw = self._raw, None
+        if raw is not None and not raw.closed:
+            null = os.open(os.devnull, os.O_RDWR)  # libpq's goodbye, when the copy is freed, goes nowhere
+            os.dup2(null, raw.fileno())
+            os.close(null)
+            _disowned.append(raw)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+_live = weakref.WeakSet()  # this process's open PostgreSQL connections
+_disowned = []  # the copies a forked child inherited, kept (never freed, never used)
+_fork_hooked = False
+
+
+def _hook_fork():
+    global _fork_hooked
+    if not _fork_hooked:
+        os.register_at_fork(after_in_child=lambda: [conn._disown() for conn in list(_live)])
+        _fork_hooked = True
 
 
 def ingested_hashes(conn) -> set:
