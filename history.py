@@ -14,6 +14,7 @@ import os
 import re
 import sqlite3
 import sys
+import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -251,22 +252,54 @@ def one_line(exc) -> str:
 
 
 def _pg_connect(url, read_only=False):
-    conn = PgConnection(pg_session(url, read_only=read_only), lambda: pg_session(url, read_only=read_only))
+    lent = None if read_only else _lent.get((url, threading.get_ident()))
+    if lent is not None:  # this thread holds the writer lock: its session serves the history too
+        conn = PgConnection(lent._raw, owned=False)
+    else:
+        conn = PgConnection(pg_session(url, read_only=read_only), lambda: pg_session(url, read_only=read_only))
     try:
         if read_only:
             if conn.execute("SELECT to_regclass('ingested_files')").fetchone()[0] is None:
                 conn.close()
                 return None
         elif url not in _made:
-            # One round trip; the transaction lock keeps two first connections from racing to make it.
-            upgrades = "".join(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {k};"
-                               for t, c, k in UPGRADES)
-            conn.execute(f"{_PG_BEGIN}; {pg_schema()} {pg_schema(upgrades)} COMMIT", raw_sql=True)
+            _make_schema(conn)
             _made.add(url)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+@lru_cache(maxsize=1)
+def _pg_schema_script():
+    """(the schema and its upgrades in one transaction, its digest: the comment the made schema bears)."""
+    import hashlib  # lazy: only a postgresql history pays for it
+
+    upgrades = "".join(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {k};" for t, c, k in UPGRADES)
+    body = f"{pg_schema()} {pg_schema(upgrades)}"
+    digest = "dras schema " + hashlib.sha256(body.encode()).hexdigest()[:16]
+    return f"{_PG_BEGIN}; {body} COMMENT ON TABLE ingested_files IS '{digest}'; COMMIT", digest
+
+
+def _make_schema(conn):
+    """Make or upgrade the schema, unless ingested_files' comment says it is this version's: one round
+    trip either way (the transaction lock keeps two first connections from racing to make it)."""
+    script, digest = _pg_schema_script()
+    if conn.execute("SELECT obj_description(to_regclass('ingested_files'), 'pg_class')").fetchone()[0] != digest:
+        conn.execute(script, raw_sql=True)
+
+
+def lend(url, session):
+    """The writer lock's `session` on `url` serves this thread's history connections while it is held."""
+    _lent[(url, threading.get_ident())] = session
+
+
+def take_back(url):
+    _lent.pop((url, threading.get_ident()), None)
+
+
+_lent = {}  # (url, thread): the writer lock's session, while that thread holds it
 
 
 class Row(tuple):
@@ -319,12 +352,14 @@ class PgConnection:
     A connection the server dropped (a restart, a network cut) fails its statement, and the next
     one opens a new session (with `reopen`; never for the writer lock's, whose lock went with it).
     A forked child disowns the connections it inherits: libpq would otherwise end the parent's
-    session on the shared socket when the child's copy is freed."""
+    session on the shared socket when the child's copy is closed. Not `owned`: the writer lock's
+    session, lent to its holder's history connections (`lend`), which their close leaves open."""
 
-    def __init__(self, raw, reopen=None):
-        self._raw, self._reopen = raw, reopen
-        _live.add(self)
-        _hook_fork()
+    def __init__(self, raw, reopen=None, owned=True):
+        self._raw, self._reopen, self._owned = raw, reopen, owned
+        if owned:
+            _live.add(self)
+            _hook_fork()
 
     def _run(self, call):
         import psycopg
@@ -350,8 +385,9 @@ class PgConnection:
         self._run(lambda: self._raw.cursor().executemany(text, [tuple(p) for p in seq]))
 
     def close(self):
+        """Close the session (a borrowed one, the writer lock's, stays open for its holder)."""
         _live.discard(self)
-        if self._raw is not None:
+        if self._raw is not None and self._owned:
             self._raw.close()
 
     def _disown(self):
