@@ -63,6 +63,8 @@ CREATE TABLE IF NOT EXISTS cycles (
     id INTEGER PRIMARY KEY, started_at REAL NOT NULL, finished_at REAL, decision TEXT,
     record TEXT NOT NULL
 );
+-- the summary counts the decisions of a period (summary.period) without reading the records
+CREATE INDEX IF NOT EXISTS cycles_by_start ON cycles (started_at, decision);
 CREATE TABLE IF NOT EXISTS alerts (
     condition TEXT PRIMARY KEY, state TEXT NOT NULL, event TEXT NOT NULL, payload TEXT NOT NULL,
     changed_at REAL NOT NULL, memo TEXT NOT NULL, delivered INTEGER, tries INTEGER NOT NULL DEFAULT 0,
@@ -420,6 +422,11 @@ def _hook_fork():
 
 def ingested_hashes(conn) -> set:
     return {row[0] for row in conn.execute("SELECT sha256 FROM ingested_files")}
+
+
+def ingested_names(conn) -> dict:
+    """{sha256: the name the content was ingested under} (each content is ingested once)."""
+    return {row[0]: row[1] for row in conn.execute("SELECT sha256, name FROM ingested_files")}
 
 
 def ingested_files(conn) -> list:
