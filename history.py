@@ -242,10 +242,26 @@ def pg_session(url, what=None, read_only=False, keepalive=False):
     if keepalive:
         options += ["-c tcp_keepalives_idle=10", "-c tcp_keepalives_interval=5", "-c tcp_keepalives_count=3"]
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10, options=" ".join(options),
-                               application_name=application_name(what))
+        raw = psycopg.connect(url, autocommit=True, connect_timeout=10, options=" ".join(options),
+                              application_name=application_name(what))
     except psycopg.Error as exc:
         raise OperationalError(one_line(exc)) from exc  # libpq's words name the server, never the password
+    raw.adapters.register_loader("numeric", _numeric_loader())
+    return raw
+
+
+@lru_cache(maxsize=1)
+def _numeric_loader():
+    """NUMERIC read as SQLite gives it: sum() of integers an int, a fraction a float (never a Decimal,
+    which neither the JSON records nor a format like `{n:,d}` take)."""
+    from psycopg.adapt import Loader
+
+    class NumericLoader(Loader):
+        def load(self, data):
+            text = bytes(data).decode()
+            return int(text) if text.lstrip("-").isdigit() else float(text)
+
+    return NumericLoader
 
 
 def one_line(exc) -> str:

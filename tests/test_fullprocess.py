@@ -401,6 +401,7 @@ def test_the_significance_test_is_passed_through(tmp_path, published):
     assert rec["decision"] == cycle.REDEPLOYED
 
 
+@pytest.mark.backends
 def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
     """Real processes and modules: a cold start while the API is down (its returns made in-process),
     then the API under gunicorn and a drifted delivery: redeployed, reported, and the running API,
@@ -409,8 +410,9 @@ def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
     from helpers import free_port, gunicorn
 
     port = free_port()
-    cfg = load_config(make_config(world.base, api_url=f"http://127.0.0.1:{port}",
-                                  package_index_url=f"http://127.0.0.1:{free_port()}/simple", **COURSE))
+    cfg = load_config(make_config(world.base, **{**world.raw, "api_url": f"http://127.0.0.1:{port}",
+                                                  "package_index_url": f"http://127.0.0.1:{free_port()}/simple"}))
+    assert (cfg.drift_test, cfg.history_url) == ("raw", world.history_url)
     write_delivery(cfg, "first.csv", rows=300, seed=1)
     assert fullprocess.main(["--config", str(cfg.path)]) == 0  # in-process, with the real publish
     first = log_lines(cfg)[-1]

@@ -75,6 +75,17 @@ def test_values_round_trip_exactly(conn):
     assert conn.execute("SELECT count(*), max(at), min(id) FROM diagnostics").fetchone()[:] == (1, at, 1)
 
 
+def test_aggregates_are_ints_and_floats_as_sqlite_gives_them(conn):
+    """PostgreSQL's sum() of integers and avg() are NUMERIC: read as an int and a float, never a Decimal."""
+    for rows in (3, 4):
+        history.record_json(conn, "ingested_files", name=f"{rows}.csv", sha256=str(rows), rows=rows, folder="in",
+                            at=float(rows))
+    got = conn.execute("SELECT sum(rows), avg(rows), coalesce(sum(rows), 0), count(*), sum(at) FROM ingested_files"
+                       " WHERE at > ?", (0,)).fetchone()
+    assert [(v, type(v)) for v in got] == [(7, int), (3.5, float), (7, int), (2, int), (7.0, float)]
+    assert f"{got[0]:,d} rows" == "7 rows"
+
+
 def test_each_insert_returns_its_id_and_rows_read_by_name_or_index(conn):
     ids = [history.record_json(conn, "deployments", at=float(i), version=i, action="deploy", model_sha256=f"m{i}",
                                f1=None if i == 2 else 0.5) for i in (1, 2, 3)]
