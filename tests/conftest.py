@@ -40,11 +40,8 @@ def pytest_runtest_protocol(item):
         root.setLevel(level)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def monitors_stopped_before_the_session_ends():
-    """Apps made in-process start monitoring threads that would flush, and may log, at exit, after
-    pytest has closed its streams: close them (their last flush) while pytest still captures what they say."""
-    yield
+def close_monitors():
+    """Close every monitor of an app made in-process (its last flush)."""
     import gc
 
     import monitoring
@@ -52,6 +49,14 @@ def monitors_stopped_before_the_session_ends():
     for obj in gc.get_objects():
         if isinstance(obj, monitoring.Monitor):
             obj.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def monitors_stopped_before_the_session_ends():
+    """Apps made in-process start monitoring threads that would flush, and may log, at exit, after
+    pytest has closed its streams: close them (their last flush) while pytest still captures what they say."""
+    yield
+    close_monitors()
 
 
 def make_config(root: Path, **overrides) -> Path:
@@ -135,6 +140,7 @@ def postgres():
 
     server = PostgresServer.start()
     yield server
+    close_monitors()  # their last flush while their databases still answer
     server.stop()
 
 
