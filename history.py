@@ -109,11 +109,25 @@ def connect(where, threads=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=not threads)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    _wal(conn)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
     _upgrade(conn)
     return conn
+
+
+def _wal(conn, seconds=30):
+    """WAL mode. Its switch takes the file alone and SQLite's busy timeout does not wait for that:
+    processes opening a new database at once (the API's workers, a cycle) try again for a while."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _upgrade(conn):

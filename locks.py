@@ -186,13 +186,26 @@ def _wait(where, wait, take, session=None):
     said = False
     while not take():
         if wait <= 0:
-            who = holder(where, session)
+            who = _named_holder(where, session)
             raise Busy(f"another writer holds {describe(where)}: {who}", who)
         if time.monotonic() >= deadline:
-            who = holder(where, session)
+            who = _named_holder(where, session)
             raise Busy(f"gave up after waiting {wait:g}s: {describe(where)} is still held by {who}; "
                        "nothing was changed, run it again once that one has finished", who)
         if not said:
-            logger.warning("waiting up to %gs for %s, held by %s", wait, describe(where), holder(where, session))
+            logger.warning("waiting up to %gs for %s, held by %s", wait, describe(where),
+                           _named_holder(where, session))
             said = True
         time.sleep(POLL_SECONDS)
+
+
+def _named_holder(where, session, tries=10):
+    """holder(), asked again for a moment while it is unknown: a writer that has just taken the lock
+    names itself a moment later (a new lock file is empty until then)."""
+    who = holder(where, session)
+    for _ in range(tries):
+        if who != "an unknown process":
+            break
+        time.sleep(POLL_SECONDS / 2)
+        who = holder(where, session)
+    return who
