@@ -36,6 +36,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for_http(url, proc, failure, seconds=30):
+    """Until GET url/health answers; RuntimeError(failure()) when `proc` exits or `seconds` run out first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            requests.get(url + "/health", timeout=5)
+            return
+        except requests.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(failure()) from None
+            time.sleep(0.1)
+
+
 @contextmanager
 def gunicorn(cfg, workers=2, env=None, port=None, app=None):
     """Run `gunicorn -c gunicorn.conf.py` for cfg on a loopback port (free, unless given); yield its
@@ -52,15 +65,7 @@ def gunicorn(cfg, workers=2, env=None, port=None, app=None):
              **extra, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url + "/health", timeout=5)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not start: {log_path.read_text()}") from None
-                time.sleep(0.1)
+        wait_for_http(url, proc, lambda: f"gunicorn did not start: {log_path.read_text()}")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

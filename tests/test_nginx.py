@@ -7,14 +7,13 @@ backends (PostgreSQL here, as several hosts need). One host stopped: nginx route
 import shutil
 import signal
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 from conftest import REPO
-from helpers import ROW, free_port, gunicorn
+from helpers import ROW, free_port, gunicorn, wait_for_http
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # /usr/sbin: not on every user's PATH
 pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed (make setup installs Debian's)")
@@ -50,14 +49,7 @@ def nginx(root, first, second):
                             stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(url + "/health", timeout=5)
-                break
-            except requests.ConnectionError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-                time.sleep(0.05)
+        wait_for_http(url, proc, lambda: f"nginx did not start: {proc.stderr.read()}")
         yield url, root / "access.log"
     finally:
         proc.send_signal(signal.SIGQUIT)  # nginx's graceful stop
