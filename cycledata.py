@@ -5,7 +5,8 @@ from pathlib import Path
 
 import delivery
 import deployment
-import ingestion
+import finaldata
+from columnstats import Profile
 from settings import FEATURES, TARGET
 
 logger = logging.getLogger(__name__)
@@ -35,24 +36,53 @@ def pending_frames(pending, frames):
     return pd.concat(out, ignore_index=True) if out else None
 
 
-def reference_rows(cfg, conn, pending):
-    """The rows ingested before the pending files: the prefix of finaldata.csv they extended.
+def _before(conn, at):
+    """(rows, bytes) of finaldata.csv as the last ingestion before time `at` left it ((0, 0): none)."""
+    row = conn.execute("SELECT rows, bytes FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1", (at,)).fetchone()
+    return (row["rows"], row["bytes"]) if row else (0, 0)
 
-    Ingestion appends new rows after the old ones and keeps first occurrences, so the finaldata of
-    before is exactly the first `rows` rows of today's.
-    """
-    row = conn.execute("SELECT rows FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1",
-                       (pending[0]["at"],)).fetchone()
-    before = row["rows"] if row else 0
-    if before == 0 or not cfg.finaldata.exists():
+
+def _now(conn):
+    row = conn.execute("SELECT rows, bytes FROM summaries ORDER BY id DESC LIMIT 1").fetchone()
+    return (row["rows"], row["bytes"]) if row else (0, 0)
+
+
+def rows_between(cfg, start, end):
+    """finaldata.csv's rows [start, end), each a (rows, bytes) position: read from its bytes when
+    both are recorded, else (positions from before incremental ingestion) from its first rows."""
+    if start[1] is not None and end[1] is not None:
+        return finaldata.read_range(cfg.finaldata, start[1] or len(finaldata.HEADER), end[1])
+    return finaldata.read(cfg.finaldata, nrows=end[0]).iloc[start[0]:].reset_index(drop=True)
+
+
+def reference_rows(cfg, conn, pending):
+    """The rows ingested before the pending files, for the feature-drift test: per feature, the
+    counts of today's column profile less those of the rows the pending files added (read from the
+    end of finaldata.csv), so nothing before them is read. Ingestion appends new rows after the old
+    ones and keeps first occurrences, so the rows of before are exactly the first ones of today's.
+    None when nothing was ingested before them."""
+    before, now = _before(conn, pending[0]["at"]), _now(conn)
+    if before[0] == 0 or not cfg.finaldata.exists():
         return None
-    return ingestion.read_finaldata(cfg.finaldata, nrows=before)
+    profile = finaldata.profile_of(cfg, now[1])
+    if profile is None or before[1] is None:  # recorded before incremental ingestion: read them
+        return finaldata.read(cfg.finaldata, nrows=before[0])
+    return profile.minus(Profile.of_frame(rows_between(cfg, before, now))).reference()
+
+
+def rows_since(cfg, conn, first_file_id):
+    """The rows of finaldata.csv from the delivery `first_file_id` on (a frame of finaldata's
+    columns), read from the end of the file."""
+    row = conn.execute("SELECT at FROM ingested_files WHERE id = ?", (first_file_id,)).fetchone()
+    now = _now(conn)
+    return rows_between(cfg, _before(conn, row["at"]) if row else now, now)
 
 
 def held_out_range(cfg, conn, pending):
-    """finaldata.csv's rows [start, end) from deliveries decided on since the deployed model was
-    trained (they caused no redeploy): recent labelled rows it has never seen, the held-out
-    reference of the `significance` test (README, "Which reference"). None when there are none."""
+    """finaldata.csv's rows [start, end), each a (rows, bytes) position, from deliveries decided on
+    since the deployed model was trained (they caused no redeploy): recent labelled rows it has never
+    seen, the held-out reference of the `significance` test (README, "Which reference"). None when
+    there are none."""
     manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
     training_files = ((manifest or {}).get("training") or {}).get("training_files")
     files = conn.execute("SELECT id, name, sha256, at FROM ingested_files WHERE id < ? ORDER BY id",
@@ -70,12 +100,8 @@ def held_out_range(cfg, conn, pending):
     if not held:
         return None
 
-    def rows_before(at):
-        row = conn.execute("SELECT rows FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1", (at,)).fetchone()
-        return row["rows"] if row else 0
-
-    start, end = rows_before(held[0]["at"]), rows_before(pending[0]["at"])
-    return (start, end) if end > start else None
+    start, end = _before(conn, held[0]["at"]), _before(conn, pending[0]["at"])
+    return (start, end) if end[0] > start[0] else None
 
 
 def deployed_history(conn) -> list:
@@ -83,10 +109,10 @@ def deployed_history(conn) -> list:
     return [r[0] for r in conn.execute("SELECT f1 FROM deployments WHERE action = 'deploy' AND f1 IS NOT NULL ORDER BY id")]
 
 
-def held_out(cfg, conn, pending, reference_df):
+def held_out(cfg, conn, pending, reference):
     """The held-out reference rows (complete ones) of the `significance` test, or None."""
-    span = held_out_range(cfg, conn, pending) if reference_df is not None else None
+    span = held_out_range(cfg, conn, pending) if reference is not None else None
     if span is None:
         return None
-    held_out = reference_df.iloc[span[0]:span[1]].dropna(subset=list(FEATURES) + [TARGET])
+    held_out = rows_between(cfg, *span).dropna(subset=list(FEATURES) + [TARGET])
     return held_out if len(held_out) else None

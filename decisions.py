@@ -83,15 +83,6 @@ def _f1(y, pred):
     return evidence.f1_of_rate(c["hits"] / c["counted"]) if c["counted"] else 0.0
 
 
-def rows_since(conn, finaldata_rows, first_file_id):
-    """The rows of finaldata.csv from the delivery `first_file_id` on (a frame of finaldata's columns)."""
-    row = conn.execute("SELECT at FROM ingested_files WHERE id = ?", (first_file_id,)).fetchone()
-    if row is None:
-        return finaldata_rows.iloc[:0]
-    before = conn.execute("SELECT rows FROM summaries WHERE at < ? ORDER BY id DESC LIMIT 1", (row["at"],)).fetchone()
-    return finaldata_rows.iloc[(before["rows"] if before else 0):].reset_index(drop=True)
-
-
 def promote_command(config_path) -> str:
     """The command that promotes a kept challenger, with `--config` unless it is the default config."""
     from settings import DEFAULT_CONFIG

@@ -90,6 +90,12 @@ def _bin_counts_sorted(values_sorted, edges):
     return np.diff(np.concatenate(([0], inner, [len(values_sorted)])))
 
 
+def _bin_counts_counted(values, counts, edges):
+    """`bin_counts` of `values` (ascending, distinct) each repeated by its count."""
+    cum = np.concatenate(([0], np.cumsum(counts)))
+    return np.diff(np.concatenate(([0], cum[np.searchsorted(values, edges, side="left")], [cum[-1]])))
+
+
 def psi_counts(expected, actual) -> float:
     """Population stability index of the `actual` bin counts against the `expected` ones."""
     e = np.asarray(expected, dtype=np.float64)
@@ -113,6 +119,26 @@ def quantile_edges(values, bins=BINS):
     """Inner bin edges at the deciles (or other quantiles) of `values`, without repeats."""
     qs = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
     return np.unique(qs)
+
+
+def value_counts(values_sorted):
+    """(distinct values, their counts) of an ascending array."""
+    starts = np.flatnonzero(_first_of_each(values_sorted))
+    return values_sorted[starts], np.diff(np.append(starts, len(values_sorted))).astype(np.int64)
+
+
+def quantile_edges_counted(values, counts, bins=BINS):
+    """`quantile_edges` of `values` (ascending, distinct) each repeated by its count, equal to it
+    without repeating them: numpy's own interpolation between the two order statistics around each
+    quantile (np.quantile of those two, at the same fraction)."""
+    n = int(np.sum(counts))
+    virtual = (n - 1) * np.linspace(0, 1, bins + 1)[1:-1]
+    below = np.floor(virtual)
+    cum = np.cumsum(counts)
+    lo = values[np.searchsorted(cum, below.astype(np.int64), side="right")]
+    hi = values[np.searchsorted(cum, np.minimum(below.astype(np.int64) + 1, n - 1), side="right")]
+    qs = [np.quantile(np.array([a, b]), g) for a, b, g in zip(lo, hi, virtual - below)]
+    return np.unique(np.array(qs, dtype=np.float64))
 
 
 def psi_level(psi_values, watch, act) -> str:
@@ -161,25 +187,37 @@ def ks_2samp_sorted(xs, ys):
     empirical CDFs are flat between them, so the maximum is the same), which turns a million
     searches into a few thousand for integer counts, and the p-value is scipy's asymptotic one.
     """
+    return ks_2samp_counted(*value_counts(xs), ys)
+
+
+def ks_2samp_counted(values, counts, ys):
+    """`ks_2samp_sorted` of `values` (ascending, distinct) each repeated by its count against the
+    ascending array `ys`: the same statistic and p-value, in O(distinct values) for the first."""
     from scipy import stats
 
-    n1, n2 = len(xs), len(ys)
+    n1, n2 = int(np.sum(counts)), len(ys)
     if max(n1, n2) <= KS_EXACT_MAX_N:
-        result = stats.ks_2samp(xs, ys)
+        result = stats.ks_2samp(np.repeat(values, counts), ys)
         return float(result.statistic), float(result.pvalue)
-    points = np.concatenate((_distinct_sorted(xs), _distinct_sorted(ys)))
-    diffs = np.searchsorted(xs, points, side="right") / n1 - np.searchsorted(ys, points, side="right") / n2
+    points = np.concatenate((values, _distinct_sorted(ys)))
+    cum = np.concatenate(([0], np.cumsum(counts)))
+    diffs = cum[np.searchsorted(values, points, side="right")] / n1 - np.searchsorted(ys, points, side="right") / n2
     d = float(max(np.clip(-diffs.min(), 0, 1), diffs.max()))
     m, n = sorted([float(n1), float(n2)], reverse=True)
     p = float(np.clip(stats.distributions.kstwo.sf(d, np.round(m * n / (m + n))), 0, 1))
     return d, p
 
 
-def _distinct_sorted(values_sorted):
+def _first_of_each(values_sorted):
+    """Whether each element of an ascending array is the first of its value."""
     keep = np.empty(len(values_sorted), dtype=bool)
     keep[:1] = True
     np.not_equal(values_sorted[1:], values_sorted[:-1], out=keep[1:])
-    return values_sorted[keep]
+    return keep
+
+
+def _distinct_sorted(values_sorted):
+    return values_sorted[_first_of_each(values_sorted)]
 
 
 def benjamini_hochberg(pvalues):
@@ -195,21 +233,27 @@ def benjamini_hochberg(pvalues):
 
 
 def feature_drift(reference, new, features=FEATURES, psi_threshold=0.2, level=0.05) -> dict:
-    """Per-feature KS test and PSI of `new` rows against `reference` (the training data).
+    """Per-feature KS test and PSI of `new` rows against `reference` (the rows ingested before them).
 
+    `reference`: a frame of the reference rows, or per feature (distinct values ascending, counts)
+    as columnstats.Profile.reference gives them (the same results, without a row to sort).
     A feature has drifted when its corrected KS p-value is below `level` and its PSI reaches
     `psi_threshold`: with a million rows KS alone calls the tiniest shift significant.
     """
     per = {}
     for col in features:
-        ref = np.sort(reference[col].dropna().to_numpy(dtype="float64"))
+        if isinstance(reference, dict):
+            values, counts = reference[col]
+        else:
+            values, counts = value_counts(np.sort(reference[col].dropna().to_numpy(dtype="float64")))
         cur = np.sort(new[col].dropna().to_numpy(dtype="float64"))
-        if len(ref) == 0 or len(cur) == 0:
+        if len(values) == 0 or len(cur) == 0:
             per[col] = {"ks_statistic": None, "p_value": None, "psi": None, "rows": int(len(cur))}
             continue
-        d, p = ks_2samp_sorted(ref, cur)
-        per[col] = {"ks_statistic": d, "p_value": p, "psi": psi_sorted(ref, cur, quantile_edges(ref)),
-                    "rows": int(len(cur))}
+        d, p = ks_2samp_counted(values, counts, cur)
+        edges = quantile_edges_counted(values, counts)
+        psi = psi_counts(_bin_counts_counted(values, counts, edges), _bin_counts_sorted(cur, edges))
+        per[col] = {"ks_statistic": d, "p_value": p, "psi": psi, "rows": int(len(cur))}
     tested = [c for c in features if per[c]["p_value"] is not None]
     for col, adj in zip(tested, benjamini_hochberg([per[c]["p_value"] for c in tested])):
         per[col]["p_adjusted"] = adj

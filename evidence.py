@@ -151,7 +151,7 @@ def look(state, level=0.05, reference_share=REFERENCE_SHARE, min_counted_rows=MI
            "reference_f1_bound": f1_of_rate(m), "evidence_rate": ev_rate, "evidence_f1": f1_of_rate(ev_rate),
            "reference": dict(ref), "evidence": dict(ev), "min_counted_rows": int(min_counted_rows),
            "method": METHOD}
-    since = (f"{ev['rows']} rows in {ev['deliveries']} deliveries since the deployment, "
+    since = (f"{ev['rows']} rows in {ev['deliveries']} {'delivery' if ev['deliveries'] == 1 else 'deliveries'} since the deployment, "
              f"{ev['counted']} of them actual or predicted leavers")
     if m == 0:
         out.update(decision="not enough evidence", reason=(

@@ -17,8 +17,9 @@ One cycle (README, "The monitoring cycle"):
 5. record the cycle in the history database (`cycles`) and as one JSON line in
    log_folder_path/cycles.jsonl.
 
-Crash safety: every step leaves the files consistent on its own (ingestion writes finaldata.csv
-before recording it, and deduplication makes a repeat harmless; a deployment builds its version
+Crash safety: every step leaves the files consistent on its own (ingestion appends to
+finaldata.csv before recording its new length, and the next run cuts the file back to the
+recorded length before it ingests the same files again; a deployment builds its version
 folder under a temporary name and swaps a symlink). What a cycle still owes is derived from the
 history at the start of the next one: ingested files no finished cycle has decided on
 ("pending"), and a deployed version no cycle has published. A cycle killed at any point is
@@ -40,6 +41,7 @@ import cycle
 import cycledata
 import delivery
 import deployment
+import finaldata
 import history
 import ingestion
 import locks
@@ -162,7 +164,7 @@ class Cycle:
         self.record.deployed_version = manifest["version"]
         return manifest
 
-    def decide(self, model, manifest, new_df, reference_df, held_out_df=None, first_file_id=None):
+    def decide(self, model, manifest, new_df, reference, held_out_df=None, first_file_id=None):
         """Score and feature drift of the new rows against the deployed model; sets the record."""
         # lazy: the idle cycle imports no numpy, pandas or scikit-learn
         import audit
@@ -173,9 +175,9 @@ class Cycle:
         complete = new_df.dropna(subset=list(FEATURES) + [TARGET])
         self.record.new_rows = {"rows": int(len(new_df)), "complete": int(len(complete))}
         with self.step("feature_drift"):
-            if reference_df is not None and len(reference_df):
+            if reference is not None and len(reference):
                 self.record.feature_drift = drift.feature_drift(
-                    reference_df, new_df, psi_threshold=cfg.feature_drift_psi_threshold,
+                    reference, new_df, psi_threshold=cfg.feature_drift_psi_threshold,
                     level=cfg.drift_significance_level)
             else:
                 self.record.feature_drift = None
@@ -254,7 +256,7 @@ class Cycle:
 
         cfg, rec = self.cfg, self.record
         first = (known(rec.evidence) or {}).get("since_file_id")
-        recent = decisions.rows_since(self.conn, ingestion.read_finaldata(cfg.finaldata), first)
+        recent = cycledata.rows_since(cfg, self.conn, first)
         recent = recent.dropna(subset=list(FEATURES) + [TARGET])
         X_test, y_test = scoring.read_test_data(cfg.test_data_file)
         window = f"{len(recent)} rows delivered since the serving model's deployment, minus the held-out slice"
@@ -263,10 +265,11 @@ class Cycle:
             self.retrain(rows=rows, window=window)
             return scoring.load_pickle(cfg.model_file)
 
+        command = decisions.promote_command(cfg.path)
         with self.step("challenge"):
             out = decisions.challenge(serving, recent, X_test, y_test.to_numpy(), fit,
                                       level=cfg.drift_significance_level, rounds=cfg.drift_bootstrap_rounds,
-                                      seed=int(cycle_id), command=decisions.promote_command(cfg.path))
+                                      seed=int(cycle_id), command=command)
         policy = dict(out["policy"], split=out["split"])
         decided = cycle.promotion_decision(None, policy)
         if decided == cycle.REDEPLOYED:
@@ -281,10 +284,10 @@ class Cycle:
             if policy.get("action") is None and (known(rec.test_data) or {}).get("stale"):
                 policy["action"] = (f"refresh the test data ({cfg.test_data_file}) with recently labelled rows: they no "
                                     "longer represent the deliveries (the next cycle re-scores the serving model on "
-                                    f"them); or promote the challenger by hand with `{decisions.PROMOTE_COMMAND}`")
+                                    f"them); or promote the challenger by hand with `{command}`")
             elif policy.get("action") is None:
                 policy["action"] = ("nothing: the next deliveries gather new evidence; to serve the challenger "
-                                    f"anyway, `{decisions.PROMOTE_COMMAND}`")
+                                    f"anyway, `{command}`")
             rec.evidence = cycle.evidence_after(decided, known(rec.evidence))
         rec.promotion = policy
         logger.info("promotion: %s", policy["reason"])
@@ -418,11 +421,13 @@ def _check_and_act(cyc, cycle_id, pending, frames):
         rec.decision = NO_USABLE_ROWS
         return
     with cyc.step("reference_rows"):
-        reference_df = cycledata.reference_rows(cfg, conn, pending)
-        held_out = cycledata.held_out(cfg, conn, pending, reference_df)
-        rec.held_out_rows = 0 if held_out is None else int(len(held_out))
+        reference = cycledata.reference_rows(cfg, conn, pending)
+        held_out = None
+        if cfg.drift_test == "significance":  # the only test they widen: no other reads them
+            held_out = cycledata.held_out(cfg, conn, pending, reference)
+            rec.held_out_rows = 0 if held_out is None else int(len(held_out))
     model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
-    decision, complete = cyc.decide(model, manifest, new_df, reference_df, held_out, first_file_id=pending[0]["id"])
+    decision, complete = cyc.decide(model, manifest, new_df, reference, held_out, first_file_id=pending[0]["id"])
     # Online monitoring: a judged look at "act" since the last cycle (alarms.py, traffic.crossings_since).
     rec.live_drift = _live_drift(cfg, conn)
     verdict = cycle.drift_verdict(decision, rec.feature_drift, rec.live_drift, cfg.feature_drift_triggers_retrain,
@@ -454,14 +459,20 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
     import training
 
     cfg, conn, rec = cyc.cfg, cyc.conn, cyc.record
-    for folder in (cfg.output_folder_path, archive.folder_of(cfg), cfg.output_model_path, cfg.quarantine_folder_path):
+    for folder in (cfg.output_folder_path, archive.folder_of(cfg), finaldata.index_folder(cfg), cfg.output_model_path,
+                   cfg.quarantine_folder_path):
         removed = atomicfiles.remove_leftovers(folder)  # a killed writer's half-written copies
         if removed:
             logger.warning("removed %d temporary file(s) left by a killed writer in %s", len(removed), folder)
+    finaldata.cut_back(cfg, conn)  # the rows of an ingestion killed before its record (its files may be gone since)
     frames = {}
     if candidates:
         with cyc.step("ingestion"):
-            result = ingestion.ingest(cfg, conn=conn, candidates=candidates)
+            try:
+                result = ingestion.ingest(cfg, conn=conn, candidates=candidates)
+            except finaldata.Unrecoverable as exc:
+                _fail(rec, str(exc))
+                return
         frames = result.frames
         rec.ingestion = result.as_dict()
         cyc.save(cycle_id)

@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS quarantined_files (
 );
 CREATE TABLE IF NOT EXISTS summaries (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, rows INTEGER NOT NULL,
-    stats TEXT NOT NULL, missing TEXT NOT NULL
+    stats TEXT NOT NULL, missing TEXT NOT NULL, bytes INTEGER
 );
 CREATE TABLE IF NOT EXISTS training_runs (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, rows INTEGER NOT NULL, data_sha256 TEXT NOT NULL,
@@ -84,8 +84,10 @@ CREATE INDEX IF NOT EXISTS traffic_windows_start ON traffic_windows (window_star
 """
 # Columns added to a table after it was first made: a database made by an older version gains them
 # at its next `connect`. The hash cache gained inode and ctime (which no `utime` call can set); its
-# old rows, NULL there, are never trusted and so hashed again.
-UPGRADES = (("file_hashes", "inode", "INTEGER"), ("file_hashes", "ctime_ns", "INTEGER"))
+# old rows, NULL there, are never trusted and so hashed again. A summary gained finaldata.csv's
+# length after its ingestion (finaldata.py), NULL in the rows of before, which the next ingestion fills.
+UPGRADES = (("file_hashes", "inode", "INTEGER"), ("file_hashes", "ctime_ns", "INTEGER"),
+            ("summaries", "bytes", "INTEGER"))
 
 # The errors of either backend: a PostgreSQL connection raises these too (the driver's own error
 # chained as the cause), so a caller names one set of exceptions.

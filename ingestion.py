@@ -1,4 +1,4 @@
-"""Ingestion: find new delivery files, check each one, merge the good ones into finaldata.csv.
+"""Ingestion: find new delivery files, check each one, append the good ones' new rows to finaldata.csv.
 
 Rules (README, "Ingestion rules"):
 - a delivery file is a `*.csv` in the input folder; dotfiles, `*.tmp`/`*.part` and files modified
@@ -9,7 +9,9 @@ Rules (README, "Ingestion rules"):
 - a good file's bytes are kept in the archive (archive.py) before it is recorded as ingested;
 - a bad file is moved to the quarantine folder with a `.reason.txt` beside it, never deleted;
 - a missing value (empty cell, NA, NaN, null) keeps its row in finaldata.csv, so the
-  missing-data diagnostic sees it; training drops such rows.
+  missing-data diagnostic sees it; training drops such rows;
+- only the rows finaldata.csv does not hold yet are appended, found by its row-hash index
+  (finaldata.py): the cost of an ingestion is its files', not the history's.
 
 pandas is imported inside the functions that read and write the data, so that looking for new
 files (the monitoring cycle's frequent "nothing to do" path) stays fast.
@@ -23,11 +25,13 @@ from pathlib import Path
 
 import archive
 import atomicfiles
+import columnstats
 import delivery
+import finaldata
 import history
 import locks
 import progress
-from settings import COLUMNS, FEATURES, ConfigError, load_config, setup_logging
+from settings import ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -161,30 +165,8 @@ def new_files(conn, folder, settle_seconds=0.0) -> list:
     return look(conn, folder, settle_seconds).candidates
 
 
-def read_finaldata(path, nrows=None):
-    """Read finaldata.csv (its first `nrows` rows, if given) with the schema's dtypes (nullable integers keep missing values)."""
-    import pandas as pd
-
-    return pd.read_csv(path, dtype={"corporation": "str", **{c: "Int64" for c in delivery.NUMERIC}},
-                       keep_default_na=False, na_values={c: [""] for c in COLUMNS}, nrows=nrows)
-
-
-def summarize(df) -> tuple:
-    """Per-feature statistics and per-column missing percentages of the ingested data."""
-    stats = {}
-    for col in FEATURES:
-        s = df[col].dropna().astype("float64")
-        stats[col] = {
-            "mean": float(s.mean()) if len(s) else None,
-            "median": float(s.median()) if len(s) else None,
-            "std": float(s.std()) if len(s) > 1 else None,
-            "min": float(s.min()) if len(s) else None,
-            "max": float(s.max()) if len(s) else None,
-            "count": int(len(s)),
-        }
-    rows = len(df)
-    missing = {col: (float(df[col].isna().sum()) * 100.0 / rows if rows else 0.0) for col in COLUMNS}
-    return stats, missing
+read_finaldata = finaldata.read
+summarize = columnstats.summarize  # per-feature statistics and per-column missing percentages of a frame
 
 
 def quarantine_target(path: Path, digest: str, qdir: Path) -> Path:
@@ -241,8 +223,6 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
 
 def _ingest(cfg, folder, conn, candidates) -> IngestResult:
     import hashlib  # here, not at the top: the cycle's idle path imports this module
-
-    import pandas as pd
 
     started = time.perf_counter()
     folder = Path(folder) if folder is not None else cfg.input_folder_path
@@ -303,14 +283,13 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
             keep_in_archive(cfg, digest, data)
             good.append((cand.path, digest, df))
         if good:
-            progress.show(f"ingestion: merging {len(good)} file(s) into {cfg.finaldata.name}")
-            frames = [read_finaldata(cfg.finaldata)] if cfg.finaldata.exists() else []
-            frames += [df for _, _, df in good]
-            merged = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
-            # finaldata.csv first, the history second: a crash in between leaves the files
-            # un-recorded, so the next run ingests them again, and deduplication makes that a no-op.
-            atomicfiles.write_with(cfg.finaldata, lambda tmp: merged.to_csv(tmp, index=False))
-            stats, missing = summarize(merged)
+            progress.show(f"ingestion: appending the new rows of {len(good)} file(s) to {cfg.finaldata.name}")
+            # Only the new distinct rows are appended (finaldata.py). finaldata.csv first, the history
+            # second: a crash in between leaves rows no ingestion recorded, which the next run cuts
+            # off before it ingests the same files again.
+            store = finaldata.open_store(cfg, conn)
+            added = store.add([df for _, _, df in good])
+            stats, missing = added.profile.summary()
             now = time.time()
             with history.transaction(conn):
                 for path, digest, df in good:
@@ -318,12 +297,14 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
                                         rows=len(df), folder=str(path.parent), at=now)
                     result.ingested.append({"name": path.name, "sha256": digest, "rows": len(df)})
                     result.frames[digest] = df
-                history.record_json(conn, "summaries", at=now, rows=len(merged), stats=stats, missing=missing)
+                history.record_json(conn, "summaries", at=now, rows=added.rows, bytes=added.bytes, stats=stats,
+                                    missing=missing)
                 history.record_timing(conn, "ingestion", time.perf_counter() - started, now)
+            store.settle(added)
             write_ingested_list(conn, cfg.ingested_list)
-            result.total_rows = len(merged)
+            result.total_rows = added.rows
             logger.info("ingested %d file(s) from %s; finaldata.csv now has %d distinct rows",
-                        len(good), folder, len(merged))
+                        len(good), folder, added.rows)
         else:
             summary = history.latest_summary(conn)
             result.total_rows = summary["rows"] if summary else 0
@@ -359,6 +340,9 @@ def main(argv=None):
     except locks.Busy as exc:
         print(f"error: {exc}", file=sys.stderr)
         return locks.EXIT_BUSY
+    except finaldata.Unrecoverable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for f in result.ingested:
         print(f"ingested    {f['name']} ({f['rows']} rows)")
     copies = {d["name"] for d in result.duplicates}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import archive
 import delivery
-import ingestion
+import finaldata
 import progress
 import scoring
 import training
@@ -17,16 +17,14 @@ import training
 REPRODUCED, DIFFERS, CANNOT = 0, 1, 2
 
 
-def training_set(folder, lineage):
-    """The training set of `lineage` (the deliveries in their ingestion order) rebuilt from the archive
-    in `folder`, deduplicated as ingestion does (the first of equal rows kept). Raises ArchiveError."""
-    import pandas as pd
-
+def training_set(folder, lineage) -> bytes:
+    """The finaldata.csv of `lineage` (the deliveries in their ingestion order) rebuilt from the
+    archive in `folder`, deduplicated and written as ingestion does. Raises ArchiveError."""
     frames = []
     for i, d in enumerate(lineage, 1):
         progress.show(f"reproducing: reading delivery {i} of {len(lineage)} from the archive ({d['name']})")
         frames.append(delivery.parse_delivery(archive.load(folder, d["sha256"])))
-    return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+    return finaldata.rebuild(frames)
 
 
 def _coefficients(model) -> dict:
@@ -81,13 +79,13 @@ def _reproduce(cfg, manifest, load_deployed) -> tuple:
                         "archive, and its manifest records no lineage"]
     with tempfile.TemporaryDirectory(prefix="reproduce-") as scratch:
         try:
-            df = training_set(archive.folder_of(cfg), recorded["lineage"])
+            data = training_set(archive.folder_of(cfg), recorded["lineage"])
         except archive.ArchiveError as exc:
             return CANNOT, [f"version {number} cannot be reproduced: {exc}"]
         data_path = Path(scratch) / "finaldata.csv"
-        df.to_csv(data_path, index=False)  # as ingestion writes it, then read back as training reads it
-        data_sha256 = hashlib.sha256(data_path.read_bytes()).hexdigest()
-        model = training.train(ingestion.read_finaldata(data_path), recorded["params"])
+        data_path.write_bytes(data)  # as ingestion writes it, then read back as training reads it
+        data_sha256 = hashlib.sha256(data).hexdigest()
+        model = training.train(finaldata.read(data_path), recorded["params"])
     digest = hashlib.sha256(training.model_bytes(model)).hexdigest()
     expected = manifest["files"]["trainedmodel.pkl"]["sha256"]
     if digest == expected:

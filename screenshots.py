@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import words
 from settings import ConfigError, load_config
 
 # Chromium, headless, with nothing of its own that talks to the network.
@@ -99,7 +100,7 @@ def _fetch_page(url, timeout=10):
     except urllib.error.HTTPError as exc:
         raise BrowserError(f"{url} answered {exc.code}: {exc.read(300).decode('utf-8', 'replace').strip()}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise BrowserError(f"{url} cannot be reached: {getattr(exc, 'reason', exc)}") from None
+        raise BrowserError(f"{url} cannot be reached: {words.error_text(getattr(exc, 'reason', exc))}") from None
 
 
 def page_height(page, width):

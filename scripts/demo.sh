@@ -110,7 +110,7 @@ echo " a kept challenger is served only by hand: $PY deployment.py --config $DEM
 step "5. Another cycle: nothing new, done in milliseconds"
 "$PY" fullprocess.py --config "$CONFIG" --verbose
 
-step "6. Deployed versions (* serving)"
+step "6. Deployed versions (the serving one says serving)"
 "$PY" deployment.py --config "$CONFIG" --list
 
 # --- online monitoring (monitoring.py): shifted traffic, and the system noticing ---
@@ -119,7 +119,7 @@ if [ -f "$API_PID" ]; then
     # Ordinary traffic first (the test data, as the README's three curl examples send it): /health stays ok.
     # Then 200 five-row predictions of covariate-shifted rows (activity x3): /health degraded. Each wait is
     # for the window to close: a window is judged once, when it has closed. The serving model was trained on
-    # ~110 rows: enough to see this gross shift, far too few to see a moderate one (README, Online monitoring).
+    # 56 rows: enough to see this gross shift, far too few to see a moderate one (README, Online monitoring).
     # The ordinary traffic may show "watch" (never degraded): it is the same 40 test rows sent four times (with the
     # cycle's apicalls), which the test counts as 160 independent rows.
     "$PY" scripts/traffic_burst.py --config "$CONFIG" --ordinary --burst 200 \
@@ -150,7 +150,7 @@ cat <<TABLE
   $DEMO/production_deployment/                           versions/, current -> the serving version
   $DEMO/models/apireturns.txt                            the API answers written by the cycle
   $DEMO/models/report.pdf, reports/                      the PDF report of each deployed version (drift results inside)
-  $DEMO/production_deployment/modelcard.md               the serving model's card, with the cycle's drift decision
+  $DEMO/production_deployment/modelcard.md               the serving model's card (its drift decision, if a cycle deployed it)
   $DEMO/models/                                          the latest trained model and its score
   $DEMO/models/status-wide.png, status-narrow.png        the status page (make serve shows the real system's)
 TABLE

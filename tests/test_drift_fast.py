@@ -1,5 +1,7 @@
-"""drift's sorted KS and PSI give exactly scipy's and the plain binning's results."""
+"""drift's sorted KS and PSI (of arrays, or of a reference as value counts) give exactly scipy's, numpy's quantiles
+and the plain binning's results."""
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -37,3 +39,20 @@ def test_psi_sorted_equals_psi(n1, n2):
     edges = np.array([1.0, 2.0])
     assert drift.psi_sorted(np.array([0.0, 1.0, 2.0, 2.0]), np.array([1.0, 1.0, 3.0]), edges) == \
         drift.psi(np.array([0.0, 1.0, 2.0, 2.0]), np.array([1.0, 1.0, 3.0]), edges)
+
+
+@pytest.mark.parametrize("kind", ["counts", "continuous"])
+@pytest.mark.parametrize(("n1", "n2"), [(1, 5), (2, 9), (40, 25), (10000, 300), (10001, 20000), (120000, 50000)])
+def test_a_reference_given_as_value_counts_gives_the_same_results(kind, n1, n2):
+    # the cycle's reference is the column profile's distinct values and counts (columnstats.py)
+    x, y = samples(kind, n1, n2)
+    values, counts = drift.value_counts(np.sort(x))
+    assert np.array_equal(np.repeat(values, counts), np.sort(x))
+    edges = drift.quantile_edges(x)
+    assert np.array_equal(drift.quantile_edges_counted(values, counts), edges)
+    expected = stats.ks_2samp(x, y)
+    assert drift.ks_2samp_counted(values, counts, np.sort(y)) == (float(expected.statistic), float(expected.pvalue))
+    assert np.array_equal(drift._bin_counts_counted(values, counts, edges), drift.bin_counts(x, edges))
+    new, col = pd.DataFrame({"lastmonth_activity": y}), ("lastmonth_activity",)
+    assert drift.feature_drift({col[0]: (values, counts)}, new, features=col) == \
+        drift.feature_drift(pd.DataFrame({col[0]: x}), new, features=col)

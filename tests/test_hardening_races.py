@@ -139,21 +139,21 @@ def test_a_large_ingestion_and_a_small_one_a_third_of_a_second_later_lose_nothin
     assert final.to_csv(index=False) == expected.to_csv(index=False)
 
 
-# ingestion.py, paused between reading finaldata.csv and writing it until the file `go` appears
+# ingestion.py, paused after looking its rows up and before appending them to finaldata.csv, until
+# the file `go` appears
 PAUSED_INGESTION = """
 import os, sys, time
-import atomicfiles, ingestion
+import finaldata, ingestion
 
-real = atomicfiles.write_with
+real = finaldata._append
 
-def write_with(path, writer):
-    if os.path.basename(path) == "finaldata.csv":
-        open("paused", "w").close()
-        while not os.path.exists("go"):
-            time.sleep(0.02)
-    real(path, writer)
+def append(path, at, data):
+    open("paused", "w").close()
+    while not os.path.exists("go"):
+        time.sleep(0.02)
+    real(path, at, data)
 
-atomicfiles.write_with = write_with
+finaldata._append = append
 sys.exit(ingestion.main(sys.argv[1:]))
 """
 
@@ -165,8 +165,8 @@ def held_by(cfg, pid, what):
 
 @pytest.mark.backends
 def test_an_ingestion_started_while_another_merges_waits_for_it(make_world):
-    """The lost update made certain: the second ingestion.py starts while the first holds finaldata.csv's
-    old rows in memory and has not written the merged ones yet."""
+    """The lost update made certain: the second ingestion.py starts while the first has found which of
+    its rows are new and where finaldata.csv ends, and has not appended them yet."""
     cfg = make_world(cv_folds=0)
     first_dir, second_dir = cfg.base / "first", cfg.base / "second"
     first_dir.mkdir()

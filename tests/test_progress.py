@@ -56,7 +56,7 @@ def run_file_on(stderr, path, *args, cwd=REPO):
 LINES = {
     "ingestion.py": [b"ingestion: reading a.csv (file 1 of 1, 0.0 MB read before it)",
                      b"ingestion: checking a.csv, {size} (file 1 of 1, 0.0 MB read before it)",
-                     b"ingestion: merging 1 file(s) into finaldata.csv"],
+                     b"ingestion: appending the new rows of 1 file(s) to finaldata.csv"],
     "training.py": [b"training: reading finaldata.csv", b"training: fitting the model on 20,000 rows",
                     b"training: cross-validation, 5 folds on 20,000 rows",
                     b"training: cross-validation, fold 1 of 5 done on 20,000 rows",

@@ -1,9 +1,10 @@
 import json
+import re
 
 import pytest
 from conftest import REPO, make_config, run_script
 
-from settings import ConfigError, load_config
+from settings import DEFAULT_SLICES, MODEL_SCHEMA, REQUIRED, SCHEMA, ConfigError, load_config
 
 
 def test_repo_config_loads_with_paths_beside_it():
@@ -119,3 +120,41 @@ def test_scripts_say_one_line_not_a_traceback(tmp_path, script):
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: config file {tmp_path / 'config.json'} is not valid JSON: ")
     assert len(proc.stderr.splitlines()) == 1
+
+
+def readme_config_table(text) -> dict:
+    """The rows of the README's config table: {key: (default column, meaning column)}."""
+    section = text.split("\n## Configuration: `config.json`\n", 1)[1].split("\n## ", 1)[0]
+    return {m[1]: (m[2], m[3]) for m in re.finditer(r"^\| `(\w+)` \| ([^|]+?) \| (.*) \|$", section, re.M)}
+
+
+def documented(text):
+    """A default as the README writes it: `required`, `none`, or a backticked JSON value or word."""
+    if text in ("required", "none"):
+        return {"required": REQUIRED, "none": None}[text]
+    word = text.strip("`")
+    try:
+        return json.loads(word)
+    except json.JSONDecodeError:
+        return word
+
+
+def test_readme_table_reader_reads_the_config_section_only():
+    text = ("Intro\n| `drift_test` | `raw` | outside the section |\n\n## Configuration: `config.json`\n\n| key | default | meaning |\n|---|---|---|\n"
+            "| `keep_versions` | `4` | versions kept |\n| `api_url` | `http://x` | where |\n\n## Development\n"
+            "| `not_a_key` | `1` | outside the section |\n")
+    table = readme_config_table(text)
+    assert table == {"keep_versions": ("`4`", "versions kept"), "api_url": ("`http://x`", "where")}
+    assert {key: documented(d) for key, (d, _) in table.items()} == {"keep_versions": 4, "api_url": "http://x"}
+
+
+def test_readme_config_table_lists_every_key_with_its_real_default():
+    table = readme_config_table((REPO / "README.md").read_text(encoding="utf-8"))
+    assert {"missing from the README": sorted(set(SCHEMA) - set(table)),
+            "not in settings.SCHEMA": sorted(set(table) - set(SCHEMA))} == {
+        "missing from the README": [], "not in settings.SCHEMA": []}
+    real = {key: DEFAULT_SLICES if key == "slices" else default for key, (_, default) in SCHEMA.items()}
+    assert {key: documented(d) for key, (d, _) in table.items()} == real
+    # The model's own keys are named in the `model` row's meaning, each with its default.
+    assert [key for key, (_, default) in MODEL_SCHEMA.items()
+            if f"`{key}` ({json.dumps(default)})" not in table["model"][1]] == []

@@ -170,7 +170,7 @@ def test_the_sample_data_story(sample):
     action = rec.promotion["action"]
     assert action == (f"refresh the test data ({sample.test_data_file}) with recently labelled rows: they no longer "
                       "represent the deliveries (the next cycle re-scores the serving model on them); or promote the "
-                      "challenger by hand with `python deployment.py --promote`")
+                      f"challenger by hand with `python deployment.py --promote --config {sample.path}`")
     at_first, at_cycle = report_times(sample)
     with closing(history.connect(sample.history_db)) as c:
         checked = summary.stamp(c.execute("SELECT max(started_at) FROM cycles").fetchone()[0])
