@@ -28,7 +28,6 @@ fatal, never on a request's path. The webhook URL is never logged (Slack's holds
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 
@@ -61,6 +60,12 @@ def event(name, text, **details):
 # The state of each condition (history database, table `alerts`)
 # ---------------------------------------------------------------------------------------------
 
+# A condition's row replaced whole: its delivery columns start again.
+_REPLACE = history.upsert_sql("alerts", ("condition",), ("condition", "state", "event", "payload", "changed_at", "memo",
+                                                         "delivered", "tries", "attempts", "last_error",
+                                                         "last_attempt_at"))
+
+
 def _row(conn, condition):
     row = conn.execute("SELECT * FROM alerts WHERE condition = ?", (condition,)).fetchone()
     return dict(zip(row.keys(), row)) if row is not None else None
@@ -90,10 +95,8 @@ def change(conn, condition, state, build, keys=(), now=None):
         seen = json.loads(row["memo"]) if row is not None and row["state"] == state else []
         fresh = [k for k in keys if k not in seen]
         ev = build(row["state"] if row is not None else None, fresh)
-        conn.execute("INSERT OR REPLACE INTO alerts (condition, state, event, payload, changed_at, memo, delivered,"
-                     " tries, attempts, last_error, last_attempt_at) VALUES (?, ?, ?, ?, ?, ?, NULL, 0, 0, NULL,"
-                     " NULL)", (condition, state, ev["event"] if ev else "", json.dumps(ev) if ev else "",
-                                now or time.time(), json.dumps(seen + fresh)))
+        conn.execute(_REPLACE, (condition, state, ev["event"] if ev else "", json.dumps(ev) if ev else "",
+                                now or time.time(), json.dumps(seen + fresh), None, 0, 0, None, None))
     return (condition, ev) if ev is not None else None
 
 
@@ -210,7 +213,7 @@ def send(cfg, conn, pending):
         for (condition, ev), out in zip(pending, outcomes):
             try:
                 record_delivery(conn, condition, ev, out)
-            except sqlite3.Error as exc:
+            except history.Error as exc:
                 logger.warning("cannot record the delivery of alert %s: %s", ev["event"], words.error_text(exc))
     return outcomes
 
@@ -329,7 +332,7 @@ def after_cycle(cfg, conn, rec, previous):
         found = _cycle_events(conn, rec, previous_failed, now)
         due = [r for r in retries(conn, now) if r[0] in CYCLE_CONDITIONS and r[0] not in {c for c, _ in found}]
         return send(cfg, conn, found + due)
-    except (sqlite3.Error, OSError, ValueError) as exc:
+    except (history.Error, OSError, ValueError) as exc:
         logger.warning("alerts not checked: %s", words.error_text(exc))
         return []
 
@@ -365,7 +368,7 @@ class ApiWatch:
 
     def _db(self):
         if self._conn is None or self._pid != os.getpid():  # a forked worker opens its own
-            self._conn, self._pid = history.connect(self.cfg.history_db), os.getpid()
+            self._conn, self._pid = history.connect(self.cfg.history), os.getpid()
             self.me = _process_name()
         return self._conn
 
@@ -377,8 +380,7 @@ class ApiWatch:
             row = _row(conn, "api_sender")
             if row is not None and row["state"] != self.me and row["changed_at"] > now - LEASE_SECONDS:
                 return False
-            conn.execute("INSERT OR REPLACE INTO alerts (condition, state, event, payload, changed_at, memo) "
-                         "VALUES ('api_sender', ?, '', '', ?, '[]')", (self.me, now))
+            conn.execute(_REPLACE, ("api_sender", self.me, "", "", now, "[]", None, 0, 0, None, None))
         self._renewed = now
         return True
 
@@ -424,7 +426,7 @@ class ApiWatch:
         test_f1 = float(manifest["metrics"]["f1"])
         window = self.cfg.monitoring_window_seconds
         since = now - now % window - 2 * window
-        ro = history.connect_ro(self.cfg.history_db)
+        ro = history.connect_ro(self.cfg.history)
         try:
             wins = traffic.recent_windows(ro, self.cfg, version=version, limit=3, since=since,
                                           refs=self.monitor.references()) if ro is not None else []
@@ -477,13 +479,13 @@ class Gauges:
                                 "(any outcome, idle ones included; NaN: none yet)", value=age)
         states = GaugeMetricFamily("dras_alert_condition", "1 while the alert condition holds (alerts.py), 0 when "
                                    "not", labels=["condition"])
-        conn = history.connect_ro(self.cfg.history_db)
+        conn = history.connect_ro(self.cfg.history)
         if conn is not None:
             try:
                 for name, state in sorted(conditions(conn).items()):
                     if name != "deployment":
                         states.add_metric([name], 0.0 if state == OK else 1.0)
-            except sqlite3.OperationalError:  # a database older than the alerts table
+            except history.OperationalError:  # a database older than the alerts table
                 pass
             finally:
                 conn.close()

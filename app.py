@@ -250,7 +250,7 @@ class Service:
         return result.scores
 
     def summarystats(self):
-        summary = diagnostics.dataframe_summary(self.cfg) if self.cfg.history_db.exists() else {}
+        summary = diagnostics.dataframe_summary(self.cfg) if history.exists(self.cfg.history) else {}
         return {"summary": summary}
 
     def dependencies(self):
@@ -265,7 +265,7 @@ class Service:
         return value
 
     def diagnostics(self):
-        exists = self.cfg.history_db.exists()
+        exists = history.exists(self.cfg.history)
         timings = diagnostics.recorded_timings(self.cfg) if exists else {}
         missing = diagnostics.missing_data(self.cfg) if exists else {}
         return {"execution_time": self._latest_execution_time() if exists else None,
@@ -273,10 +273,8 @@ class Service:
                 "dependencies": self.dependencies()}
 
     def _latest_execution_time(self):
-        import sqlite3
-
         try:
-            conn = history.connect_ro(self.cfg.history_db)  # a GET never creates or migrates it
+            conn = history.connect_ro(self.cfg.history)  # a GET never creates or migrates it
             if conn is None:
                 return None
             try:
@@ -284,7 +282,7 @@ class Service:
                                    " ORDER BY id DESC LIMIT 1").fetchone()
             finally:
                 conn.close()
-        except sqlite3.Error:
+        except history.Error:
             return None
         if row is None:
             return None

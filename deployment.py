@@ -328,7 +328,7 @@ def version_list(prod) -> list:
 def deploy_from_config(cfg, conn=None, extra=None) -> dict:
     """Deploy the config's trained model, score and ingested list, with the recorded test metrics.
     Holds the writer lock throughout (locks.py; raises locks.Busy when another writer keeps it too long)."""
-    with locks.writer(cfg.output_folder_path, "deployment.py", cfg.writer_wait_seconds):
+    with locks.writer(cfg.writer_lock, "deployment.py", cfg.writer_wait_seconds):
         return _deploy_from_config(cfg, conn, extra)
 
 
@@ -341,7 +341,7 @@ def _deploy_from_config(cfg, conn, extra) -> dict:
     check_model(cfg.model_file, data)  # the refusal that says why, before "no score recorded"
     digest = hashlib.sha256(data).hexdigest()
     own = conn is None
-    conn = conn or history.connect(cfg.history_db)
+    conn = conn or history.connect(cfg.history)
     try:
         row = conn.execute("SELECT f1, precision, recall, roc_auc, rows FROM scores WHERE dataset = 'test'"
                            " AND model_sha256 = ? ORDER BY id DESC LIMIT 1", (digest,)).fetchone()
@@ -422,8 +422,8 @@ def main(argv=None):
             print("\n".join(lines))
             return code
         what = "deployment.py" + (" --rollback" if args.rollback else " --promote" if args.promote else "")
-        with (locks.writer(cfg.output_folder_path, what, cfg.writer_wait_seconds),
-              closing(history.connect(cfg.history_db)) as conn):
+        with (locks.writer(cfg.writer_lock, what, cfg.writer_wait_seconds),
+              closing(history.connect(cfg.history)) as conn):
             if args.promote:
                 m = promote(cfg, conn)
                 print(f"promoted the kept challenger: now serving {version_name(m['version'])} "

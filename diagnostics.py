@@ -58,7 +58,7 @@ def model_predictions(data, model=None, cfg=None) -> list:
 
 
 def _latest_summary(cfg):
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         return history.latest_summary(conn)
 
 
@@ -79,7 +79,7 @@ def missing_data(cfg) -> dict:
 
 def recorded_timings(cfg) -> dict:
     """The latest recorded seconds of each pipeline step, from real runs."""
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         rows = conn.execute("SELECT step, seconds FROM step_timings WHERE id IN "
                             "(SELECT max(id) FROM step_timings GROUP BY step) ORDER BY step").fetchall()
     return {r["step"]: r["seconds"] for r in rows}
@@ -99,7 +99,10 @@ def execution_time(cfg) -> dict:
         (tmp / "in").mkdir()
         if cfg.finaldata.exists():
             shutil.copyfile(cfg.finaldata, tmp / "in" / "finaldata.csv")
-        scratch = {**cfg.raw, "input_folder_path": "in", "output_folder_path": "out",
+        # Its own SQLite history and writer lock in the scratch folder: never the live ones (a
+        # history_url may name the live file, or the PostgreSQL database every host shares).
+        live = {k: v for k, v in cfg.raw.items() if k != "history_url"}
+        scratch = {**live, "input_folder_path": "in", "output_folder_path": "out",
                    "output_model_path": "model", "prod_deployment_path": "prod",
                    "quarantine_folder_path": "quarantine", "log_folder_path": "logs",
                    "test_data_path": str(cfg.test_data_path), "ingest_settle_seconds": 0}
@@ -337,7 +340,7 @@ def collect(cfg, measure=True) -> dict:
         "recorded_timings": recorded_timings(cfg),
         "dependencies": outdated_packages_list(cfg),
     }
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         history.record_json(conn, "diagnostics", at=time.time(), kind="all", value=result)
     return result
 

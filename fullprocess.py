@@ -4,7 +4,8 @@
     python fullprocess.py --daemon [--schedule EXPR] the same cycle on cronjob.txt's schedule
 
 One cycle (README, "The monitoring cycle"):
-1. take the writer lock (locks.py: a flock on output_folder_path/.writer.lock, which every
+1. take the writer lock (locks.py: a flock on output_folder_path/.writer.lock, or an advisory
+   lock in the PostgreSQL history, which every
    writing entry point takes); if another cycle or writer holds it, log that and exit 0 at once;
 2. look for delivery files whose content has not been ingested (history database); none, and no
    unfinished work: log "no new data" and exit 0. This path imports no pandas, scikit-learn or
@@ -27,7 +28,6 @@ finished by the next.
 import json
 import logging
 import os
-import sqlite3
 import sys
 import time
 from contextlib import closing, contextmanager
@@ -60,16 +60,22 @@ def _iso(t):
 
 
 @contextmanager
-def cycle_lock(folder, who="fullprocess.py"):
-    """Hold the writer lock of output folder `folder` without waiting; yield whether we got it.
+def cycle_lock(where, who="fullprocess.py"):
+    """Hold the writer lock at `where` (the config's writer_lock) without waiting; yield whether we
+    got it, having logged whom it is held by when not.
 
     Never re-entrant: a cycle does not run inside another writer, even in the same thread. The
-    kernel drops the lock when the process dies, however it dies, so a killed cycle never leaves
-    a stale lock behind.
+    kernel (or the PostgreSQL server) drops the lock when the process dies, however it dies, so a
+    killed cycle never leaves a stale lock behind. Raises locks.Unreachable when the PostgreSQL
+    server that keeps it does not answer.
     """
     try:
-        release = locks.acquire(folder, who, wait=0, reentrant=False)
-    except locks.Busy:
+        release = locks.acquire(where, who, wait=0, reentrant=False)
+    except locks.Unreachable:
+        raise
+    except locks.Busy as exc:
+        logger.info("another %s holds %s, %s: exiting", "cycle" if "(fullprocess.py" in exc.holder else "writer",
+                    locks.describe(where), exc.holder)
         yield False
         return
     try:
@@ -309,30 +315,35 @@ class Cycle:
 def run_cycle(cfg, publisher=None, who="fullprocess.py") -> CycleRecord:
     """Run one cycle under the writer lock; return its record (decision "locked" when another cycle
     or writer holds it). `who` names the entry point in the lock file."""
-    with cycle_lock(cfg.output_folder_path, who) as held:
-        if not held:
-            holder = locks.holder(cfg.output_folder_path)
-            logger.info("another %s holds %s, %s: exiting", "cycle" if "(fullprocess.py" in holder else "writer",
-                        locks.lock_path(cfg.output_folder_path), holder)
-            return CycleRecord.locked()
-        rotate_logs(cfg.log_folder_path, cfg.log_max_bytes, cfg.log_backups)
-        try:
-            conn = history.connect(cfg.history_db)
-        except (sqlite3.Error, OSError) as exc:  # a read-only or full output folder: say so, record it
-            started = time.time()
-            rec = CycleRecord.start(_iso(started), str(cfg.path))
-            rec.decision = FAILED
-            rec.errors.append(f"cannot open the history database {cfg.history_db}: {exc}")
-            manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
-            rec.previous_version = rec.deployed_version = manifest["version"] if manifest else None
-            logger.error("cycle failed: %s", rec.errors[0])
-            _alerts(cfg, None, rec)
-            rec.finished_at = _iso(time.time())
-            rec.seconds = round(time.time() - started, 6)
-            _log_line(cfg, rec.to_json())
-            return rec
-        with closing(conn):
-            return _run_locked(cfg, conn, publisher or publish)
+    try:
+        with cycle_lock(cfg.writer_lock, who) as held:
+            if not held:
+                return CycleRecord.locked()
+            rotate_logs(cfg.log_folder_path, cfg.log_max_bytes, cfg.log_backups)
+            try:
+                conn = history.connect(cfg.history)
+            except (history.Error, OSError) as exc:  # a read-only or full output folder, a server down
+                return _unopened(cfg, f"cannot open the history database {cfg.history}: {exc}")
+            with closing(conn):
+                return _run_locked(cfg, conn, publisher or publish)
+    except locks.Unreachable as exc:
+        return _unopened(cfg, str(exc))
+
+
+def _unopened(cfg, reason):
+    """The record of a cycle that could not reach its history (or its lock): logged and alerted, never recorded."""
+    started = time.time()
+    rec = CycleRecord.start(_iso(started), str(cfg.path))
+    rec.decision = FAILED
+    rec.errors.append(reason)
+    manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
+    rec.previous_version = rec.deployed_version = manifest["version"] if manifest else None
+    logger.error("cycle failed: %s", rec.errors[0])
+    _alerts(cfg, None, rec)
+    rec.finished_at = _iso(time.time())
+    rec.seconds = round(time.time() - started, 6)
+    _log_line(cfg, rec.to_json())
+    return rec
 
 
 def _run_locked(cfg, conn, publisher):

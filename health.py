@@ -16,7 +16,6 @@ degraded API); `FAIL`, a part is down (no schedule, a failed cycle, the API sile
 model refused). All is well when every fact is `ok` or `note`.
 """
 import json
-import sqlite3
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -63,14 +62,14 @@ def schedule_facts(cfg, now):
 def _rows(cfg, sql, args=()):
     """The rows of a read-only query of the history database; none when it, or the table, does not exist yet."""
     try:
-        conn = history.connect_ro(cfg.history_db)
-    except sqlite3.Error:
+        conn = history.connect_ro(cfg.history)
+    except history.Error:
         return []
     if conn is None:
         return []
     try:
         return conn.execute(sql, args).fetchall()
-    except sqlite3.Error:
+    except history.Error:
         return []
     finally:
         conn.close()

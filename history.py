@@ -1,13 +1,27 @@
-"""The history database: one SQLite file recording what the system ingested, scored and deployed.
+"""The history database: what the system ingested, scored and deployed, and what the API served.
 
-Every step appends here; the report draws its trends from it. WAL mode, so readers
-(the API, the report) never block a writer.
+Every step appends here; the report, the status page and the cycle draw on it. Where it lives is
+config.json's `history_url`: absent (or `sqlite:///PATH`), one SQLite file in WAL mode, so readers
+(the API, the report) never block a writer; `postgresql://USER@HOST:PORT/DBNAME`, a PostgreSQL
+database that several hosts share. One code path for both: the modules write SQL that SQLite and
+PostgreSQL both understand, with `?` placeholders, and a PostgreSQL connection here (psycopg 3,
+imported only for a postgresql URL) turns `?` into `%s`, returns each insert's `id` as `lastrowid`
+and raises this module's `Error`s, as sqlite3 does. The schema is made and upgraded by `connect`.
+The password never appears in history_url: libpq reads it from PGPASSWORD or ~/.pgpass.
 """
 import json
+import os
+import re
 import sqlite3
+import sys
+import threading
 import time
+import weakref
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+
+from settings import POSTGRES_SCHEMES
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS file_hashes (
@@ -60,22 +74,14 @@ CREATE TABLE IF NOT EXISTS drift_evidence (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, cycle_id INTEGER, deployment_id INTEGER NOT NULL,
     state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS traffic_windows (
+    window_start REAL NOT NULL, window_seconds REAL NOT NULL, model_version INTEGER NOT NULL,
+    worker TEXT NOT NULL, updated_at REAL NOT NULL, requests INTEGER NOT NULL, rows INTEGER NOT NULL,
+    aggregates TEXT NOT NULL,
+    PRIMARY KEY (window_start, model_version, worker)
+);
+CREATE INDEX IF NOT EXISTS traffic_windows_start ON traffic_windows (window_start);
 """
-
-
-def connect(path) -> sqlite3.Connection:
-    """Open (creating if needed) the history database at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    _upgrade(conn)
-    return conn
-
-
 # Columns added to a table after it was first made: a database made by an older version gains them
 # at its next `connect`. The hash cache gained inode and ctime (which no `utime` call can set); its
 # old rows, NULL there, are never trusted and so hashed again. A summary gained finaldata.csv's
@@ -83,9 +89,51 @@ def connect(path) -> sqlite3.Connection:
 UPGRADES = (("file_hashes", "inode", "INTEGER"), ("file_hashes", "ctime_ns", "INTEGER"),
             ("summaries", "bytes", "INTEGER"))
 
+# The errors of either backend: a PostgreSQL connection raises these too (the driver's own error
+# chained as the cause), so a caller names one set of exceptions.
+Error = sqlite3.Error
+OperationalError = sqlite3.OperationalError
+IntegrityError = sqlite3.IntegrityError
+
+
+def is_postgres(where) -> bool:
+    """Whether `where` (a Config's `history`: a SQLite path or a postgresql URL) names PostgreSQL."""
+    return isinstance(where, str) and where.startswith(POSTGRES_SCHEMES)
+
+
+def connect(where, threads=False):
+    """Open the history at `where` (a SQLite file's path, created if needed, or a postgresql URL),
+    with its schema made or upgraded. `threads`: the connection may be used from another thread
+    than its maker's (one at a time)."""
+    if is_postgres(where):
+        return _pg_connect(where)
+    path = Path(where)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=not threads)
+    conn.row_factory = sqlite3.Row
+    _wal(conn)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    _upgrade(conn)
+    return conn
+
+
+def _wal(conn, seconds=30):
+    """WAL mode. Its switch takes the file alone and SQLite's busy timeout does not wait for that:
+    processes opening a new database at once (the API's workers, a cycle) try again for a while."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
 
 def _upgrade(conn):
-    """Add UPGRADES' columns to a database made before them."""
+    """Add UPGRADES' columns to a SQLite database made before them."""
     for table, column, kind in UPGRADES:
         if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
             continue
@@ -96,10 +144,12 @@ def _upgrade(conn):
                 raise
 
 
-def connect_ro(path):
-    """The history database at `path` opened read-only, or None when there is none: a reader (a GET,
-    the report's read-back) never creates or migrates it. Raises sqlite3.Error when it cannot be opened."""
-    path = Path(path)
+def connect_ro(where):
+    """The history at `where` opened read-only, or None when there is none yet: a reader (a GET,
+    the report's read-back) never creates or migrates it. Raises Error when it cannot be opened."""
+    if is_postgres(where):
+        return _pg_connect(where, read_only=True)
+    path = Path(where)
     if not path.exists():
         return None
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
@@ -107,16 +157,299 @@ def connect_ro(path):
     return conn
 
 
+def exists(where) -> bool:
+    """Whether the history at `where` has been made (by a first `connect`)."""
+    if not is_postgres(where):
+        return Path(where).exists()
+    conn = connect_ro(where)
+    if conn is None:
+        return False
+    conn.close()
+    return True
+
+
+def tables(conn) -> set:
+    """The names of the tables in the history `conn` is open on."""
+    if isinstance(conn, sqlite3.Connection):
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    else:
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+    return {r[0] for r in conn.execute(sql)}
+
+
 @contextmanager
 def transaction(conn):
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error: one writing transaction at a time."""
+    if isinstance(conn, sqlite3.Connection):
+        conn.execute("BEGIN IMMEDIATE")
+    else:  # the transaction lock does what IMMEDIATE does: a second writer waits at BEGIN, never midway
+        conn.execute(_PG_BEGIN, raw_sql=True)
     try:
         yield conn
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def upsert_sql(table, key, columns) -> str:
+    """INSERT of `columns` into `table` that replaces the row with the same `key` (a tuple of
+    columns): standard SQL both backends run (SQLite's `INSERT OR REPLACE` is SQLite's alone)."""
+    update = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+            f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {update}")
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL (history_url postgresql://...): psycopg 3, imported only here
+# ---------------------------------------------------------------------------------------------
+
+# Advisory lock keys (pg_advisory_lock(int, int)): one class for this system, one number per use.
+LOCK_CLASS = 0x44524153  # "DRAS"
+WRITER_LOCK = 1  # locks.py: the writer lock, a session lock held for a writer's whole work
+TRANSACTION_LOCK = 2  # a transaction lock: one writing transaction (and one schema upgrade) at a time
+_PG_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {TRANSACTION_LOCK})"
+# Tables whose rows have an id: an insert into one returns it (`RETURNING id`) as `lastrowid`.
+_ID_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \(\s*id INTEGER PRIMARY KEY", SCHEMA))
+_INSERT = re.compile(r"\s*INSERT\s+(OR\s+IGNORE\s+)?INTO\s+(\w+)", re.I)
+_made = set()  # the URLs whose schema this process has made or checked
+
+
+def pg_schema(schema=SCHEMA) -> str:
+    """SCHEMA in PostgreSQL's types: REAL is 4 bytes there (a timestamp would lose its seconds),
+    INTEGER 4 (a nanosecond mtime would overflow), and an id is an identity column."""
+    schema = schema.replace("id INTEGER PRIMARY KEY", "id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+    return re.sub(r"\bREAL\b", "DOUBLE PRECISION", re.sub(r"\bINTEGER\b", "BIGINT", schema))
+
+
+@lru_cache(maxsize=512)
+def pg_sql(sql) -> tuple:
+    """(the statement in psycopg's form, whether it returns the new row's id)."""
+    if "INSERT OR REPLACE" in sql.upper():
+        raise ValueError("INSERT OR REPLACE is SQLite's alone: use history.upsert_sql")
+    text = sql.replace("%", "%%").replace("?", "%s")
+    insert = _INSERT.match(text)
+    returning = False
+    if insert:
+        if insert.group(1):  # INSERT OR IGNORE
+            text = f"{text[:insert.start(1)]}{text[insert.end(1):]} ON CONFLICT DO NOTHING"
+        returning = insert.group(2) in _ID_TABLES and "RETURNING" not in text.upper()
+        text += " RETURNING id" if returning else ""
+    return text, returning
+
+
+def application_name(what=None) -> str:
+    """How a session names itself to the server (pg_stat_activity): "pid N (WHAT) on HOST"."""
+    import socket  # lazy: SQLite's path never needs it
+
+    what = what or Path(sys.argv[0]).name or "python"
+    return f"pid {os.getpid()} ({what}) on {socket.gethostname()}"[:63]
+
+
+def pg_session(url, what=None, read_only=False, keepalive=False):
+    """A psycopg connection to `url` in autocommit, raising OperationalError in one line when it
+    cannot be made. `keepalive`: the server drops the session (and its locks) within ~25 s of its
+    host falling silent (a host that dies outright drops it at once, with its connection)."""
+    import psycopg  # lazy: only a postgresql history_url pays its import
+
+    options = ["-c client_min_messages=warning", "-c lock_timeout=30s"]
+    if read_only:
+        options.append("-c default_transaction_read_only=on")
+    if keepalive:
+        options += ["-c tcp_keepalives_idle=10", "-c tcp_keepalives_interval=5", "-c tcp_keepalives_count=3"]
+    try:
+        raw = psycopg.connect(url, autocommit=True, connect_timeout=10, options=" ".join(options),
+                              application_name=application_name(what))
+    except psycopg.Error as exc:
+        raise OperationalError(one_line(exc)) from exc  # libpq's words name the server, never the password
+    raw.adapters.register_loader("numeric", _numeric_loader())
+    return raw
+
+
+@lru_cache(maxsize=1)
+def _numeric_loader():
+    """NUMERIC read as SQLite gives it: sum() of integers an int, a fraction a float (never a Decimal,
+    which neither the JSON records nor a format like `{n:,d}` take)."""
+    from psycopg.adapt import Loader
+
+    class NumericLoader(Loader):
+        def load(self, data):
+            text = bytes(data).decode()
+            return int(text) if text.lstrip("-").isdigit() else float(text)
+
+    return NumericLoader
+
+
+def one_line(exc) -> str:
+    """A driver's message (libpq's span lines, with tabs) as one line."""
+    return " ".join(str(exc).split())
+
+
+def _pg_connect(url, read_only=False):
+    lent = None if read_only else _lent.get((url, threading.get_ident()))
+    if lent is not None:  # this thread holds the writer lock: its session serves the history too
+        conn = PgConnection(lent._raw, owned=False)
+    else:
+        conn = PgConnection(pg_session(url, read_only=read_only), lambda: pg_session(url, read_only=read_only))
+    try:
+        if read_only:
+            if conn.execute("SELECT to_regclass('ingested_files')").fetchone()[0] is None:
+                conn.close()
+                return None
+        elif url not in _made:
+            _make_schema(conn)
+            _made.add(url)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@lru_cache(maxsize=1)
+def _pg_schema_script():
+    """(the schema and its upgrades in one transaction, its digest: the comment the made schema bears)."""
+    import hashlib  # lazy: only a postgresql history pays for it
+
+    upgrades = "".join(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {k};" for t, c, k in UPGRADES)
+    body = f"{pg_schema()} {pg_schema(upgrades)}"
+    digest = "dras schema " + hashlib.sha256(body.encode()).hexdigest()[:16]
+    return f"{_PG_BEGIN}; {body} COMMENT ON TABLE ingested_files IS '{digest}'; COMMIT", digest
+
+
+def _make_schema(conn):
+    """Make or upgrade the schema, unless ingested_files' comment says it is this version's: one round
+    trip either way (the transaction lock keeps two first connections from racing to make it)."""
+    script, digest = _pg_schema_script()
+    if conn.execute("SELECT obj_description(to_regclass('ingested_files'), 'pg_class')").fetchone()[0] != digest:
+        conn.execute(script, raw_sql=True)
+
+
+def lend(url, session):
+    """The writer lock's `session` on `url` serves this thread's history connections while it is held."""
+    _lent[(url, threading.get_ident())] = session
+
+
+def take_back(url):
+    _lent.pop((url, threading.get_ident()), None)
+
+
+_lent = {}  # (url, thread): the writer lock's session, while that thread holds it
+
+
+class Row(tuple):
+    """A row read by index or by column name, like sqlite3.Row (`dict(row)` works too)."""
+
+    __slots__ = ()
+    names = ()
+
+    def keys(self):
+        return list(self.names)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self.names.index(key))
+        return tuple.__getitem__(self, key)
+
+
+@lru_cache(maxsize=256)
+def _row_class(names):
+    return type("Row", (Row,), {"__slots__": (), "names": names})
+
+
+def _row_factory(cursor):
+    return _row_class(tuple(d.name for d in cursor.description or ()))
+
+
+class PgCursor:
+    """What `execute` returns: fetchone, fetchall, iteration, and the inserted row's `lastrowid`."""
+
+    def __init__(self, cur, returning):
+        self._cur = cur
+        row = cur.fetchone() if returning else None
+        self.lastrowid = row[0] if row else None  # none when ON CONFLICT DO NOTHING kept the old row
+        self.rowcount = cur.rowcount
+
+    def fetchone(self):
+        return self._cur.fetchone()
+
+    def fetchall(self):
+        return self._cur.fetchall()
+
+    def __iter__(self):
+        return iter(self._cur)
+
+
+class PgConnection:
+    """The history on PostgreSQL, used as a sqlite3 connection in autocommit is: `?` placeholders,
+    `lastrowid`, rows by name, this module's errors.
+
+    A connection the server dropped (a restart, a network cut) fails its statement, and the next
+    one opens a new session (with `reopen`; never for the writer lock's, whose lock went with it).
+    A forked child disowns the connections it inherits: libpq would otherwise end the parent's
+    session on the shared socket when the child's copy is closed. Not `owned`: the writer lock's
+    session, lent to its holder's history connections (`lend`), which their close leaves open."""
+
+    def __init__(self, raw, reopen=None, owned=True):
+        self._raw, self._reopen, self._owned = raw, reopen, owned
+        if owned:
+            _live.add(self)
+            _hook_fork()
+
+    def _run(self, call):
+        import psycopg
+
+        if self._raw is None:
+            raise OperationalError("this PostgreSQL connection belongs to the process this one was forked from")
+        if self._raw.broken and self._reopen is not None:
+            self._raw = self._reopen()
+        try:
+            return call()
+        except psycopg.IntegrityError as exc:
+            raise IntegrityError(one_line(exc)) from exc
+        except psycopg.Error as exc:
+            raise OperationalError(one_line(exc)) from exc
+
+    def execute(self, sql, params=(), raw_sql=False):
+        text, returning = (sql, False) if raw_sql else pg_sql(sql)
+        return self._run(lambda: PgCursor(self._raw.cursor(row_factory=_row_factory).execute(
+            text, None if raw_sql else tuple(params)), returning))
+
+    def executemany(self, sql, seq):
+        text, _ = pg_sql(sql)
+        self._run(lambda: self._raw.cursor().executemany(text, [tuple(p) for p in seq]))
+
+    def close(self):
+        """Close the session (a borrowed one, the writer lock's, stays open for its holder)."""
+        _live.discard(self)
+        if self._raw is not None and self._owned:
+            self._raw.close()
+
+    def _disown(self):
+        """In a forked child: keep the inherited session from ever being ended from here."""
+        raw, self._raw = self._raw, None
+        if raw is not None and not raw.closed:
+            null = os.open(os.devnull, os.O_RDWR)  # libpq's goodbye, when the copy is freed, goes nowhere
+            os.dup2(null, raw.fileno())
+            os.close(null)
+            _disowned.append(raw)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_live = weakref.WeakSet()  # this process's open PostgreSQL connections
+_disowned = []  # the copies a forked child inherited, kept (never freed, never used)
+_fork_hooked = False
+
+
+def _hook_fork():
+    global _fork_hooked
+    if not _fork_hooked:
+        os.register_at_fork(after_in_child=lambda: [conn._disown() for conn in list(_live)])
+        _fork_hooked = True
 
 
 def ingested_hashes(conn) -> set:

@@ -136,8 +136,8 @@ def file_sha256(conn, path: Path) -> str:
     # The ctime ticks coarsely (a jiffy): a file changed within a second of hashing could change again
     # under the same ctime, so its hash is not cached (as git does with its "racy" index entries).
     if time.time_ns() - st.st_ctime_ns > 1_000_000_000:
-        conn.execute("INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, inode, ctime_ns, sha256)"
-                     " VALUES (?, ?, ?, ?, ?, ?)", (str(path), *key, digest))
+        conn.execute(history.upsert_sql("file_hashes", ("path",), ("path", "size", "mtime_ns", "inode", "ctime_ns",
+                                                                  "sha256")), (str(path), *key, digest))
     else:
         conn.execute("DELETE FROM file_hashes WHERE path = ?", (str(path),))
     return digest
@@ -217,7 +217,7 @@ def ingest(cfg, folder=None, conn=None, candidates=None) -> IngestResult:
     quarantined. Returns what happened to each file. Holds the writer lock throughout (locks.py);
     raises locks.Busy when another writer keeps it past writer_wait_seconds.
     """
-    with locks.writer(cfg.output_folder_path, "ingestion.py", cfg.writer_wait_seconds):
+    with locks.writer(cfg.writer_lock, "ingestion.py", cfg.writer_wait_seconds):
         return _ingest(cfg, folder, conn, candidates)
 
 
@@ -227,7 +227,7 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
     started = time.perf_counter()
     folder = Path(folder) if folder is not None else cfg.input_folder_path
     own_conn = conn is None
-    conn = conn or history.connect(cfg.history_db)
+    conn = conn or history.connect(cfg.history)
     result = IngestResult()
     try:
         known = history.ingested_hashes(conn)

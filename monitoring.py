@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import sqlite3
 import threading
 import time
 import weakref
@@ -55,15 +54,10 @@ PROM_BUCKETS = tuple(LATENCY_BOUNDS[k + 100] for k in (-70, -66, -60, -54, -46, 
 TO_PROM = [bisect.bisect_left(PROM_BUCKETS, bound) for bound in LATENCY_BOUNDS] + [len(PROM_BUCKETS)]
 PROM_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS traffic_windows (
-    window_start REAL NOT NULL, window_seconds REAL NOT NULL, model_version INTEGER NOT NULL,
-    worker TEXT NOT NULL, updated_at REAL NOT NULL, requests INTEGER NOT NULL, rows INTEGER NOT NULL,
-    aggregates TEXT NOT NULL,
-    PRIMARY KEY (window_start, model_version, worker)
-);
-CREATE INDEX IF NOT EXISTS traffic_windows_start ON traffic_windows (window_start);
-"""
+# One row per window, model version and worker (history.SCHEMA's traffic_windows), replaced as the window grows.
+UPSERT = history.upsert_sql("traffic_windows", ("window_start", "model_version", "worker"),
+                            ("window_start", "window_seconds", "model_version", "worker", "updated_at", "requests",
+                             "rows", "aggregates"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,14 +261,14 @@ class Monitor:
                 if not self.flush():
                     self.refresh()  # no traffic here: the other workers' may have moved the status
                 self._error = None
-            except (sqlite3.Error, OSError, ValueError) as exc:
+            except (history.Error, OSError, ValueError) as exc:
                 if str(exc) != self._error:  # once per kind of failure, not every few seconds
                     logger.warning("monitoring flush failed, will retry: %s", words.error_text(exc))
                 self._error = str(exc)
             for watch in self.watchers:  # here, off every request's path; a delivery has its own time bound
                 try:
                     watch()
-                except (sqlite3.Error, OSError, ValueError) as exc:
+                except (history.Error, OSError, ValueError) as exc:
                     logger.warning("alert check failed, will retry: %s", words.error_text(exc))
 
     def close(self):
@@ -283,7 +277,7 @@ class Monitor:
         self._wake.set()
         try:
             self.flush()
-        except (sqlite3.Error, OSError, ValueError) as exc:
+        except (history.Error, OSError, ValueError) as exc:
             logger.warning("last monitoring flush failed: %s", words.error_text(exc))
         with self._flush_lock:
             if self._conn is not None:
@@ -293,12 +287,7 @@ class Monitor:
     def _db(self):
         if self._conn is None:
             # The flush thread and a last flush at exit share it, one at a time (_flush_lock).
-            self.cfg.history_db.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.cfg.history_db, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(history.SCHEMA + SCHEMA)
-            self._conn = conn
+            self._conn = history.connect(self.cfg.history, threads=True)
         return self._conn
 
     def flush(self):
@@ -353,8 +342,7 @@ class Monitor:
             conn = self._db()
             with history.transaction(conn):
                 conn.executemany(
-                    "INSERT OR REPLACE INTO traffic_windows (window_start, window_seconds, model_version, worker,"
-                    " updated_at, requests, rows, aggregates) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    UPSERT,
                     [(start, self.window_seconds, version, self.worker, now,
                       sum(sum(s.values()) for s in self._windows[(start, version)]["requests"].values()),
                       self._windows[(start, version)]["rows"],
@@ -371,7 +359,7 @@ class Monitor:
     def refresh(self):
         """Update the drift status from the database (other workers' traffic included)."""
         with self._flush_lock:
-            if self._serving and self.cfg.history_db.exists():
+            if self._serving and (self._conn is not None or history.exists(self.cfg.history)):
                 self._update_status(self._db())
 
     def current_status(self, version=None):
@@ -382,7 +370,7 @@ class Monitor:
         if time.monotonic() - self._refreshed > self.cfg.monitoring_flush_seconds:
             try:
                 self.refresh()
-            except sqlite3.Error as exc:
+            except history.Error as exc:
                 logger.warning("monitoring status unreadable: %s", words.error_text(exc))
         return self.status
 
@@ -480,7 +468,7 @@ class _StateCollector:
                                   " 0 ok, 1 watch, 2 act", value=LEVELS.index(self.monitor.status["level"]))
         f1 = GaugeMetricFamily("dras_estimated_f1", "Estimated F1 (calibrated probabilities, estimate.py) of the"
                                " latest window with enough rows", labels=["model_version"])
-        conn = history.connect_ro(cfg.history_db)
+        conn = history.connect_ro(cfg.history)
         latest = []
         if conn is not None:
             try:

@@ -78,13 +78,13 @@ def _scores_on_test(cfg, model):
 
 def _history(cfg, version):
     """Deployments, the previous deployment's test scores, summaries, timings and files, from the history database."""
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         deployments = [dict(r) for r in conn.execute(
             "SELECT at, version, action, model_sha256, f1 FROM deployments ORDER BY id")]
         summaries = [{"at": r["at"], "rows": r["rows"], "stats": json.loads(r["stats"]),
                       "missing": json.loads(r["missing"])}
                      for r in conn.execute("SELECT at, rows, stats, missing FROM "
-                                           "(SELECT * FROM summaries ORDER BY id DESC LIMIT ?) ORDER BY id",
+                                           "(SELECT * FROM summaries ORDER BY id DESC LIMIT ?) AS latest ORDER BY id",
                                            (TREND_POINTS,))]
         timings = {}
         for r in conn.execute("SELECT step, seconds, at FROM step_timings ORDER BY id"):
@@ -101,7 +101,7 @@ def deploying_cycle(cfg, manifest):
     made_by = manifest.get("cycle")
     if not isinstance(made_by, dict) or made_by.get("id") is None:
         return None
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         row = conn.execute("SELECT record FROM cycles WHERE id = ?", (made_by["id"],)).fetchone()
     if row is None:  # only what the deployment was told: its decision and drift results
         return CycleRecord(cycle_id=made_by["id"], decision=made_by.get("decision"),
@@ -120,7 +120,7 @@ def delivery_slices(cfg, cycle):
         return None
     before = known(cycle.cycle_id) or 2**62
     previous = {}
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         for row in conn.execute("SELECT record FROM cycles WHERE id < ? ORDER BY id DESC LIMIT 20", (before,)):
             earlier = json.loads(row["record"]).get("slices_new")
             if earlier:
@@ -151,7 +151,7 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
         audit = modelcard.report_audit(manifest)
         if audit is not None:
             audit["from_card"] = True
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         since, before = summary.last_report(conn), summary.last_report(conn, skip=1)
         happened = summary.period(conn, since, running)
     live = traffic.report_data(cfg, since=since, previous_since=before)
@@ -218,7 +218,7 @@ def generate_report(cfg, cycle=None, audit=None, dependencies=None) -> dict:
     kept = _versioned_path(out / "reports", version, data["generated_at"])
     atomicfiles.write_bytes(kept, pdf)
     atomicfiles.write_bytes(latest, pdf)
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         history.record_timing(conn, "report", time.perf_counter() - started)
     logger.info("report for v%04d: %s", version, kept)
     return {"pdf": kept, "latest": latest, "confusion_matrix": cm_path}

@@ -72,7 +72,7 @@ def load_pickle(path):
 def run(cfg, conn=None) -> dict:
     """Score output_model_path/trainedmodel.pkl on the test data; write latestscore.txt; return the metrics.
     Holds the writer lock throughout (locks.py; raises locks.Busy when another writer keeps it too long)."""
-    with locks.writer(cfg.output_folder_path, "scoring.py", cfg.writer_wait_seconds):
+    with locks.writer(cfg.writer_lock, "scoring.py", cfg.writer_wait_seconds):
         return _run(cfg, conn)
 
 
@@ -84,7 +84,7 @@ def _run(cfg, conn):
     atomicfiles.write_text(cfg.score_file, f"{result['f1']!r}\n")
     digest = atomicfiles.sha256_file(cfg.model_file)
     own = conn is None
-    conn = conn or history.connect(cfg.history_db)
+    conn = conn or history.connect(cfg.history)
     try:
         with history.transaction(conn):
             history.record_score(conn, "test", result["rows"], digest, result)

@@ -36,6 +36,8 @@ SCHEMA = {
     "log_backups": (int, 20),
     "ingest_settle_seconds": (float, 2.0),
     "writer_wait_seconds": (float, 60.0),
+    # where the history lives: null (output_folder_path/history.sqlite), sqlite:///PATH or postgresql://...
+    "history_url": ((str, type(None)), None),
     "model": (dict, {}),
     "keep_versions": (int, 5),
     "drift_test": (str, "sequential"),
@@ -82,6 +84,8 @@ MODEL_SCHEMA = {
     "class_weight": ((str, type(None)), None),
     "random_state": (int, 0),
 }
+SQLITE_SCHEME = "sqlite:///"  # sqlite:///relative/to/config.json, sqlite:////absolute (as SQLAlchemy)
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 DRIFT_TESTS = ("sequential", "raw", "parametric", "nonparametric", "significance")
 
 
@@ -105,6 +109,7 @@ class Config:
     log_backups: int
     ingest_settle_seconds: float
     writer_wait_seconds: float
+    history_url: str
     model: dict
     keep_versions: int
     drift_test: str
@@ -151,8 +156,28 @@ class Config:
         return self.test_data_path / "testdata.csv"
 
     @property
+    def postgres(self) -> bool:
+        """Whether history_url puts the history (and the writer lock) in PostgreSQL."""
+        return self.history_url is not None and self.history_url.startswith(POSTGRES_SCHEMES)
+
+    @property
     def history_db(self) -> Path:
+        """The SQLite history file: history_url's sqlite:///PATH, or output_folder_path/history.sqlite."""
+        if self.history_url is not None and self.history_url.startswith(SQLITE_SCHEME):
+            path = Path(self.history_url[len(SQLITE_SCHEME):]).expanduser()
+            return path if path.is_absolute() else (self.base / path).resolve()
         return self.output_folder_path / "history.sqlite"
+
+    @property
+    def history(self):
+        """Where history.connect finds the history: the postgresql URL, or the SQLite file's path."""
+        return self.history_url if self.postgres else self.history_db
+
+    @property
+    def writer_lock(self):
+        """Where locks.py takes the writer lock: the postgresql URL (an advisory lock that every host
+        sharing the history sees), or the output folder (a flock on its .writer.lock)."""
+        return self.history_url if self.postgres else self.output_folder_path
 
     @property
     def finaldata(self) -> Path:
@@ -228,6 +253,31 @@ def _checked_slices(spec):
     return out
 
 
+def _check_history_url(url):
+    """history_url: null, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DBNAME, never with a password
+    (and never echoed: a mistyped one may hold one)."""
+    if url is None:
+        return
+    if url.startswith(SQLITE_SCHEME):
+        if len(url) == len(SQLITE_SCHEME):
+            raise ConfigError("config key 'history_url' sqlite:/// needs a file's path after it")
+        return
+    if not url.startswith(POSTGRES_SCHEMES):
+        raise ConfigError("config key 'history_url' must be sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME "
+                          "(or absent: the SQLite file output_folder_path/history.sqlite)")
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError("config key 'history_url' has a port that is not a number") from None
+    if parts.password is not None or "password=" in parts.query.lower():
+        raise ConfigError("config key 'history_url' must not hold a password: set it in PGPASSWORD or ~/.pgpass "
+                          "(the URL is written to the logs and the cycle records)")
+    if (not parts.hostname and "host=" not in parts.query) or not parts.path.strip("/") or any(c.isspace() for c in url):
+        raise ConfigError("config key 'history_url' must name a host and a database: "
+                          "postgresql://USER@HOST:PORT/DBNAME")
+
+
 def load_config(path=None) -> Config:
     """Read and check config.json; raise ConfigError with a one-line reason."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
@@ -291,6 +341,7 @@ def load_config(path=None) -> Config:
         if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
             raise ConfigError("config key 'alert_webhook_url' must be an http:// or https:// URL with a host, "
                               "or absent (no webhook)")
+    _check_history_url(values["history_url"])
     if not 0 <= values["alert_f1_margin"] <= 1:
         raise ConfigError("config key 'alert_f1_margin' must be between 0 and 1")
     if not 0 < values["alert_budget_seconds"] <= 30:

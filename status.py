@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import re
-import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,10 +82,6 @@ def _dig(doc, *keys):
             return None
         doc = doc.get(key)
     return doc
-
-
-def _tables(conn):
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def deployed_model(cfg):
@@ -296,7 +291,7 @@ def live_traffic(conn, cfg, limit=TRAFFIC_WINDOWS):
     """The last `limit` windows online monitoring (monitoring.py) recorded, summed; None before it has any."""
     try:
         found = traffic.recent_windows(conn, cfg, limit=limit)
-    except (AttributeError, KeyError, ValueError, sqlite3.Error) as exc:
+    except (AttributeError, KeyError, ValueError, history.Error) as exc:
         logger.warning("status page: live traffic unreadable: %s", exc)
         return None
     return traffic_summary(found, cfg.psi_watch, cfg.psi_act, traffic.alarm_thresholds(cfg))
@@ -336,14 +331,14 @@ def gather(cfg, now=None) -> dict:
     }
     check, conn_finished = facts["last_check"], None
     try:
-        conn = history.connect_ro(cfg.history_db)  # a GET never creates the database
-    except sqlite3.Error as exc:
-        logger.warning("status page: cannot open %s: %s", cfg.history_db, exc)
+        conn = history.connect_ro(cfg.history)  # a GET never creates the database
+    except history.Error as exc:
+        logger.warning("status page: cannot open %s: %s", cfg.history, exc)
         conn = None
     if conn is None:
         return facts
     try:
-        tables = _tables(conn)
+        tables = history.tables(conn)
         facts["history"] = "present"
         if "cycles" in tables:
             facts["cycles"] = recent_cycles(conn)
@@ -355,8 +350,8 @@ def gather(cfg, now=None) -> dict:
             facts["f1_trend"] = f1_per_deployment(conn)
         facts["traffic"] = live_traffic(conn, cfg)
         facts["summary"] = summary.page_summary(conn, facts)  # the report's summary, shorter (summary.SHORT)
-    except sqlite3.Error as exc:
-        logger.warning("status page: reading %s failed: %s", cfg.history_db, exc)
+    except history.Error as exc:
+        logger.warning("status page: reading %s failed: %s", cfg.history, exc)
         facts["history"] = f"unreadable: {exc}"
     finally:
         conn.close()

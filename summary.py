@@ -18,9 +18,9 @@ heads with its shorter form (status.gather). Plain data and sentences, from the 
 quarantined in the period, those come first.
 """
 import json
-import sqlite3
 from datetime import datetime, timezone
 
+import history
 from cycle import FAILED, CycleRecord, known
 
 ORDER = ("happened", "scores", "drift", "live", "todo")
@@ -57,7 +57,7 @@ def _rows(conn, sql, args=()):
     """The rows of a query; none when a table is missing (a history database older than its schema)."""
     try:
         return conn.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
+    except history.OperationalError:
         return []
 
 

@@ -25,7 +25,6 @@ the write side folds a worker's traffic with it, the read side merges the worker
 """
 import json
 import math
-import sqlite3
 import time
 
 import alarms
@@ -258,7 +257,7 @@ def _merged(conn, where, args, limit):
     try:
         keys = conn.execute(f"SELECT DISTINCT window_start, model_version FROM traffic_windows {clause}"
                             " ORDER BY window_start DESC, model_version DESC LIMIT ?", (*args, limit)).fetchall()
-    except sqlite3.OperationalError:  # no traffic recorded yet: the table is not there
+    except history.OperationalError:  # no traffic recorded yet: the table is not there
         return {}
     if not keys:
         return {}
@@ -300,7 +299,7 @@ def recent_windows(conn, cfg, version=None, limit=60, since=None, until=None, re
 
 def windows(cfg, limit=60, refs=None):
     """GET /monitoring's body: the recent windows grouped per model version, newest first."""
-    conn = history.connect_ro(cfg.history_db)
+    conn = history.connect_ro(cfg.history)
     if conn is None:
         found = []
     else:
@@ -337,14 +336,14 @@ def reference_note(cfg, refs, by_version):
 
 def last_cycle(cfg):
     """finished_at of the last successful monitoring cycle, or None."""
-    conn = history.connect_ro(cfg.history_db)
+    conn = history.connect_ro(cfg.history)
     if conn is None:
         return None
     try:
         row = conn.execute("SELECT MAX(finished_at) FROM cycles WHERE finished_at IS NOT NULL"
                            f" AND decision NOT IN ({','.join('?' * len(CYCLE_FAILURES))})",
                            CYCLE_FAILURES).fetchone()
-    except sqlite3.OperationalError:
+    except history.OperationalError:
         return None
     finally:
         conn.close()
@@ -358,7 +357,7 @@ def last_cycle(cfg):
 def crossings_since(cfg, since, until=None) -> dict:
     """Whether live traffic crossed the watch or act threshold in the windows that end after `since`
     (epoch seconds): a window still open when the last cycle finished counts for the next one."""
-    conn = history.connect_ro(cfg.history_db)
+    conn = history.connect_ro(cfg.history)
     found = []
     if conn is not None:
         try:
@@ -402,7 +401,7 @@ def report_data(cfg, since=None, previous_since=None, until=None) -> dict:
     report; None: everything recorded) per day, exit share and PSI per window, latency percentiles,
     and the latency of the period before (`previous_since` to `since`) to compare with."""
     until = time.time() if until is None else until
-    conn = history.connect_ro(cfg.history_db)
+    conn = history.connect_ro(cfg.history)
     current, previous, windows = {}, {}, []
     if conn is not None:
         try:

@@ -122,7 +122,7 @@ def run(cfg, conn=None, rows=None, window=None, span=None):
     for --reproduce: {"rows": [first, end) of finaldata.csv, "held_out_share", "held_out_seed"}) and
     save trainedmodel.pkl; return the metadata written. Holds the writer lock throughout (locks.py;
     raises locks.Busy when another writer keeps it too long)."""
-    with locks.writer(cfg.output_folder_path, "training.py", cfg.writer_wait_seconds):
+    with locks.writer(cfg.writer_lock, "training.py", cfg.writer_wait_seconds):
         try:
             return _run(cfg, conn, rows, window, span)
         finally:
@@ -147,7 +147,7 @@ def _run(cfg, conn, rows, window, span):
     if "error" in evaluation:
         logger.warning("no test metrics or slices recorded for this training run: %s", evaluation["error"])
     own = conn is None
-    conn = conn or history.connect(cfg.history_db)
+    conn = conn or history.connect(cfg.history)
     try:
         metadata = {
             "model_type": audit.MODEL_TYPE,
@@ -225,12 +225,12 @@ def main(argv=None):
     try:
         cfg = load_config(args.config)
         if args.runs:
-            if not cfg.history_db.exists():
-                print(f"no training runs recorded: {cfg.history_db} does not exist")
+            if not history.exists(cfg.history):
+                print(f"no training runs recorded: {cfg.history} does not exist")
                 return 0
-            with closing(history.connect(cfg.history_db)) as conn:
+            with closing(history.connect(cfg.history)) as conn:
                 runs = training_runs(conn)
-            print(runs_table(runs) if runs else f"no training runs recorded in {cfg.history_db}\n", end="")
+            print(runs_table(runs) if runs else f"no training runs recorded in {cfg.history}\n", end="")
             return 0
         meta = run(cfg)
     except (ConfigError, TrainingError) as exc:

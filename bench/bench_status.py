@@ -57,7 +57,7 @@ def build(root: Path, cycles: int):
     training.run(cfg)
     scoring.run(cfg)
     deployment.deploy_from_config(cfg)
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         fill_history(conn, cycles, start=time.time() - cycles * 600.0)
     # a daemon's record, this process standing for the daemon: the page shows its schedule
     schedule.Heartbeat(cfg.log_folder_path / schedule.HEARTBEAT, "*/10 * * * *", cfg.path).beat()
@@ -92,7 +92,7 @@ def main():
         big_client = create_app(cfg).test_client()
         small_client = create_app(small).test_client()
         assert big_client.get("/").status_code == 200
-        with closing(history.connect(cfg.history_db)) as conn:
+        with closing(history.connect(cfg.history)) as conn:
             n_cycles = conn.execute("SELECT count(*) FROM cycles").fetchone()[0]
             n_deploys = conn.execute("SELECT count(*) FROM deployments").fetchone()[0]
         db_mb = cfg.history_db.stat().st_size / 1e6
@@ -102,7 +102,7 @@ def main():
         health = timed(lambda: big_client.get("/health"))
 
         def naive():  # what reading the whole history per request would cost
-            with closing(history.connect(cfg.history_db)) as conn:
+            with closing(history.connect(cfg.history)) as conn:
                 [json.loads(r[0]) for r in conn.execute("SELECT record FROM cycles")]
 
         every_cycle = timed(naive, n=5)

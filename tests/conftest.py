@@ -2,6 +2,7 @@
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,11 +40,8 @@ def pytest_runtest_protocol(item):
         root.setLevel(level)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def monitors_stopped_before_the_session_ends():
-    """Apps made in-process start monitoring threads that would flush, and may log, at exit, after
-    pytest has closed its streams: close them (their last flush) while pytest still captures what they say."""
-    yield
+def close_monitors():
+    """Close every monitor of an app made in-process (its last flush)."""
     import gc
 
     import monitoring
@@ -51,6 +49,14 @@ def monitors_stopped_before_the_session_ends():
     for obj in gc.get_objects():
         if isinstance(obj, monitoring.Monitor):
             obj.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def monitors_stopped_before_the_session_ends():
+    """Apps made in-process start monitoring threads that would flush, and may log, at exit, after
+    pytest has closed its streams: close them (their last flush) while pytest still captures what they say."""
+    yield
+    close_monitors()
 
 
 def make_config(root: Path, **overrides) -> Path:
@@ -116,12 +122,50 @@ def retrain_and_deploy(cfg, seed, rows=150):
     return deployment.deploy_from_config(cfg)
 
 
+# --- the history's backends: SQLite (every test), PostgreSQL (the tests marked `backends`) ---------
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """A test marked `backends` whose world has a history runs once per backend: [sqlite], [postgresql]."""
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends"):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (tests/pgserver.py), started at its first use."""
+    from pgserver import PostgresServer
+
+    server = PostgresServer.start()
+    yield server
+    close_monitors()  # their last flush while their databases still answer
+    server.stop()
+
+
+@pytest.fixture
+def backend(request):
+    """The history's backend of this test's world: "sqlite" unless the test is marked `backends` (or
+    DRAS_TEST_BACKEND=postgresql puts every make_world's history there: a sweep for dialect slips)."""
+    return getattr(request, "param", os.environ.get("DRAS_TEST_BACKEND", "sqlite"))
+
+
+@pytest.fixture
+def history_overrides(backend, request):
+    """The config keys that put a world's history in its backend: none for SQLite, a fresh database's
+    history_url on the session's server for PostgreSQL."""
+    if backend == "sqlite":
+        return {}
+    return {"history_url": request.getfixturevalue("postgres").new_database()}
+
+
 # --- the world fixtures: an empty world, a deployed one, and one deployed world per module ---------
 
 @pytest.fixture
-def make_world(tmp_path):
+def make_world(tmp_path, history_overrides):
     """make_world(**overrides): new_world under tmp_path, its config changed by `overrides`."""
-    return functools.partial(new_world, tmp_path)
+    return functools.partial(new_world, tmp_path, **history_overrides)
 
 
 @pytest.fixture
@@ -131,9 +175,9 @@ def world(make_world):
 
 
 @pytest.fixture
-def make_deployed(tmp_path):
+def make_deployed(tmp_path, history_overrides):
     """make_deployed(rows=200, seed=1, **overrides): build_world under tmp_path."""
-    return functools.partial(build_world, tmp_path)
+    return functools.partial(build_world, tmp_path, **history_overrides)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from conftest import REPO
 
 import delivery
 import deployment
+import history
 import ingestion
 
 ROW = {"lastmonth_activity": 3, "lastyear_activity": 70, "number_of_employees": 12}
@@ -34,6 +34,19 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_http(url, proc, failure, seconds=30):
+    """Until GET url/health answers; RuntimeError(failure()) when `proc` exits or `seconds` run out first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            requests.get(url + "/health", timeout=5)
+            return
+        except requests.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(failure()) from None
+            time.sleep(0.1)
 
 
 @contextmanager
@@ -52,15 +65,7 @@ def gunicorn(cfg, workers=2, env=None, port=None, app=None):
              **extra, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url + "/health", timeout=5)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not start: {log_path.read_text()}") from None
-                time.sleep(0.1)
+        wait_for_http(url, proc, lambda: f"gunicorn did not start: {log_path.read_text()}")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -185,9 +190,18 @@ def published(cfg):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def query(cfg, sql, args=()):
+    """The rows, as tuples, of one read of cfg's history (SQLite or PostgreSQL alike)."""
+    conn = history.connect_ro(cfg.history)
+    assert conn is not None, f"no history at {cfg.history}"
+    try:
+        return [tuple(r) for r in conn.execute(sql, args)]
+    finally:
+        conn.close()
+
+
 def decisions(cfg):
-    with sqlite3.connect(cfg.history_db) as conn:
-        return conn.execute("SELECT decision, finished_at IS NOT NULL FROM cycles ORDER BY id").fetchall()
+    return query(cfg, "SELECT decision, finished_at IS NOT NULL FROM cycles ORDER BY id")
 
 
 def sha(path):
@@ -203,11 +217,10 @@ def assert_consistent(cfg, names):
     """finaldata, the history and production agree, whatever happened before."""
     final = ingestion.read_finaldata(cfg.finaldata)
     assert final.to_csv(index=False) == expected_finaldata(cfg, names).to_csv(index=False)
-    with sqlite3.connect(cfg.history_db) as conn:
-        files = conn.execute("SELECT name, sha256 FROM ingested_files ORDER BY id").fetchall()
-        summary_rows = conn.execute("SELECT rows FROM summaries ORDER BY id DESC LIMIT 1").fetchone()[0]
-        last = conn.execute("SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
-        unfinished = conn.execute("SELECT count(*) FROM cycles WHERE finished_at IS NULL").fetchone()[0]
+    files = query(cfg, "SELECT name, sha256 FROM ingested_files ORDER BY id")
+    (summary_rows,), = query(cfg, "SELECT rows FROM summaries ORDER BY id DESC LIMIT 1")
+    last, = query(cfg, "SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1")
+    (unfinished,), = query(cfg, "SELECT count(*) FROM cycles WHERE finished_at IS NULL")
     assert files == [(n, sha(cfg.input_folder_path / n)) for n in names]
     assert summary_rows == len(final)
     assert unfinished == 0

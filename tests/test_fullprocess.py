@@ -2,6 +2,7 @@
 import json
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ import fullprocess
 import history
 import ingestion
 from conftest import make_config, write_delivery
-from helpers import pdf_text
+from helpers import pdf_text, query
 from settings import FEATURES, TARGET, load_config
 
 
@@ -52,9 +53,7 @@ def published(monkeypatch):
 
 
 def cycles(cfg):
-    with sqlite3.connect(cfg.history_db) as conn:
-        return [(r[0], r[1], json.loads(r[2])) for r in
-                conn.execute("SELECT id, decision, record FROM cycles ORDER BY id")]
+    return [(r[0], r[1], json.loads(r[2])) for r in query(cfg, "SELECT id, decision, record FROM cycles ORDER BY id")]
 
 
 def log_lines(cfg):
@@ -78,6 +77,7 @@ def cold_start(cfg, published, rows=200, seed=1):
     return rec
 
 
+@pytest.mark.backends
 def test_no_data_yet(world, published):
     rec = fullprocess.run_cycle(world).to_dict()
     assert rec["decision"] == cycle.NO_DATA_YET
@@ -88,6 +88,7 @@ def test_no_data_yet(world, published):
     assert [line["decision"] for line in log_lines(world)] == ["no data yet"]
 
 
+@pytest.mark.backends
 def test_cold_start_ingests_trains_deploys_and_publishes(world, published):
     rec = cold_start(world, published)
     assert rec["new_files"] == ["first.csv"]
@@ -103,6 +104,7 @@ def test_cold_start_ingests_trains_deploys_and_publishes(world, published):
     assert log_lines(world)[-1]["decision"] == cycle.COLD_START
 
 
+@pytest.mark.backends
 def test_no_new_data_does_nothing(world, published):
     cold_start(world, published)
     before = world.finaldata.read_bytes()
@@ -116,6 +118,7 @@ def test_no_new_data_does_nothing(world, published):
     assert [line["decision"] for line in log_lines(world)] == [cycle.COLD_START, cycle.NO_NEW_DATA]
 
 
+@pytest.mark.backends
 def test_concept_drift_retrains_redeploys_and_publishes(world, published):
     cold_start(world, published)
     deployed_f1 = float((world.prod_deployment_path / "latestscore.txt").read_text())
@@ -153,6 +156,7 @@ def test_concept_drift_retrains_redeploys_and_publishes(world, published):
     assert "- Score drift: **drift** (test `raw`)" in card
 
 
+@pytest.mark.backends
 def test_tie_is_not_drift_and_the_delivery_is_ingested_once(world, published):
     cold_start(world, published)
     # the test data itself as a delivery: the deployed model scores exactly its deployed score
@@ -168,8 +172,7 @@ def test_tie_is_not_drift_and_the_delivery_is_ingested_once(world, published):
     again = fullprocess.run_cycle(world).to_dict()
     assert again["decision"] == cycle.NO_NEW_DATA
     assert len(ingestion.read_finaldata(world.finaldata)) == rows
-    with sqlite3.connect(world.history_db) as conn:
-        assert conn.execute("SELECT count(*) FROM ingested_files WHERE name = 'same.csv'").fetchone()[0] == 1
+    assert query(world, "SELECT count(*) FROM ingested_files WHERE name = 'same.csv'") == [(1,)]
 
 
 @pytest.mark.parametrize("test", ["parametric", "nonparametric"])
@@ -303,6 +306,7 @@ def test_only_bad_files(world, published):
     assert fullprocess.run_cycle(world).to_dict()["decision"] == cycle.NO_NEW_DATA
 
 
+@pytest.mark.backends
 def test_a_failing_cycle_keeps_the_deployment_and_the_next_one_finishes(world, published):
     cold_start(world, published)
     good_test = world.test_data_file.read_bytes()
@@ -322,6 +326,7 @@ def test_a_failing_cycle_keeps_the_deployment_and_the_next_one_finishes(world, p
     assert rec["decision"] == cycle.REDEPLOYED and deployed_version(world) == 2
 
 
+@pytest.mark.backends
 def test_a_failed_publish_is_retried_by_the_next_cycle(world, monkeypatch):
     failing = Publisher(fail=True)
     monkeypatch.setattr(fullprocess, "publish", failing)
@@ -339,16 +344,18 @@ def test_a_failed_publish_is_retried_by_the_next_cycle(world, monkeypatch):
     assert fullprocess.run_cycle(world).to_dict()["decision"] == cycle.NO_NEW_DATA
 
 
+@pytest.mark.backends
 def test_a_held_lock_means_exit_zero_at_once(world, published):
     write_delivery(world, "first.csv", rows=50, seed=1)
-    with fullprocess.cycle_lock(world.output_folder_path) as held:
+    with fullprocess.cycle_lock(world.writer_lock) as held:
         assert held is True
         assert fullprocess.run_cycle(world).to_dict() == {"decision": "locked", "errors": []}
         assert fullprocess.main(["--config", str(world.path)]) == 0
-    assert not world.history_db.exists() or cycles(world) == []
+    assert not history.exists(world.history) or cycles(world) == []
     assert fullprocess.run_cycle(world).to_dict()["decision"] == cycle.COLD_START
 
 
+@pytest.mark.backends
 def test_manual_deployment_counts_as_decided(world, published):
     """Ingested and deployed by hand (as `make demo` does first): the cycle then has nothing to do."""
     import scoring
@@ -394,6 +401,7 @@ def test_the_significance_test_is_passed_through(tmp_path, published):
     assert rec["decision"] == cycle.REDEPLOYED
 
 
+@pytest.mark.backends
 def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
     """Real processes and modules: a cold start while the API is down (its returns made in-process),
     then the API under gunicorn and a drifted delivery: redeployed, reported, and the running API,
@@ -402,8 +410,9 @@ def test_end_to_end_cycles_publish_the_real_report_and_api_returns(world):
     from helpers import free_port, gunicorn
 
     port = free_port()
-    cfg = load_config(make_config(world.base, api_url=f"http://127.0.0.1:{port}",
-                                  package_index_url=f"http://127.0.0.1:{free_port()}/simple", **COURSE))
+    cfg = load_config(make_config(world.base, **{**world.raw, "api_url": f"http://127.0.0.1:{port}",
+                                                  "package_index_url": f"http://127.0.0.1:{free_port()}/simple"}))
+    assert (cfg.drift_test, cfg.history_url) == ("raw", world.history_url)
     write_delivery(cfg, "first.csv", rows=300, seed=1)
     assert fullprocess.main(["--config", str(cfg.path)]) == 0  # in-process, with the real publish
     first = log_lines(cfg)[-1]
@@ -553,19 +562,20 @@ def test_a_retrained_model_scoring_below_the_serving_one_is_flagged(world, publi
         f"(version 1); config promotion_gate keeps a worse model out")
 
 
+@pytest.mark.backends
 def test_a_rollback_does_not_mark_undecided_deliveries_as_decided(world, published):
     cold_start(world, published)
     write_delivery(world, "second.csv", rows=100, seed=3)
     fullprocess.run_cycle(world).to_dict()  # no drift: nothing redeployed
-    conn = history.connect(world.history_db)
-    # A delivery ingested after the last deployment but never decided on (as a killed cycle leaves it)...
-    write_delivery(world, "third.csv", rows=50, seed=4)
-    ingestion.ingest(world, conn=conn)
-    third = conn.execute("SELECT id FROM ingested_files WHERE name = 'third.csv'").fetchone()[0]
-    # ...then an operator's rollback, recorded later: it decides nothing about third.csv.
-    history.record_json(conn, "deployments", at=time.time() + 1, version=1, action="rollback",
-                        model_sha256="x", f1=None)
-    assert cycle.covered_id(conn, cycle.last_state(conn)) < third
+    with closing(history.connect(world.history)) as conn:
+        # A delivery ingested after the last deployment but never decided on (as a killed cycle leaves it)...
+        write_delivery(world, "third.csv", rows=50, seed=4)
+        ingestion.ingest(world, conn=conn)
+        third = conn.execute("SELECT id FROM ingested_files WHERE name = 'third.csv'").fetchone()[0]
+        # ...then an operator's rollback, recorded later: it decides nothing about third.csv.
+        history.record_json(conn, "deployments", at=time.time() + 1, version=1, action="rollback",
+                            model_sha256="x", f1=None)
+        assert cycle.covered_id(conn, cycle.last_state(conn)) < third
 
 
 def test_a_changed_file_under_the_trained_name_is_held_out(tmp_path, published):

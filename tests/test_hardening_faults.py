@@ -16,13 +16,14 @@ import multiprocessing
 import os
 import random
 import signal
-import sqlite3
 import time
 import types
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import HEADER, write_delivery
+from helpers import query
 
 import app as app_module
 import archive
@@ -253,15 +254,11 @@ def check_production(cfg):
 def check_invariants(cfg, delivered):
     """After a rerun: every delivery ingested once or quarantined, finaldata exact, production whole,
     the history and the publications agree with it, nothing owed."""
-    conn = sqlite3.connect(cfg.history_db)
-    try:
-        ingested = conn.execute("SELECT name, sha256 FROM ingested_files ORDER BY id").fetchall()
-        quarantined = conn.execute("SELECT name, sha256, reason, moved_to FROM quarantined_files").fetchall()
-        summary_rows, summary_bytes = conn.execute("SELECT rows, bytes FROM summaries ORDER BY id DESC LIMIT 1").fetchone()
-        last_deploy = conn.execute("SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
-        unfinished = conn.execute("SELECT count(*) FROM cycles WHERE finished_at IS NULL").fetchone()[0]
-    finally:
-        conn.close()
+    ingested = query(cfg, "SELECT name, sha256 FROM ingested_files ORDER BY id")
+    quarantined = query(cfg, "SELECT name, sha256, reason, moved_to FROM quarantined_files")
+    (summary_rows, summary_bytes), = query(cfg, "SELECT rows, bytes FROM summaries ORDER BY id DESC LIMIT 1")
+    last_deploy, = query(cfg, "SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1")
+    (unfinished,), = query(cfg, "SELECT count(*) FROM cycles WHERE finished_at IS NULL")
     in_quarantine = {sha(p.read_bytes()): p for p in cfg.quarantine_folder_path.glob("[!.]*")
                      if not p.name.endswith(".reason.txt")} if cfg.quarantine_folder_path.exists() else {}
     ingested_shas = [s for _, s in ingested]
@@ -345,13 +342,11 @@ def deliver(cfg, i, rng, delivered, bad=False):
         delivered[f"copy {i:02d}.csv"] = delivered[old]
 
 
-def test_the_cycle_survives_sigkill_at_33_seeded_moments(make_world):
-    # monitoring off: the cycle's own API calls send the (shifted) test data, which the live alarm
-    # rightly calls drift; here /health must speak of the serving version only
-    cfg = make_world(cv_folds=0, keep_versions=3, feature_drift_triggers_retrain=True, monitoring=False,
-                     drift_test="raw", promotion_gate=False)  # the course's setting: every delivery redeploys
+def killed_cycles(cfg, schedule, kills, rng, needed=frozenset()):
+    """Run cycles, one delivery each, killing each as `schedule` says, until `kills` were killed and a
+    kill has landed in each step of `needed`; after each kill and rerun every invariant holds. Where
+    each kill landed, in order."""
     FORKSERVER.set_forkserver_preload(PRELOAD)
-    rng = random.Random(SEED)
     delivered = {}
     deliver(cfg, 0, rng, delivered)
     # One whole cycle measured: how long each step takes here, now (the machine may be loaded).
@@ -361,15 +356,10 @@ def test_the_cycle_survives_sigkill_at_33_seeded_moments(make_world):
     durations = first["timings"]
     total = first["seconds"]
     check_invariants(cfg, delivered)
-
-    # 15 exact points, 12 random moments inside a named step, 6 random moments anywhere (33 kills)
-    schedule = [("point", p) for p in POINTS] + [("step", s) for s in STEPS * 2] + [("any", None)] * 6
-    rng.shuffle(schedule)
-    killed_in, kills, runs = [], 0, 0
-    needed = {"ingestion", "training", "deployment"}  # steps a kill must have landed in
-    while kills < KILLS or not needed <= set(killed_in):
+    killed_in, runs = [], 0
+    while len(killed_in) < kills or not needed <= set(killed_in):
         runs += 1
-        assert runs <= KILLS + 15, f"only {kills} of {runs} runs could be killed: {killed_in}"
+        assert runs <= kills + 15, f"only {len(killed_in)} of {runs} runs could be killed: {killed_in}"
         if runs > len(schedule) and not needed <= set(killed_in):
             # a loaded machine made a step's kills land after the step: aim at it again
             kind, target = "step", sorted(needed - set(killed_in))[0]
@@ -388,7 +378,6 @@ def test_the_cycle_survives_sigkill_at_33_seeded_moments(make_world):
         lines.drain()
         r.close()
         if proc.exitcode == -signal.SIGKILL:
-            kills += 1
             killed_in.append(target if kind == "point" else lines.last_step())
         else:
             assert proc.exitcode == 0, lines.lines
@@ -403,8 +392,36 @@ def test_the_cycle_survives_sigkill_at_33_seeded_moments(make_world):
         manifest = check_invariants(cfg, delivered)
         # nothing is owed: the next cycle finds nothing to do
         assert fullprocess.run_cycle(cfg, publisher=stand_in).to_dict()["decision"] == cycle.NO_NEW_DATA
-    assert kills >= KILLS and needed <= set(killed_in), killed_in
+    assert manifest["version"] > len(killed_in) // 3  # the cycles really redeployed, again and again
+    assert query(cfg, "SELECT count(*) FROM cycles WHERE decision = 'interrupted'")[0][0] >= 1
+    return killed_in
+
+
+# monitoring off: the cycle's own API calls send the (shifted) test data, which the live alarm
+# rightly calls drift; here /health must speak of the serving version only
+KILLED_WORLD = dict(cv_folds=0, keep_versions=3, feature_drift_triggers_retrain=True, monitoring=False,
+                    drift_test="raw", promotion_gate=False)  # the course's setting: every delivery redeploys
+
+
+def test_the_cycle_survives_sigkill_at_33_seeded_moments(make_world):
+    cfg = make_world(**KILLED_WORLD)
+    # 15 exact points, 12 random moments inside a named step, 6 random moments anywhere (33 kills)
+    schedule = [("point", p) for p in POINTS] + [("step", s) for s in STEPS * 2] + [("any", None)] * 6
+    rng = random.Random(SEED)
+    rng.shuffle(schedule)
+    needed = {"ingestion", "training", "deployment"}  # steps a kill must have landed in
+    killed_in = killed_cycles(cfg, schedule, KILLS, rng, needed)
+    assert len(killed_in) >= KILLS and needed <= set(killed_in), killed_in
     assert set(POINTS) <= set(killed_in), killed_in  # every exact point was reached and killed at
-    assert manifest["version"] > 10  # the cycles really redeployed, again and again
-    with sqlite3.connect(cfg.history_db) as conn:
-        assert conn.execute("SELECT count(*) FROM cycles WHERE decision = 'interrupted'").fetchone()[0] >= 1
+
+
+# With PostgreSQL: the exact points on either side of the history's records (the other kills test the files).
+PG_POINTS = ["after archive", "after finaldata.csv", "after commit", "after ingestedfiles.txt", "after manifest.json",
+             "after swap"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_kill_9_invariants_hold_with_postgresql(make_world):
+    cfg = make_world(**KILLED_WORLD)
+    assert cfg.postgres
+    assert killed_cycles(cfg, [("point", p) for p in PG_POINTS], len(PG_POINTS), random.Random(SEED)) == PG_POINTS

@@ -18,8 +18,9 @@ import multiprocessing
 import os
 import random
 import shutil
+import json
 import signal
-import sqlite3
+import socket
 import subprocess
 import sys
 import time
@@ -28,13 +29,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import HEADER, REPO, build_world, retrain_and_deploy
-from helpers import cycle_cmd, env, stand_in
+from helpers import cycle_cmd, env, query, stand_in
 
 import datagen
 import delivery
 import deployment
 import fullprocess
 import ingestion
+import locks
 import scoring
 import training
 from settings import load_config
@@ -52,8 +54,7 @@ def sha(path):
 
 
 def ingested(cfg):
-    with sqlite3.connect(cfg.history_db) as conn:
-        return conn.execute("SELECT name, sha256, folder FROM ingested_files ORDER BY id").fetchall()
+    return query(cfg, "SELECT name, sha256, folder FROM ingested_files ORDER BY id")
 
 
 def check_invariants(cfg, delivered):
@@ -69,10 +70,9 @@ def check_invariants(cfg, delivered):
     final = ingestion.read_finaldata(cfg.finaldata)
     assert final.to_csv(index=False) == expected.to_csv(index=False)
     assert cfg.ingested_list.read_text() == "".join(dict.fromkeys(n + "\n" for n, _, _ in files))
-    with sqlite3.connect(cfg.history_db) as conn:
-        assert conn.execute("SELECT rows FROM summaries ORDER BY id DESC LIMIT 1").fetchone()[0] == len(final)
-        last = conn.execute("SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
-        assert conn.execute("SELECT count(*) FROM cycles WHERE finished_at IS NULL").fetchone()[0] == 0
+    assert query(cfg, "SELECT rows FROM summaries ORDER BY id DESC LIMIT 1") == [(len(final),)]
+    last, = query(cfg, "SELECT version, model_sha256 FROM deployments ORDER BY id DESC LIMIT 1")
+    assert query(cfg, "SELECT count(*) FROM cycles WHERE finished_at IS NULL") == [(0,)]
     model, manifest = deployment.load_deployed(cfg.prod_deployment_path)
     current = deployment.current_dir(cfg.prod_deployment_path)
     for name, meta in manifest["files"].items():
@@ -158,6 +158,12 @@ sys.exit(ingestion.main(sys.argv[1:]))
 """
 
 
+def held_by(cfg, pid, what):
+    """How the lock's waiter names its holder: the lock file's line, or the PostgreSQL session's name."""
+    return f"pid {pid} ({what})" + (f" on {socket.gethostname()}" if cfg.postgres else "")
+
+
+@pytest.mark.backends
 def test_an_ingestion_started_while_another_merges_waits_for_it(make_world):
     """The lost update made certain: the second ingestion.py starts while the first has found which of
     its rows are new and where finaldata.csv ends, and has not appended them yet."""
@@ -194,8 +200,8 @@ def test_an_ingestion_started_while_another_merges_waits_for_it(make_world):
     assert [n for n, _, _ in ingested(cfg)] == ["first.csv", "second.csv"]  # the order they held the lock
     waiting = [line for line in err.splitlines() if WAITING in line]
     assert len(waiting) == 1
-    assert waiting[0].endswith(f"WARNING locks: waiting up to 60s for {cfg.output_folder_path}/.writer.lock, "
-                               f"held by pid {first.pid} (ingestion.py)")
+    assert waiting[0].endswith(f"WARNING locks: waiting up to 60s for {locks.describe(cfg.writer_lock)}, "
+                               f"held by {held_by(cfg, first.pid, 'ingestion.py')}")
 
 
 # --- every pairing of the writers, each a real process forked from a warm server -----------------
@@ -236,23 +242,50 @@ def _writer(kind, config_path, folder, start_at, out_path, err_path):
         os._exit(code)
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    """A deployed world with two versions (so a rollback has somewhere to go), copied for each race."""
+# With PostgreSQL the pairings where the history itself is raced for: the advisory lock between two
+# cycles, a cycle and an ingestion by hand, a cycle and a rollback by hand.
+PG_PAIRS = [("cycle", "cycle"), ("ingestion", "cycle"), ("cycle", "rollback")]
+RACES = [("sqlite", a, b) for a, b in PAIRS] + [("postgresql", a, b) for a, b in PG_PAIRS]
+
+
+def make_template(root, **history):
     FORKSERVER.set_forkserver_preload(PRELOAD)
-    root = tmp_path_factory.mktemp("template") / "world"
     # the course's setting: a drifted delivery is redeployed, so every race meets a deployment
     cfg = build_world(root, rows=200, cv_folds=0, feature_drift_triggers_retrain=True, drift_test="raw",
-                      promotion_gate=False)
+                      promotion_gate=False, **history)
     retrain_and_deploy(cfg, seed=7)
     return root
 
 
-@pytest.mark.parametrize(("a", "b"), PAIRS, ids=[f"{a}-x-{b}" for a, b in PAIRS])
-def test_two_writers_racing_never_interleave(template, tmp_path, a, b):
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A deployed world with two versions (so a rollback has somewhere to go), copied for each race."""
+    return make_template(tmp_path_factory.mktemp("template") / "world")
+
+
+@pytest.fixture(scope="module")
+def pg_template(tmp_path_factory, postgres):
+    """The same world with its history in a PostgreSQL database (copied with CREATE DATABASE ... TEMPLATE)."""
+    return make_template(tmp_path_factory.mktemp("pg_template") / "world", history_url=postgres.new_database())
+
+
+def copy_world(request, backend, tmp_path):
+    """A copy of the module's template world of `backend` under tmp_path: its Config."""
+    template = request.getfixturevalue("pg_template" if backend == "postgresql" else "template")
     root = tmp_path / "world"
     shutil.copytree(template, root, symlinks=True)
-    cfg = load_config(root / "config.json")
+    if backend == "postgresql":
+        config = json.loads((root / "config.json").read_text())
+        config["history_url"] = request.getfixturevalue("postgres").copy_database(config["history_url"])
+        (root / "config.json").write_text(json.dumps(config))
+    return load_config(root / "config.json")
+
+
+@pytest.mark.parametrize(("backend", "a", "b"), RACES, ids=[f"{a}-x-{b}-{k}" if k != "sqlite" else f"{a}-x-{b}"
+                                                             for k, a, b in RACES])
+def test_two_writers_racing_never_interleave(request, tmp_path, backend, a, b):
+    cfg = copy_world(request, backend, tmp_path)
+    root = cfg.base
     rng = random.Random(f"{SEED} {a} {b}")
     delivered = {p: p.read_bytes() for p in cfg.input_folder_path.glob("*.csv")}
     new = rows_file(cfg.input_folder_path / "race.csv", 100, seed=rng.randrange(1000), shift=3000)
@@ -280,17 +313,17 @@ def test_two_writers_racing_never_interleave(template, tmp_path, a, b):
         if proc.exitcode != 0:
             assert (proc.exitcode, err.splitlines()[-1][:len(REFUSALS.get(kind, "-"))]) == (2, REFUSALS.get(kind)), err
         if kind == "cycle":
-            assert "INFO fullprocess: cycle finished: " in err or " holds " + str(cfg.output_folder_path) in err, err
+            assert "INFO fullprocess: cycle finished: " in err or " holds " + locks.describe(cfg.writer_lock) in err, err
     check_invariants(cfg, delivered)
     nothing_lost(cfg, delivered, [cfg.input_folder_path, extra])
 
 
-def test_the_daemon_and_hand_runs_share_the_lock(template, tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_daemon_and_hand_runs_share_the_lock(request, tmp_path, backend):
     """The daemon (`python fullprocess.py --daemon`, a cycle every 2 s) with ingestion.py and deployment.py
     --rollback run by hand meanwhile: each hand run waits for a cycle or goes first, none interleaves."""
-    root = tmp_path / "world"
-    shutil.copytree(template, root, symlinks=True)
-    cfg = load_config(root / "config.json")
+    cfg = copy_world(request, backend, tmp_path)
+    root = cfg.base
     rng = random.Random(f"{SEED} daemon")
     delivered = {p: p.read_bytes() for p in cfg.input_folder_path.glob("*.csv")}
     new = rows_file(cfg.input_folder_path / "race.csv", 100, seed=11, shift=3000)

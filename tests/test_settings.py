@@ -58,11 +58,44 @@ def test_relative_paths_resolve_against_the_config_not_the_cwd(tmp_path, monkeyp
     ({"alarm_pool_seconds": 30}, "config key 'alarm_pool_seconds' must be at least 'monitoring_window_seconds'"),
     ({"monitoring_min_rows": 0}, "config key 'monitoring_min_rows' must be at least 1"),
     ({"monitoring_estimate": "yes"}, "config key 'monitoring_estimate' must be bool, not \"yes\""),
+    # history_url: never echoed (a mistyped one may hold a password), never with a password
+    ({"history_url": "postgresql://dras:hunter2@db.example:5432/dras"},
+     "config key 'history_url' must not hold a password: set it in PGPASSWORD or ~/.pgpass (the URL is written to"
+     " the logs and the cycle records)"),
+    ({"history_url": "postgresql://dras@db.example/dras?sslmode=require&password=hunter2"},
+     "config key 'history_url' must not hold a password: set it in PGPASSWORD or ~/.pgpass (the URL is written to"
+     " the logs and the cycle records)"),
+    ({"history_url": "mysql://dras:hunter2@db.example/dras"},
+     "config key 'history_url' must be sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME (or absent: the SQLite"
+     " file output_folder_path/history.sqlite)"),
+    ({"history_url": "postgresql://dras@db.example:5432"},
+     "config key 'history_url' must name a host and a database: postgresql://USER@HOST:PORT/DBNAME"),
+    ({"history_url": "postgresql://dras@db.example:port/dras"}, "config key 'history_url' has a port that is not a number"),
+    ({"history_url": "sqlite:///"}, "config key 'history_url' sqlite:/// needs a file's path after it"),
+    ({"history_url": 5432}, "config key 'history_url' must be str or null, not 5432"),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(ConfigError) as err:
         load_config(make_config(tmp_path, **change))
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize(("url", "history", "lock"), [
+    (None, "ingesteddata/history.sqlite", "ingesteddata"),
+    ("sqlite:///shared/h.sqlite", "shared/h.sqlite", "ingesteddata"),  # relative to the config, as SQLAlchemy
+    ("sqlite:////srv/dras/h.sqlite", "/srv/dras/h.sqlite", "ingesteddata"),
+    ("postgresql://dras@db.example:5432/dras", "postgresql://dras@db.example:5432/dras",
+     "postgresql://dras@db.example:5432/dras"),
+    ("postgres://dras@/dras?host=/run/postgresql", "postgres://dras@/dras?host=/run/postgresql",
+     "postgres://dras@/dras?host=/run/postgresql"),
+])
+def test_history_url_says_where_the_history_and_the_writer_lock_live(tmp_path, url, history, lock):
+    cfg = load_config(make_config(tmp_path, **({"history_url": url} if url else {})))
+    anchored = (lambda v: v if v.startswith("postgres") else tmp_path / v)
+    assert (cfg.history, cfg.writer_lock, cfg.postgres) == (anchored(history), anchored(lock), url is not None
+                                                           and url.startswith("postgres"))
+    if not cfg.postgres:
+        assert cfg.history == cfg.history_db
 
 
 def test_missing_and_unknown_keys(tmp_path):
