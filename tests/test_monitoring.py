@@ -6,6 +6,7 @@ import math
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -303,8 +304,10 @@ def test_crossings_since_for_the_monitoring_cycle(make_deployed):
     got = traffic.crossings_since(cfg, T0 - 60)
     assert (got["windows"], got["rows"], got["level"], got["watch"], got["act"]) == (1, 10, "act", True, True)
     assert sorted(got["max_psi"]) == list(FEATURES)
+    assert got["hosts"] == {socket.gethostname(): {"requests": 1, "rows": 10}}  # no host_name: the machine's name
     assert traffic.crossings_since(cfg, T0 + 60) == {
         "since": T0 + 60, "windows": 0, "rows": 0, "level": "ok", "watch": False, "act": False, "judged": 0,
+        "hosts": {},
         "above_psi_act_not_alarmed": 0, "max_psi": {}, "psi_watch": 0.1, "psi_act": 0.2,
         "alarm_act_per_day": 0.04, "alarm_watch_per_day": 1.0}
 
