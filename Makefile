@@ -21,6 +21,8 @@ setup: $(STAMP)
 	@command -v cron >/dev/null || (apt-get update && apt-get install -y --no-install-recommends cron)
 	@# prometheus and promtool: the alerting rules are checked and a real Prometheus scrapes the API (tests/test_prometheus.py).
 	@command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
+	@# postgresql: the history tests run on a real PostgreSQL too, started by the tests in a temporary folder (tests/pgserver.py).
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends postgresql)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

@@ -3,6 +3,7 @@
 Each test marked `backends` runs twice: on a SQLite file and on a fresh database of the session's
 PostgreSQL server (tests/pgserver.py). The values, ids, rows, errors and transactions must be the same.
 """
+import json
 import subprocess
 import sys
 import threading
@@ -10,7 +11,7 @@ import time
 from contextlib import closing
 
 import pytest
-from conftest import REPO
+from conftest import CLOSED_INDEX, REPO, new_world, write_delivery
 
 import history
 
@@ -188,3 +189,47 @@ def test_the_statements_in_psycopg_form(sql, pg):
 def test_insert_or_replace_is_refused_for_postgresql():
     with pytest.raises(ValueError, match="^INSERT OR REPLACE is SQLite's alone: use history.upsert_sql$"):
         history.pg_sql("INSERT OR REPLACE INTO alerts (condition) VALUES (?)")
+
+
+def test_the_password_comes_from_the_environment_and_is_never_written(postgres, tmp_path, monkeypatch, capfd):
+    """history_url holds no password: libpq takes it from PGPASSWORD or a PGPASSFILE (~/.pgpass), and
+    nothing the system writes (logs, cycle records, the history, the outputs) ever holds it."""
+    from pgserver import PASSWORD_USER
+
+    import fullprocess
+    from helpers import stand_in
+
+    url = postgres.new_database(owner=PASSWORD_USER)
+    cfg = new_world(tmp_path, history_url=url, package_index_url=CLOSED_INDEX)
+    write_delivery(cfg, "first.csv", rows=200, seed=1)
+    monkeypatch.setattr(fullprocess, "publish", stand_in)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-such-file"))
+    assert fullprocess.main(["--config", str(cfg.path)]) == 1
+    port = url.split(":")[2].split("/")[0]
+    assert json.loads((cfg.log_folder_path / "cycles.jsonl").read_text())["errors"] == [
+        f'cannot take the writer lock of {url}: connection failed: connection to server at "127.0.0.1", port {port} '
+        "failed: fe_sendauth: no password supplied; nothing was changed, run it again once the database answers"]
+    monkeypatch.setenv("PGPASSWORD", "not-" + postgres.password)
+    assert fullprocess.main(["--config", str(cfg.path)]) == 1
+    assert json.loads((cfg.log_folder_path / "cycles.jsonl").read_text().splitlines()[-1])["errors"][0].endswith(
+        f'failed: FATAL: password authentication failed for user "{PASSWORD_USER}"; nothing was changed, run it '
+        "again once the database answers")
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    assert fullprocess.main(["--config", str(cfg.path)]) == 0
+    monkeypatch.delenv("PGPASSWORD")
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{port}:*:{PASSWORD_USER}:{postgres.password}\n")
+    pgpass.chmod(0o600)  # libpq ignores a password file others can read
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    assert fullprocess.main(["--config", str(cfg.path)]) == 0
+    decisions = [json.loads(line)["decision"] for line in (cfg.log_folder_path / "cycles.jsonl").read_text().splitlines()]
+    assert decisions == ["failed", "failed", "cold start: deployed", "no new data"]
+    # Nowhere written: every file of the world (the password file aside), every value of every table, stderr.
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != pgpass]
+    assert len(written) > 20 and not [p for p in written if postgres.password.encode() in p.read_bytes()]
+    with closing(history.connect_ro(url)) as ro:
+        for table in history.tables(ro):
+            assert postgres.password not in repr(ro.execute(f"SELECT * FROM {table}").fetchall()), table
+    out, err = capfd.readouterr()
+    assert url in err and postgres.password not in out + err
