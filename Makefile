@@ -23,6 +23,9 @@ setup: $(STAMP)
 	@command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 	@# postgresql: the history tests run on a real PostgreSQL too, started by the tests in a temporary folder (tests/pgserver.py).
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends postgresql)
+	@# nginx and ip (iproute2): the several-hosts tests run deploy/nginx.conf in front of API hosts in network namespaces (tests/test_netns.py).
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update && apt-get install -y --no-install-recommends nginx)
+	@command -v ip >/dev/null || test -x /usr/sbin/ip || (apt-get update && apt-get install -y --no-install-recommends iproute2)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

@@ -4,7 +4,6 @@ Two real gunicorns on 127.0.0.1 stand for two hosts: the same folders, the same 
 config.json's `host_name` differs. (tests/test_netns.py runs them on real separate network
 hosts, behind nginx.)
 """
-import json
 import sqlite3
 import time
 from contextlib import closing
@@ -16,21 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 import app as app_module
 import history
 import traffic
-from helpers import ROW, gunicorn, query
-from settings import load_config
+from helpers import ROW, gunicorn, host_config, query
 
 PER_HOST = 4  # /prediction requests sent to each host; with its first /health, a flush is due
 FLUSH_AT = PER_HOST + 1
 ROWS = {"api-a": 4, "api-b": 2}  # rows per request
 EXPECTED = {"api-a": {"requests": FLUSH_AT, "rows": PER_HOST * 4}, "api-b": {"requests": FLUSH_AT, "rows": PER_HOST * 2}}
-
-
-def host_config(cfg, name):
-    """A second config.json beside cfg's: the same folders and history, another host_name."""
-    data = json.loads(cfg.path.read_text())
-    path = cfg.base / f"config-{name}.json"
-    path.write_text(json.dumps({**data, "host_name": name}))
-    return load_config(path)
 
 
 def metric(text, name, **labels):
