@@ -98,7 +98,10 @@ def execution_time(cfg) -> dict:
         (tmp / "in").mkdir()
         if cfg.finaldata.exists():
             shutil.copyfile(cfg.finaldata, tmp / "in" / "finaldata.csv")
-        scratch = {**cfg.raw, "input_folder_path": "in", "output_folder_path": "out",
+        # Its own SQLite history and writer lock in the scratch folder: never the live ones (a
+        # history_url may name the live file, or the PostgreSQL database every host shares).
+        live = {k: v for k, v in cfg.raw.items() if k != "history_url"}
+        scratch = {**live, "input_folder_path": "in", "output_folder_path": "out",
                    "output_model_path": "model", "prod_deployment_path": "prod",
                    "quarantine_folder_path": "quarantine", "log_folder_path": "logs",
                    "test_data_path": str(cfg.test_data_path), "ingest_settle_seconds": 0}

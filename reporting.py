@@ -82,7 +82,7 @@ def _history(cfg, model_sha):
         summaries = [{"at": r["at"], "rows": r["rows"], "stats": json.loads(r["stats"]),
                       "missing": json.loads(r["missing"])}
                      for r in conn.execute("SELECT at, rows, stats, missing FROM "
-                                           "(SELECT * FROM summaries ORDER BY id DESC LIMIT ?) ORDER BY id",
+                                           "(SELECT * FROM summaries ORDER BY id DESC LIMIT ?) AS latest ORDER BY id",
                                            (TREND_POINTS,))]
         timings = {}
         for r in conn.execute("SELECT step, seconds, at FROM step_timings ORDER BY id"):

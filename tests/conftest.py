@@ -2,6 +2,7 @@
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -139,8 +140,9 @@ def postgres():
 
 @pytest.fixture
 def backend(request):
-    """The history's backend of this test's world: "sqlite" unless the test is marked `backends`."""
-    return getattr(request, "param", "sqlite")
+    """The history's backend of this test's world: "sqlite" unless the test is marked `backends` (or
+    DRAS_TEST_BACKEND=postgresql puts every make_world's history there: a sweep for dialect slips)."""
+    return getattr(request, "param", os.environ.get("DRAS_TEST_BACKEND", "sqlite"))
 
 
 @pytest.fixture

@@ -106,13 +106,22 @@ def snapshot(root):
     return out
 
 
+def history_rows(cfg):
+    """Every row of every table of cfg's history."""
+    with closing(history.connect_ro(cfg.history)) as conn:
+        return {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}"))) for t in history.tables(conn)}
+
+
+@pytest.mark.backends
 def test_execution_time_never_touches_the_live_folders(deployed, tmp_path_factory, monkeypatch):
     scratch = tmp_path_factory.mktemp("scratch")
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    rows = history_rows(deployed)  # first: SQLite's reader leaves its -shm file beside the database
     before = snapshot(deployed.base)
-    assert len(before) > 10
+    assert len(before) > 10 and len(rows["ingested_files"]) == 1
     result = diagnostics.execution_time(deployed)
     assert snapshot(deployed.base) == before
+    assert history_rows(deployed) == rows  # nor the history, wherever it is
     assert sorted(result) == ["ingestion", "training"]
     assert all(isinstance(v, float) and 0 < v < 60 for v in result.values())
     assert list(scratch.iterdir()) == []  # the scratch copy is gone too
