@@ -134,6 +134,14 @@ def test_a_host_killed_under_load_is_routed_around(cluster):
     assert failed == {"GET": [], "POST": []}
     # nginx has left the dead host out: the last requests all went to the survivor, at the first try
     assert [line.rsplit(" upstream ", 1)[1] for line in log[-20:]] == [f"{survivor.address}:8000 200"] * 20
+    # nginx's own answers are JSON too: /metrics is each host's, and no host left is a 503 that says so
+    metrics = requests.get(lb.url + "/metrics", timeout=10)
+    assert (metrics.status_code, metrics.json()) == (
+        404, {"error": "scrape /metrics on each API host, not through the load balancer"})
+    survivor.kill()
+    down = requests.get(lb.url + "/health", timeout=10)
+    assert (down.status_code, down.headers["Content-Type"], down.json()) == (
+        503, "application/json", {"error": "no API host answered: all are down or failing"})
 
 
 PAUSED = """
