@@ -376,7 +376,8 @@ def _live_section(doc, data, W):
     hosts = live.get("hosts") or {}
     if len(hosts) > 1:
         doc.para(f"Served by {len(hosts)} API hosts, added up in the figures below: "
-                 + "; ".join(f"{name} {h['requests']:,d} requests, {h['rows']:,d} rows" for name, h in hosts.items())
+                 + "; ".join(f"{name} {h['requests']:,d} request{'s' * (h['requests'] != 1)}, {h['rows']:,d} row"
+                             f"{'s' * (h['rows'] != 1)}" for name, h in hosts.items())
                  + ".")
     if live.get("above_psi_act_not_alarmed"):
         doc.para(f"{live['above_psi_act_not_alarmed']} window(s) had a PSI above {t['psi_act']} without an alarm: "
