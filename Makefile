@@ -1,4 +1,4 @@
-# make demo: set-up, then the whole story on the sample data.
+# make demo: set-up, then the whole story on the sample data, in demo/ (its own world and config).
 # make test: set-up, then the tests.
 # make serve: the API under gunicorn on 127.0.0.1:$(PORT), one worker per core.
 PYTHON ?= python3
@@ -32,11 +32,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
+# Deletes the real system's outputs (ingested data, history, models, deployed versions, logs): only by hand.
 clean-outputs:
 	rm -rf ingesteddata models quarantine logs
 	find production_deployment -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 
-demo: setup clean-outputs
+# The demo runs in demo/, a world of its own (scripts/demo.sh): the folders above are never touched.
+demo: setup
 	scripts/demo.sh
 
 test: setup

@@ -32,6 +32,7 @@ import threading
 import time
 
 import history
+import words
 from cycle import LOCKED, LOG_NAME, REDEPLOYED, known, last_logged
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,13 @@ def _reason(exc):
     found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
     if found:
         return found.group(1).strip().lower()
-    return type(exc).__name__
+    for kind, text in ((requests.TooManyRedirects, "too many redirects"),
+                       (requests.exceptions.SSLError, "its TLS certificate was refused"),
+                       (requests.ConnectionError, "cannot connect"),
+                       (requests.exceptions.InvalidURL, "the URL is not valid")):
+        if isinstance(exc, kind):
+            return text
+    return "the request failed"  # its own text may hold the URL
 
 
 def deliver(url, events, budget):
@@ -207,7 +214,7 @@ def send(cfg, conn, pending):
             try:
                 record_delivery(conn, condition, ev, out)
             except history.Error as exc:
-                logger.warning("cannot record the delivery of alert %s: %s", ev["event"], exc)
+                logger.warning("cannot record the delivery of alert %s: %s", ev["event"], words.error_text(exc))
     return outcomes
 
 
@@ -326,7 +333,7 @@ def after_cycle(cfg, conn, rec, previous):
         due = [r for r in retries(conn, now) if r[0] in CYCLE_CONDITIONS and r[0] not in {c for c, _ in found}]
         return send(cfg, conn, found + due)
     except (history.Error, OSError, ValueError) as exc:
-        logger.warning("alerts not checked: %s", exc)
+        logger.warning("alerts not checked: %s", words.error_text(exc))
         return []
 
 

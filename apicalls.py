@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import atomicfiles
+import words
 from app import create_app
 from settings import ConfigError, load_config, setup_logging
 
@@ -83,7 +84,7 @@ def _reason(exc):
         return "connection refused or unreachable (is the server running? `make serve`)"
     if isinstance(exc, requests.Timeout):
         return "timed out"
-    return f"{type(exc).__name__}: {exc}"
+    return f"the request failed: {words.error_text(exc)}"
 
 
 def call_in_process(cfg) -> list:

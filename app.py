@@ -423,8 +423,8 @@ def create_app(config=None, fast_path=True):
         if not request.content_length and not request.get_data(cache=True):
             raise InputError("empty body: send a CSV (Content-Type: text/csv), an uploaded file "
                              "(multipart/form-data, field 'file') or JSON (Content-Type: application/json)")
-        raise InputError(f"unsupported Content-Type {mimetype or '(none)'!r}: use text/csv, "
-                         "multipart/form-data (field 'file') or application/json", 415)
+        what = f"unsupported Content-Type {mimetype!r}" if mimetype else "no Content-Type"
+        raise InputError(f"{what}: use text/csv, multipart/form-data (field 'file') or application/json", 415)
 
     @app.get("/scoring")
     def scoring_route():

@@ -14,6 +14,7 @@ import numpy as np
 
 import delivery
 import measures
+import progress
 from settings import FEATURES
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,18 @@ def cross_validation(estimator, X, y, folds=5, seed=0, max_rows=0) -> dict:
     if k is None:
         out.update({m: None for m in CV_METRICS})
         return out
-    scoring = {"f1": make_scorer(f1_score, zero_division=0),
+    f1 = make_scorer(f1_score, zero_division=0)
+    done = []
+
+    def f1_and_progress(fitted, X_fold, y_fold):  # called once a fold's model is fitted
+        done.append(1)
+        progress.show(f"training: cross-validation, fold {len(done)} of {k} done on {len(y):,} rows")
+        return f1(fitted, X_fold, y_fold)
+
+    scoring = {"f1": f1_and_progress,
                "precision": make_scorer(precision_score, zero_division=0),
                "recall": make_scorer(recall_score, zero_division=0)}
+    progress.show(f"training: cross-validation, {k} folds on {len(y):,} rows")
     try:
         result = cross_validate(clone(estimator), X, y, cv=StratifiedKFold(n_splits=k, shuffle=True, random_state=seed),
                                 scoring=scoring, error_score="raise")

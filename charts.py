@@ -1,5 +1,6 @@
 """The report's pictures: the confusion matrix and the trend plots, drawn with matplotlib as PNG bytes."""
 import io
+import math
 from datetime import datetime, timezone
 
 from settings import COLUMNS, FEATURES
@@ -72,12 +73,10 @@ def missing_trend_png(summaries) -> bytes:
     for col in COLUMNS:
         ax.plot(xs, [s["missing"].get(col) or 0.0 for s in summaries], marker=".", label=col)
     ax.set_xlabel("ingestion run")
-    # A floor of 1% keeps a run of zeros on the axis, not floating in an empty band.
+    # A floor of 1% keeps a run of zeros on the axis, not floating in an empty band. (With nothing
+    # missing in any run the report says so in words and draws no plot.)
     peak = max((s["missing"].get(col) or 0.0) for s in summaries for col in COLUMNS)
     ax.set_ylim(0, max(1.0, peak * 1.15))
-    if peak == 0:
-        ax.text(0.5, 0.5, "no missing values in any of these runs", transform=ax.transAxes, ha="center",
-                va="center", color="dimgray")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _png(fig)
@@ -96,18 +95,73 @@ def timing_trend_png(timings) -> bytes:
     return _png(fig)
 
 
+# Tick steps of a time axis, in seconds: the smallest that gives at most TIME_TICKS ticks is used.
+TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
+              86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400)
+TIME_TICKS = 6
+
+
+def time_ticks(start, end):
+    """Ticks for a UTC time axis from `start` to `end` (epoch seconds): [(epoch, label)], on whole
+    steps of the clock; a label shows the date on the first tick and wherever the day changes."""
+    span = max(end - start, 1.0)
+    step = next((s for s in TIME_STEPS if span / s < TIME_TICKS), TIME_STEPS[-1] * math.ceil(span / TIME_STEPS[-1] / TIME_TICKS))
+    first = math.ceil(start / step) * step
+    clock = "%H:%M:%S" if step < 60 else "%H:%M"
+    ticks, day = [], None
+    t = first
+    while t <= end:
+        when = datetime.fromtimestamp(t, timezone.utc)
+        if step >= 86400:
+            label = when.strftime("%Y-%m-%d")
+        elif when.date() != day:
+            label = when.strftime(f"%Y-%m-%d\n{clock}")
+        else:
+            label = when.strftime(clock)
+        day = when.date()
+        ticks.append((float(t), label))
+        t += step
+    return ticks
+
+
+def window_middles(windows):
+    """Where each window is drawn: the middle of its time span."""
+    return [w["window_start"] + w["window_seconds"] / 2 for w in windows]
+
+
+def time_axis(ax, windows):
+    """The x axis from the first window's start to the last one's end, in UTC: it fits the data
+    (matplotlib alone spans four years around a single time)."""
+    start = min(w["window_start"] for w in windows)
+    end = max(w["window_start"] + w["window_seconds"] for w in windows)
+    ticks = time_ticks(start, end)
+    ax.set_xlim(start, end)
+    ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=8)
+    ax.set_xlabel("time (UTC); each point is a window, at its middle")
+
+
 def live_share_png(windows, thresholds) -> bytes:
+    return _png(live_share_figure(windows, thresholds))
+
+
+def live_share_figure(windows, thresholds):
+    """The predicted exit share per window, as a matplotlib Figure."""
     fig, ax = _trend_figure("share of rows", "Predicted exit share per window (live traffic)")
-    xs = [datetime.fromtimestamp(w["window_start"], timezone.utc) for w in windows]
+    xs = window_middles(windows)
     ax.plot(xs, [w["exit_share"] if w["exit_share"] is not None else float("nan") for w in windows],
             marker=".", color="tab:blue")
-    fig.autofmt_xdate()
-    return _png(fig)
+    time_axis(ax, windows)
+    return fig
 
 
 def live_psi_png(windows, thresholds) -> bytes:
+    return _png(live_psi_figure(windows, thresholds))
+
+
+def live_psi_figure(windows, thresholds):
+    """The input PSI per feature per window, with the display lines and the alarms, as a matplotlib Figure."""
     fig, ax = _trend_figure("PSI against training", "Input PSI per feature per window (live traffic)")
-    xs = [datetime.fromtimestamp(w["window_start"], timezone.utc) for w in windows]
+    xs = window_middles(windows)
     for col in FEATURES:
         ax.plot(xs, [w["psi"].get(col, float("nan")) for w in windows], marker=".", label=col)
     # display lines only: the level is the alarm's test (traffic.py), marked on the windows it judged "act"
@@ -120,6 +174,6 @@ def live_psi_png(windows, thresholds) -> bytes:
     peak = max([v for w in windows for v in w["psi"].values()] + [thresholds["psi_act"]])
     if peak > 5:
         ax.set_yscale("symlog", linthresh=0.1)
-    fig.autofmt_xdate()
+    time_axis(ax, windows)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _png(fig)
+    return fig

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, fields
 
 import history
+import ingestion
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class CycleRecord:
     config: str = UNSET
     decision: str = None
     new_files: list = UNSET
+    duplicates: list = UNSET  # copies of ingested files in the input folder (ingestion.look), when any
+    waiting: list = UNSET  # files still settling (ingest_settle_seconds), when any
     timings: dict = UNSET
     errors: list = field(default_factory=list)
     recorded_missing_deployment: int = UNSET
@@ -332,6 +335,24 @@ def stale_test_data(evidence_f1, test_f1, counted, margin=STALE_MARGIN, min_coun
 # ---------------------------------------------------------------- for a person
 
 
+def missing_input(cfg):
+    """The line that says the input folder does not exist, or None when it does: a user's mistake
+    (a typo in the config), which fails the cycle (exit 2) rather than look like "no new data"."""
+    if cfg.input_folder_path.is_dir():
+        return None
+    return f"input folder {cfg.input_folder_path} does not exist (config key input_folder_path in {cfg.path})"
+
+
+def failure_text(step, reason, unexpected=False) -> str:
+    """A cycle's failure in words: the step it happened in (None: between steps, where the reason
+    is said alone, after the log's "cycle failed:") and why."""
+    where = f"the {step.replace('_', ' ')} step failed" if step else ""
+    if unexpected:
+        where = f"{where} unexpectedly" if where else "unexpectedly"
+        return f"{where}: {reason} (the log has the details)"
+    return f"{where}: {reason}" if where else reason
+
+
 def describe(rec) -> str:
     """The cycle's record in a few lines for a person: what it found, decided and where it wrote."""
     if rec.decision == LOCKED:
@@ -339,6 +360,8 @@ def describe(rec) -> str:
     lines = [f"decision: {rec.decision}"]
     if rec.new_files:
         lines.append(f"new files: {', '.join(rec.new_files)}")
+    lines += [f"duplicate: {ingestion.duplicate_text(d)}" for d in rec.duplicates or []]
+    lines += [f"waiting: {ingestion.waiting_text(w)}" for w in rec.waiting or []]
     for q in (rec.ingestion or {}).get("quarantined", []):
         lines.append(f"quarantined: {q['name']}: {q['reason']}")
     sd = rec.score_drift
@@ -368,8 +391,11 @@ def describe(rec) -> str:
         lines.append(f"retrained on {rec.retrained.training_rows} rows: test F1 "
                      f"{rec.retrained.test_metrics['f1']:.4f}")
     previous, deployed = known(rec.previous_version), known(rec.deployed_version)
-    if previous != deployed:
-        lines.append(f"deployed: version {deployed} (was {previous})")
+    if deployed is None:
+        lines.append("serving: nothing deployed yet")
+    elif previous != deployed:
+        lines.append(f"deployed: version {deployed} " + (f"(was {previous})" if previous is not None
+                                                         else "(the first: nothing was deployed before)"))
     else:
         lines.append(f"serving: version {deployed}")
     for what, where in (rec.published or {}).items():

@@ -10,8 +10,10 @@ latest row another deployment's, so the next delivery starts from a fresh refere
 `challenge` is the one promotion path: the cycle and bench/bench_decisions.py call it.
 """
 import json
+import shlex
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -90,11 +92,21 @@ def rows_since(conn, finaldata_rows, first_file_id):
     return finaldata_rows.iloc[(before["rows"] if before else 0):].reset_index(drop=True)
 
 
-def challenge(serving, recent, X_test, y_test, fit, level=0.05, rounds=2000, seed=0, share=HELD_OUT_SHARE):
+def promote_command(config_path) -> str:
+    """The command that promotes a kept challenger, with `--config` unless it is the default config."""
+    from settings import DEFAULT_CONFIG
+
+    path = Path(config_path).resolve()
+    return PROMOTE_COMMAND if path == DEFAULT_CONFIG.resolve() else f"{PROMOTE_COMMAND} --config {shlex.quote(str(path))}"
+
+
+def challenge(serving, recent, X_test, y_test, fit, level=0.05, rounds=2000, seed=0, share=HELD_OUT_SHARE,
+              command=PROMOTE_COMMAND):
     """Train a challenger on `recent` minus a seeded, stratified held-out slice and judge it.
 
     `recent`: labelled rows (finaldata's columns, complete) since the serving model's deployment;
-    `fit(rows)` returns a fitted model. Returns {"challenger", "split", "held_out", "test",
+    `fit(rows)` returns a fitted model; `command` is the one a person runs to promote it by hand
+    (promote_command). Returns {"challenger", "split", "held_out", "test",
     "policy" (evidence.promotion_decision), "reference" (the challenger's counts on the held-out
     slice and the test data: its state's reference should it be deployed)}.
     """
@@ -109,7 +121,7 @@ def challenge(serving, recent, X_test, y_test, fit, level=0.05, rounds=2000, see
     on_held = evidence.paired_comparison(yh, serving.predict(Xh), ch_held, level=level, rounds=rounds, seed=seed)
     on_test = evidence.paired_comparison(y_test, serving.predict(X_test), ch_test, level=level, rounds=rounds,
                                          seed=seed + 1)
-    policy = evidence.promotion_decision(on_held, on_test, manual_command=PROMOTE_COMMAND)
+    policy = evidence.promotion_decision(on_held, on_test, manual_command=command)
     split_facts = {k: split[k] for k in ("share", "seed", "per_class")}
     reference = evidence.counts(np.concatenate([yh, np.asarray(y_test)]), np.concatenate([ch_held, ch_test]))
     return {"challenger": challenger, "split": split_facts, "held_out": on_held, "test": on_test,

@@ -18,6 +18,7 @@ import math
 import re
 from decimal import Decimal
 
+import words
 from settings import COLUMNS, FEATURES, TARGET
 
 NUMERIC = FEATURES + (TARGET,)
@@ -177,7 +178,7 @@ def read_error(exc) -> BadFile:
     if isinstance(exc, csv.Error):
         return BadFile(f"malformed CSV: {_csv_words(exc)}")
     lines = str(exc).strip().splitlines()
-    return BadFile(f"malformed CSV: {lines[-1] if lines else type(exc).__name__}")
+    return BadFile(f"malformed CSV: {lines[-1] if lines else words.error_text(exc)}")
 
 
 def out_of_rule(values):
@@ -250,10 +251,23 @@ def _parse_delivery(data):
     if not all(_valid_numbers(df[col], col == TARGET) for col in NUMERIC) or _fractions_in_text(pd, df, text, na_values):
         # Only a bad file pays for the slow, value-by-value reading that names the first bad value.
         raise BadFile(_first_bad_value(pd, text, na_values))
+    if "\r" in text:
+        _check_names_keep_their_line_ends(df["corporation"])
     out = {"corporation": df["corporation"].where(df["corporation"].notna(), None)}
     for col in NUMERIC:
         out[col] = df[col].astype("Int64")
     return pd.DataFrame(out, columns=list(COLUMNS))
+
+
+def _check_names_keep_their_line_ends(names):
+    """Refuse a name holding a carriage return that is not part of a CRLF: finaldata.csv's lines end
+    in LF, so such a name is written unquoted and read back as two rows (pandas quotes a field for
+    the characters of its line end only). A CRLF or LF inside a quoted name is kept, quoted."""
+    lone = names.str.contains("\r(?!\n)", regex=True, na=False).to_numpy()
+    if lone.any():
+        i = int(lone.nonzero()[0][0])
+        raise BadFile(f"column 'corporation', row {i + 1}: value {names.iloc[i]!r} holds a carriage return "
+                      "that does not end a line (CR without LF)")
 
 
 def _fractions_in_text(pd, df, text, na_values) -> bool:

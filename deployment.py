@@ -29,6 +29,7 @@ import atomicfiles
 import history
 import locks
 import modelfile
+import words
 from settings import ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def load_version(version_dir, loads=modelfile.load_model):
     except modelfile.Refused as exc:
         raise DeploymentError(f"{path} is refused: {exc}") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-        raise DeploymentError(f"{path} cannot be unpickled: {exc}") from None
+        raise DeploymentError(f"{path} cannot be unpickled: {words.error_text(exc)}") from None
     return model, manifest
 
 
@@ -115,7 +116,7 @@ def check_model(src, data: bytes):
     except modelfile.Refused as exc:
         raise DeploymentError(f"cannot deploy {src}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as exc:
-        raise DeploymentError(f"cannot deploy {src}: it is not a readable model ({exc})") from None
+        raise DeploymentError(f"cannot deploy {src}: it is not a readable model ({words.error_text(exc)})") from None
     if not (callable(getattr(model, "predict", None)) and callable(getattr(model, "predict_proba", None))):
         raise DeploymentError(f"cannot deploy {src}: it holds a {type(model).__name__}, not a classifier")
 
@@ -304,6 +305,12 @@ def _rollback(prod, conn, to) -> dict:
     return manifest
 
 
+def f1_text(manifest) -> str:
+    """A version's test F1 as the scripts print it: at full precision, or that none is recorded."""
+    f1 = manifest.get("metrics", {}).get("f1")
+    return f"F1 {f1!r}" if f1 is not None else "no test F1 recorded"
+
+
 def version_list(prod) -> list:
     """One line per kept version: its state (serving / kept), time, F1, model hash, lineage."""
     import lineage
@@ -313,7 +320,7 @@ def version_list(prod) -> list:
     for n in versions(prod):
         m = read_manifest(prod / "versions" / version_name(n))
         state = "serving" if current is not None and current.name == version_name(n) else "kept"
-        lines.append(f"{version_name(n)}  {state:<7}  {m['deployed_at']}  F1 {m['metrics'].get('f1')!r}  "
+        lines.append(f"{version_name(n)}  {state:<7}  {m['deployed_at']}  {f1_text(m)}  "
                      f"sha256 {m['files']['trainedmodel.pkl']['sha256'][:12]}  from {lineage.text(m)}")
     return lines
 
@@ -326,12 +333,13 @@ def deploy_from_config(cfg, conn=None, extra=None) -> dict:
 
 
 def _deploy_from_config(cfg, conn, extra) -> dict:
-    digest = None
-    if cfg.model_file.exists():
+    try:
         data = cfg.model_file.read_bytes()
-        check_model(cfg.model_file, data)  # the refusal that says why, before "no score recorded"
-        digest = hashlib.sha256(data).hexdigest()
-    metrics = None
+    except FileNotFoundError:
+        raise DeploymentError(f"no trained model to deploy: {cfg.model_file} does not exist; "
+                              "run training.py and scoring.py first") from None
+    check_model(cfg.model_file, data)  # the refusal that says why, before "no score recorded"
+    digest = hashlib.sha256(data).hexdigest()
     own = conn is None
     conn = conn or history.connect(cfg.history)
     try:
@@ -340,13 +348,18 @@ def _deploy_from_config(cfg, conn, extra) -> dict:
         if row is None:
             # Never publish another model's score as this one's: the drift check compares against it.
             raise DeploymentError(f"no test score is recorded for {cfg.model_file} (sha256 "
-                                  f"{(digest or '')[:12]}): run scoring.py first")
+                                  f"{digest[:12]}): run scoring.py first")
         metrics = dict(row)
         return deploy(cfg.prod_deployment_path, cfg.model_file, cfg.score_file, cfg.ingested_list,
                       metrics=metrics, keep=cfg.keep_versions, conn=conn, extra=extra)
     finally:
         if own:
             conn.close()
+
+
+def cycle_words(record) -> str:
+    """Which cycle a challenger record names, in words."""
+    return f"cycle {record['cycle_id']}" if record.get("cycle_id") is not None else "a cycle"
 
 
 def promote(cfg, conn) -> dict:
@@ -361,7 +374,7 @@ def promote(cfg, conn) -> dict:
     record = json.loads(record_path.read_text())
     digest = atomicfiles.sha256_file(path)
     if digest != record.get("model_sha256"):
-        raise DeploymentError(f"{path} is not the challenger cycle {record.get('cycle_id')} kept (sha256 differs)")
+        raise DeploymentError(f"{path} is not the challenger {cycle_words(record)} kept (sha256 differs)")
     row = conn.execute("SELECT f1, precision, recall, roc_auc, rows FROM scores WHERE dataset = 'test'"
                        " AND model_sha256 = ? ORDER BY id DESC LIMIT 1", (digest,)).fetchone()
     if row is None:
@@ -414,13 +427,13 @@ def main(argv=None):
             if args.promote:
                 m = promote(cfg, conn)
                 print(f"promoted the kept challenger: now serving {version_name(m['version'])} "
-                      f"(F1 {m['metrics'].get('f1')!r})")
+                      f"({f1_text(m)})")
             elif args.rollback:
                 m = rollback(prod, conn, to=args.to)
-                print(f"rolled back: now serving {version_name(m['version'])} (F1 {m['metrics'].get('f1')!r})")
+                print(f"rolled back: now serving {version_name(m['version'])} ({f1_text(m)})")
             else:
                 m = deploy_from_config(cfg, conn)
-                print(f"deployed {version_name(m['version'])} to {prod} (F1 {m['metrics'].get('f1')!r})")
+                print(f"deployed {version_name(m['version'])} to {prod} ({f1_text(m)})")
     except (ConfigError, DeploymentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 
 import history
+import words
 from settings import COLUMNS, FEATURES, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -222,7 +223,11 @@ def _index_failure(exc, index_url, timeout) -> str:
         return f"package index {host} unreachable: cannot connect"
     if isinstance(exc, ValueError):
         return f"package index {host} answer unusable: {str(exc)[:120]}"
-    return f"package index {host} unusable: {type(exc).__name__}"
+    import http.client
+
+    if isinstance(exc, http.client.HTTPException):
+        return f"package index {host} unusable: its answer is not HTTP"
+    return f"package index {host} unusable: {words.error_text(exc)}"
 
 
 def _newer(latest, pinned) -> bool:
@@ -305,7 +310,7 @@ def outdated_packages_list(cfg=None, requirements=REQUIREMENTS, index_url=None, 
 
             cache[index_url] = {**known, **fresh}
             try:
-                atomicfiles.write_text(cache_path, json.dumps(cache, sort_keys=True))
+                atomicfiles.write_text(cache_path, json.dumps(cache, sort_keys=True) + "\n")
             except OSError as exc:  # a read-only output folder costs the cache, not the answer
                 logger.warning("cannot write the package index cache %s: %s", cache_path, exc)
     packages = []
@@ -355,8 +360,10 @@ def main(argv=None):
 
     try:
         result["predictions_on_test_data"] = model_predictions(cfg.test_data_file, cfg=cfg)
-    except deployment.DeploymentError as exc:
+    except (deployment.DeploymentError, ValueError) as exc:
         result["predictions_on_test_data"] = f"unavailable: {exc}"
+    except OSError as exc:  # the test data missing or unreadable
+        result["predictions_on_test_data"] = f"unavailable: cannot read the test data: {words.error_text(exc)}"
     print(json.dumps(result, indent=2))
     return 0
 

@@ -44,6 +44,7 @@ import history
 import ingestion
 import locks
 import schedule
+import words
 from cycle import (COLD_START, FAILED, LOG_NAME, NO_DATA_YET, NO_NEW_DATA, NO_USABLE_ROWS, PUBLISHED, CycleRecord,
                    Gate, Retrained, known)
 from settings import FEATURES, TARGET, ConfigError, load_config, rotate_logs, setup_logging
@@ -105,6 +106,7 @@ class Cycle:
         self.conn = conn
         self.publisher = publisher
         self.t0 = time.perf_counter()
+        self.failed_step = None  # the step an exception left (named in the failure)
         self.record = CycleRecord.start(_iso(time.time()), str(cfg.path))
 
     @contextmanager
@@ -113,6 +115,9 @@ class Cycle:
         logger.info("step: %s", name)
         try:
             yield
+        except BaseException:
+            self.failed_step = name
+            raise
         finally:
             self.record.timings[name] = round(time.perf_counter() - started, 6)
 
@@ -261,7 +266,7 @@ class Cycle:
         with self.step("challenge"):
             out = decisions.challenge(serving, recent, X_test, y_test.to_numpy(), fit,
                                       level=cfg.drift_significance_level, rounds=cfg.drift_bootstrap_rounds,
-                                      seed=int(cycle_id))
+                                      seed=int(cycle_id), command=decisions.promote_command(cfg.path))
         policy = dict(out["policy"], split=out["split"])
         decided = cycle.promotion_decision(None, policy)
         if decided == cycle.REDEPLOYED:
@@ -338,10 +343,17 @@ def _unopened(cfg, reason):
 def _run_locked(cfg, conn, publisher):
     cyc = Cycle(cfg, conn, publisher)
     rec = cyc.record
+    if cycle.missing_input(cfg):  # a typo in the config must not look like "no new data" forever
+        _fail(rec, cycle.missing_input(cfg))
+        manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
+        rec.deployed_version = rec.previous_version = manifest["version"] if manifest else None
+        _finish(cfg, conn, rec, None, cyc)
+        return rec
     with cyc.step("look"):
         interrupted = cycle.mark_interrupted(conn)
         state = cycle.last_state(conn)
-        candidates = ingestion.new_files(conn, cfg.input_folder_path, cfg.ingest_settle_seconds)
+        found = ingestion.look(conn, cfg.input_folder_path, cfg.ingest_settle_seconds)
+        candidates = found.candidates
         manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
         if cycle.reconcile_deployment(conn, manifest):
             rec.recorded_missing_deployment = manifest["version"]
@@ -353,20 +365,17 @@ def _run_locked(cfg, conn, publisher):
         else:  # no finished cycle: what was deployed by hand counts as published, unless a cycle died
             published = None if interrupted else current_version
     rec.new_files = [c.path.name for c in candidates]
+    rec.duplicates, rec.waiting = found.duplicates or cycle.UNSET, found.waiting or cycle.UNSET
     if interrupted:
         rec.recovered = interrupted
-    if not cfg.input_folder_path.is_dir():  # a typo in the config must not look like "no new data" forever
-        _fail(rec, f"input folder {cfg.input_folder_path} does not exist (input_folder_path in {cfg.path})")
-        rec.deployed_version = rec.previous_version = current_version
-        _finish(cfg, conn, rec, None, cyc)
-        return rec
     nothing_owed = max_id <= covered and published == current_version
     if not candidates and (nothing_owed if manifest else not cfg.finaldata.exists()):
         rec.decision = NO_NEW_DATA if manifest else NO_DATA_YET
         rec.ingested_through = max_id
         rec.published_version = published
         rec.deployed_version = rec.previous_version = current_version
-        logger.info("%s in %s", rec.decision, cfg.input_folder_path)
+        logger.info("%s in %s%s", rec.decision, cfg.input_folder_path,
+                    "".join(f"; {ingestion.duplicate_text(d)}" for d in found.duplicates))
         _finish(cfg, conn, rec, None, cyc)
         return rec
 
@@ -381,7 +390,7 @@ def _run_locked(cfg, conn, publisher):
         _work(cyc, cycle_id, candidates, manifest, covered, published)
     except Exception as exc:  # noqa: BLE001 - the unattended job's last line: record why, never die silently
         logger.exception("cycle %s failed unexpectedly", cycle_id)
-        _fail(rec, f"unexpected {type(exc).__name__}: {exc}")
+        _fail(rec, cycle.failure_text(cyc.failed_step, words.error_text(exc), unexpected=True))
     _finish(cfg, conn, rec, cycle_id, cyc)
     return rec
 
@@ -476,7 +485,7 @@ def _work(cyc, cycle_id, candidates, manifest, covered, published):
         cyc.save(cycle_id)
     except (deployment.DeploymentError, training.TrainingError, scoring.ScoringError, delivery.BadFile,
             NotImplementedError, OSError) as exc:
-        _fail(rec, f"{type(exc).__name__}: {exc}")
+        _fail(rec, cycle.failure_text(cyc.failed_step, words.error_text(exc)))
         return
     current = deployment.current_manifest(cfg.prod_deployment_path)
     version = current["version"] if current else None
@@ -517,9 +526,7 @@ def _finish(cfg, conn, rec, cycle_id, cyc):
 
                 decisions.write_state(conn, cycle_id, rec.evidence)
     _log_line(cfg, text)
-    if rec.errors:
-        logger.error("cycle finished with errors: %s", "; ".join(rec.errors))
-    else:
+    if not rec.errors:  # an error was logged when it happened (_fail): once is enough
         logger.info("cycle finished: %s (%.3fs)", rec.decision, rec.seconds)
 
 
@@ -562,14 +569,17 @@ def main(argv=None):
         cfg = load_config(args.config)
         if args.daemon:
             return schedule.run_daemon(lambda: run_cycle(cfg, who="fullprocess.py --daemon"),
-                                       args.schedule or schedule.read_cronjob(), cfg.path)
+                                       args.schedule or schedule.read_cronjob(), cfg.path,
+                                       heartbeat=cfg.log_folder_path / schedule.HEARTBEAT)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rec = run_cycle(cfg)
     if args.verbose:
         print(cycle.describe(rec))
-    return 1 if rec.errors else 0
+    if rec.errors:  # 2: the user's mistake (the only error); 1: the cycle ran and failed
+        return 2 if rec.errors == [cycle.missing_input(cfg)] else 1
+    return 0
 
 
 if __name__ == "__main__":

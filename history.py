@@ -14,7 +14,9 @@ import os
 import re
 import sqlite3
 import sys
+import threading
 import time
+import weakref
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +63,8 @@ CREATE TABLE IF NOT EXISTS cycles (
     id INTEGER PRIMARY KEY, started_at REAL NOT NULL, finished_at REAL, decision TEXT,
     record TEXT NOT NULL
 );
+-- the summary counts the decisions of a period (summary.period) without reading the records
+CREATE INDEX IF NOT EXISTS cycles_by_start ON cycles (started_at, decision);
 CREATE TABLE IF NOT EXISTS alerts (
     condition TEXT PRIMARY KEY, state TEXT NOT NULL, event TEXT NOT NULL, payload TEXT NOT NULL,
     changed_at REAL NOT NULL, memo TEXT NOT NULL, delivered INTEGER, tries INTEGER NOT NULL DEFAULT 0,
@@ -252,23 +256,54 @@ def one_line(exc) -> str:
 
 
 def _pg_connect(url, read_only=False):
-    raw = pg_session(url, read_only=read_only)
-    conn = PgConnection(raw)
+    lent = None if read_only else _lent.get((url, threading.get_ident()))
+    if lent is not None:  # this thread holds the writer lock: its session serves the history too
+        conn = PgConnection(lent._raw, owned=False)
+    else:
+        conn = PgConnection(pg_session(url, read_only=read_only), lambda: pg_session(url, read_only=read_only))
     try:
         if read_only:
             if conn.execute("SELECT to_regclass('ingested_files')").fetchone()[0] is None:
                 conn.close()
                 return None
         elif url not in _made:
-            # One round trip; the transaction lock keeps two first connections from racing to make it.
-            upgrades = "".join(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {k};"
-                               for t, c, k in UPGRADES)
-            conn.execute(f"{_PG_BEGIN}; {pg_schema()} {pg_schema(upgrades)} COMMIT", raw_sql=True)
+            _make_schema(conn)
             _made.add(url)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+@lru_cache(maxsize=1)
+def _pg_schema_script():
+    """(the schema and its upgrades in one transaction, its digest: the comment the made schema bears)."""
+    import hashlib  # lazy: only a postgresql history pays for it
+
+    upgrades = "".join(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {k};" for t, c, k in UPGRADES)
+    body = f"{pg_schema()} {pg_schema(upgrades)}"
+    digest = "dras schema " + hashlib.sha256(body.encode()).hexdigest()[:16]
+    return f"{_PG_BEGIN}; {body} COMMENT ON TABLE ingested_files IS '{digest}'; COMMIT", digest
+
+
+def _make_schema(conn):
+    """Make or upgrade the schema, unless ingested_files' comment says it is this version's: one round
+    trip either way (the transaction lock keeps two first connections from racing to make it)."""
+    script, digest = _pg_schema_script()
+    if conn.execute("SELECT obj_description(to_regclass('ingested_files'), 'pg_class')").fetchone()[0] != digest:
+        conn.execute(script, raw_sql=True)
+
+
+def lend(url, session):
+    """The writer lock's `session` on `url` serves this thread's history connections while it is held."""
+    _lent[(url, threading.get_ident())] = session
+
+
+def take_back(url):
+    _lent.pop((url, threading.get_ident()), None)
+
+
+_lent = {}  # (url, thread): the writer lock's session, while that thread holds it
 
 
 class Row(tuple):
@@ -316,14 +351,27 @@ class PgCursor:
 
 class PgConnection:
     """The history on PostgreSQL, used as a sqlite3 connection in autocommit is: `?` placeholders,
-    `lastrowid`, rows by name, this module's errors."""
+    `lastrowid`, rows by name, this module's errors.
 
-    def __init__(self, raw):
-        self._raw = raw
+    A connection the server dropped (a restart, a network cut) fails its statement, and the next
+    one opens a new session (with `reopen`; never for the writer lock's, whose lock went with it).
+    A forked child disowns the connections it inherits: libpq would otherwise end the parent's
+    session on the shared socket when the child's copy is closed. Not `owned`: the writer lock's
+    session, lent to its holder's history connections (`lend`), which their close leaves open."""
+
+    def __init__(self, raw, reopen=None, owned=True):
+        self._raw, self._reopen, self._owned = raw, reopen, owned
+        if owned:
+            _live.add(self)
+            _hook_fork()
 
     def _run(self, call):
         import psycopg
 
+        if self._raw is None:
+            raise OperationalError("this PostgreSQL connection belongs to the process this one was forked from")
+        if self._raw.broken and self._reopen is not None:
+            self._raw = self._reopen()
         try:
             return call()
         except psycopg.IntegrityError as exc:
@@ -333,15 +381,27 @@ class PgConnection:
 
     def execute(self, sql, params=(), raw_sql=False):
         text, returning = (sql, False) if raw_sql else pg_sql(sql)
-        cur = self._raw.cursor(row_factory=_row_factory)
-        return self._run(lambda: PgCursor(cur.execute(text, None if raw_sql else tuple(params)), returning))
+        return self._run(lambda: PgCursor(self._raw.cursor(row_factory=_row_factory).execute(
+            text, None if raw_sql else tuple(params)), returning))
 
     def executemany(self, sql, seq):
         text, _ = pg_sql(sql)
         self._run(lambda: self._raw.cursor().executemany(text, [tuple(p) for p in seq]))
 
     def close(self):
-        self._raw.close()
+        """Close the session (a borrowed one, the writer lock's, stays open for its holder)."""
+        _live.discard(self)
+        if self._raw is not None and self._owned:
+            self._raw.close()
+
+    def _disown(self):
+        """In a forked child: keep the inherited session from ever being ended from here."""
+        raw, self._raw = self._raw, None
+        if raw is not None and not raw.closed:
+            null = os.open(os.devnull, os.O_RDWR)  # libpq's goodbye, when the copy is freed, goes nowhere
+            os.dup2(null, raw.fileno())
+            os.close(null)
+            _disowned.append(raw)
 
     def __enter__(self):
         return self
@@ -350,8 +410,25 @@ class PgConnection:
         self.close()
 
 
+_live = weakref.WeakSet()  # this process's open PostgreSQL connections
+_disowned = []  # the copies a forked child inherited, kept (never freed, never used)
+_fork_hooked = False
+
+
+def _hook_fork():
+    global _fork_hooked
+    if not _fork_hooked:
+        os.register_at_fork(after_in_child=lambda: [conn._disown() for conn in list(_live)])
+        _fork_hooked = True
+
+
 def ingested_hashes(conn) -> set:
     return {row[0] for row in conn.execute("SELECT sha256 FROM ingested_files")}
+
+
+def ingested_names(conn) -> dict:
+    """{sha256: the name the content was ingested under} (each content is ingested once)."""
+    return {row[0]: row[1] for row in conn.execute("SELECT sha256, name FROM ingested_files")}
 
 
 def ingested_files(conn) -> list:

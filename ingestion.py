@@ -26,6 +26,7 @@ import atomicfiles
 import delivery
 import history
 import locks
+import progress
 from settings import COLUMNS, FEATURES, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class IngestResult:
     ingested: list = field(default_factory=list)      # dicts: name, sha256, rows
     quarantined: list = field(default_factory=list)   # dicts: name, reason, moved_to
     skipped: list = field(default_factory=list)       # names already ingested (same content)
+    duplicates: list = field(default_factory=list)    # dicts: name, of (the name it was ingested under)
+    waiting: list = field(default_factory=list)       # dicts: name, until, seconds (still settling)
     total_rows: int = 0
     seconds: float = 0.0
     frames: dict = field(default_factory=dict, repr=False)  # sha256 -> parsed rows of each ingested file
@@ -53,8 +56,44 @@ class IngestResult:
                 "total_rows": self.total_rows, "seconds": self.seconds}
 
 
-def delivery_files(folder, settle_seconds=0.0, now=None) -> list:
-    """The finished `*.csv` files in `folder`, sorted by name."""
+@dataclass
+class Found:
+    """What a look at the input folder found: the new files, the copies of ingested ones, the settling ones."""
+
+    candidates: list = field(default_factory=list)  # Candidates
+    duplicates: list = field(default_factory=list)  # dicts: name, of
+    waiting: list = field(default_factory=list)     # dicts: name, until, seconds
+
+
+def _iso_after(t):
+    """UTC ISO 8601 of the first whole second at or after `t` (a settling file's wait ends then)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(-(-t // 1)))
+
+
+def waiting_text(w) -> str:
+    """A settling file in words: which, until when, and why."""
+    return (f"{w['name']} until {w['until']}: modified less than {w['seconds']:g}s ago "
+            "(ingest_settle_seconds), so it may still be being written")
+
+
+def duplicate_text(d) -> str:
+    """A copy of an ingested file in words, naming the file it duplicates."""
+    return f"{d['name']}: a duplicate of {d['of']}, already ingested"
+
+
+def duplicates_of(conn, seen) -> list:
+    """The files of `seen` ({name: sha256}, content already ingested) ingested under another name:
+    [{"name", "of"}]. The same name again is the ingested file itself, not a copy."""
+    if not seen:
+        return []
+    first = history.ingested_names(conn)
+    return [{"name": name, "of": first[digest]} for name, digest in seen.items()
+            if digest in first and first[digest] != name]
+
+
+def delivery_files(folder, settle_seconds=0.0, now=None, waiting=None) -> list:
+    """The finished `*.csv` files in `folder`, sorted by name; the settling ones are appended to the
+    list `waiting`, if given, as {"name", "until", "seconds"}."""
     folder = Path(folder)
     now = time.time() if now is None else now
     found = []
@@ -68,8 +107,12 @@ def delivery_files(folder, settle_seconds=0.0, now=None) -> list:
             continue
         if not entry.is_file(follow_symlinks=False):
             continue
-        if settle_seconds > 0 and now - entry.stat().st_mtime < settle_seconds:
-            logger.info("%s was modified less than %ss ago; leaving it for the next run", name, settle_seconds)
+        mtime = entry.stat().st_mtime
+        if settle_seconds > 0 and now - mtime < settle_seconds:
+            w = {"name": name, "until": _iso_after(mtime + settle_seconds), "seconds": settle_seconds}
+            logger.info("waiting: %s", waiting_text(w))
+            if waiting is not None:
+                waiting.append(w)
             continue
         found.append(Path(entry.path))
     return sorted(found, key=lambda p: p.name)
@@ -96,16 +139,26 @@ def file_sha256(conn, path: Path) -> str:
     return digest
 
 
-def new_files(conn, folder, settle_seconds=0.0) -> list:
-    """Delivery files in `folder` whose content has not been ingested yet (first of each content)."""
+def look(conn, folder, settle_seconds=0.0) -> Found:
+    """The delivery files in `folder` whose content has not been ingested yet (new_files), the
+    copies of ingested files under other names, and the files still settling."""
     known = history.ingested_hashes(conn)
-    out = []
-    for path in delivery_files(folder, settle_seconds):
+    found, seen = Found(), {}
+    for path in delivery_files(folder, settle_seconds, waiting=found.waiting):
         digest = file_sha256(conn, path)
-        if digest not in known:
-            known.add(digest)
-            out.append(Candidate(path, digest))
-    return out
+        if digest in known:
+            seen[path.name] = digest
+        else:
+            found.candidates.append(Candidate(path, digest))
+    found.duplicates = duplicates_of(conn, seen)
+    return found
+
+
+def new_files(conn, folder, settle_seconds=0.0) -> list:
+    """Delivery files in `folder` whose content has not been ingested yet. Every such file, copies of
+    one new content included: ingest() takes the first copy and reports the others as duplicates of
+    it, or quarantines each copy of a bad content, so that no file is left unaccounted for."""
+    return look(conn, folder, settle_seconds).candidates
 
 
 def read_finaldata(path, nrows=None):
@@ -198,26 +251,33 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
     result = IngestResult()
     try:
         known = history.ingested_hashes(conn)
+        seen = {}  # name -> sha256 of each file skipped as already ingested
         if candidates is None:
             candidates = []
-            for path in delivery_files(folder, cfg.ingest_settle_seconds):
+            for path in delivery_files(folder, cfg.ingest_settle_seconds, waiting=result.waiting):
                 digest = file_sha256(conn, path)
                 if digest in known:
+                    seen[path.name] = digest
                     result.skipped.append(path.name)
                 else:
                     candidates.append(Candidate(path, digest))
-        good = []
-        for cand in candidates:
+        good, read = [], 0
+        for i, cand in enumerate(candidates, 1):
             # Read once; hash, judge and record those same bytes. The cached hash only chose the
             # candidate: a file replaced since by content already ingested (or taken earlier in this
             # run) is that content, and is skipped like it.
+            where = f"file {i} of {len(candidates)}, {progress.megabytes(read)} read before it"
+            progress.show(f"ingestion: reading {cand.path.name} ({where})")
             try:
                 data = cand.path.read_bytes()
             except FileNotFoundError:  # removed since it was listed: nothing left to judge
                 logger.warning("%s disappeared before it could be read; nothing ingested from it", cand.path.name)
                 continue
+            read += len(data)
+            progress.show(f"ingestion: checking {cand.path.name}, {progress.megabytes(len(data))} ({where})")
             digest = hashlib.sha256(data).hexdigest()
             if digest in known:
+                seen[cand.path.name] = digest
                 result.skipped.append(cand.path.name)
                 continue
             try:
@@ -243,6 +303,7 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
             keep_in_archive(cfg, digest, data)
             good.append((cand.path, digest, df))
         if good:
+            progress.show(f"ingestion: merging {len(good)} file(s) into {cfg.finaldata.name}")
             frames = [read_finaldata(cfg.finaldata)] if cfg.finaldata.exists() else []
             frames += [df for _, _, df in good]
             merged = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
@@ -266,7 +327,9 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
         else:
             summary = history.latest_summary(conn)
             result.total_rows = summary["rows"] if summary else 0
+        result.duplicates = duplicates_of(conn, seen)
     finally:
+        progress.clear()
         if own_conn:
             conn.close()
     result.seconds = time.perf_counter() - started
@@ -288,7 +351,8 @@ def main(argv=None):
         return 2
     folder = Path(args.input_folder) if args.input_folder else cfg.input_folder_path
     if not folder.is_dir():
-        print(f"error: input folder {folder} does not exist", file=sys.stderr)
+        named_by = "given by --input-folder" if args.input_folder else f"config key input_folder_path in {cfg.path}"
+        print(f"error: input folder {folder} does not exist ({named_by})", file=sys.stderr)
         return 2
     try:
         result = ingest(cfg, folder)
@@ -297,8 +361,14 @@ def main(argv=None):
         return locks.EXIT_BUSY
     for f in result.ingested:
         print(f"ingested    {f['name']} ({f['rows']} rows)")
+    copies = {d["name"] for d in result.duplicates}
     for name in result.skipped:
-        print(f"already in  {name}")
+        if name not in copies:
+            print(f"already in  {name}")
+    for d in result.duplicates:
+        print(f"duplicate   {duplicate_text(d)}")
+    for w in result.waiting:
+        print(f"waiting     {waiting_text(w)}")
     for f in result.quarantined:
         print(f"quarantined {f['name']}: {f['reason']}")
     if cfg.finaldata.exists():

@@ -141,7 +141,14 @@ def _advisory(url, what, wait):
     except history.Error as exc:
         raise Unreachable(f"cannot take {describe(url)}: {exc}; nothing was changed, run it again once the "
                           "database answers") from None
-    return session.close  # the server drops the lock with the session
+    # The holder's history connections use this session too: one connection, and no write to the
+    # history that outlives the lock (a dropped session fails them, never reconnects).
+    history.lend(url, session)
+
+    def release():
+        history.take_back(url)
+        session.close()  # the server drops the lock with the session
+    return release
 
 
 def _advisory_holder(url, session=None):

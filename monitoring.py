@@ -42,6 +42,7 @@ import numpy as np
 import alerts
 import estimate
 import history
+import words
 from drift import LEVELS, bin_counts, model_reference
 from settings import FEATURES
 from traffic import LATENCY_BOUNDS, add_counts, last_cycle, merge_feature, model_references, recent_windows
@@ -267,13 +268,13 @@ class Monitor:
                 self._error = None
             except (history.Error, OSError, ValueError) as exc:
                 if str(exc) != self._error:  # once per kind of failure, not every few seconds
-                    logger.warning("monitoring flush failed, will retry: %s", exc)
+                    logger.warning("monitoring flush failed, will retry: %s", words.error_text(exc))
                 self._error = str(exc)
             for watch in self.watchers:  # here, off every request's path; a delivery has its own time bound
                 try:
                     watch()
                 except (history.Error, OSError, ValueError) as exc:
-                    logger.warning("alert check failed, will retry: %s", exc)
+                    logger.warning("alert check failed, will retry: %s", words.error_text(exc))
 
     def close(self):
         """Stop the flush thread after a last flush."""
@@ -282,7 +283,7 @@ class Monitor:
         try:
             self.flush()
         except (history.Error, OSError, ValueError) as exc:
-            logger.warning("last monitoring flush failed: %s", exc)
+            logger.warning("last monitoring flush failed: %s", words.error_text(exc))
         with self._flush_lock:
             if self._conn is not None:
                 self._conn.close()
@@ -375,7 +376,7 @@ class Monitor:
             try:
                 self.refresh()
             except history.Error as exc:
-                logger.warning("monitoring status unreadable: %s", exc)
+                logger.warning("monitoring status unreadable: %s", words.error_text(exc))
         return self.status
 
     def _update_status(self, conn):

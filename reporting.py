@@ -1,7 +1,8 @@
 """Reporting: the deployed model's health on paper, after every retraining.
 
 `generate_report(cfg)` scores the DEPLOYED model on the test data, draws its confusion matrix to
-output_model_path/confusionmatrix.png and writes a PDF report: the model, its scores, the data's
+output_model_path/confusionmatrix.png and writes a PDF report: a summary in words (summary.py: what
+happened since the previous report, the model's health, what to do), the model, its scores, the data's
 summary and gaps, step timings, dependencies, the drift check of the monitoring cycle, and trends
 from the history database. Each report is kept under a versioned, timestamped name in
 output_model_path/reports/; the latest is always output_model_path/report.pdf.
@@ -29,9 +30,10 @@ import lineage
 import modelcard
 import reportpdf
 import scoring
+import summary
 import traffic
 from cycle import UNSET, CycleRecord, known
-from reportpdf import change
+from summary import change
 from settings import ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def _scores_on_test(cfg, model):
     return metrics, [[int(v) for v in row] for row in matrix]
 
 
-def _history(cfg, model_sha):
+def _history(cfg, version):
     """Deployments, the previous deployment's test scores, summaries, timings and files, from the history database."""
     with closing(history.connect(cfg.history)) as conn:
         deployments = [dict(r) for r in conn.execute(
@@ -88,15 +90,7 @@ def _history(cfg, model_sha):
         for r in conn.execute("SELECT step, seconds, at FROM step_timings ORDER BY id"):
             timings.setdefault(r["step"], []).append(r["seconds"])
         file_rows = {r["name"]: r["rows"] for r in conn.execute("SELECT name, rows FROM ingested_files ORDER BY id")}
-        # The deployment event serving now is the last one of this model; the one before it is the previous run.
-        mine = [i for i, d in enumerate(deployments) if d["model_sha256"] == model_sha]
-        previous = deployments[mine[-1] - 1] if mine and mine[-1] > 0 else None
-        previous_scores = None
-        if previous is not None:
-            row = conn.execute("SELECT f1, precision, recall, roc_auc, rows FROM scores WHERE dataset = 'test'"
-                               " AND model_sha256 = ? ORDER BY id DESC LIMIT 1", (previous["model_sha256"],)).fetchone()
-            previous_scores = dict(row) if row is not None else {"f1": previous["f1"], "precision": None,
-                                                                 "recall": None, "roc_auc": None, "rows": None}
+        previous, previous_scores = summary.previous_deployment(conn, version)
     return {"deployments": deployments, "previous_deployment": previous, "previous_scores": previous_scores,
             "summaries": summaries, "timings": timings, "file_rows": file_rows}
 
@@ -143,11 +137,12 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
 
     `cycle` is a CycleRecord (the cycle that deployed the model when not given)."""
     model, manifest, files, card = _deployed(cfg)
+    running = cycle  # the record of the cycle writing this report, when one is
     if cycle is None:
         cycle = deploying_cycle(cfg, manifest)
     metrics, matrix = _scores_on_test(cfg, model)
     model_sha = manifest["files"]["trainedmodel.pkl"]["sha256"]
-    past = _history(cfg, model_sha)
+    past = _history(cfg, manifest["version"])
     if dependencies is None:
         dependencies = diagnostics.outdated_packages_list(cfg, timeout=2.0)
     summaries = past["summaries"]
@@ -156,6 +151,14 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
         audit = modelcard.report_audit(manifest)
         if audit is not None:
             audit["from_card"] = True
+    with closing(history.connect(cfg.history)) as conn:
+        since, before = summary.last_report(conn), summary.last_report(conn, skip=1)
+        happened = summary.period(conn, since, running)
+    live = traffic.report_data(cfg, since=since, previous_since=before)
+    previous = past["previous_deployment"]
+    overview = summary.summarize(happened, {"version": manifest["version"], "f1": metrics["f1"]},
+                                 {"version": previous["version"], "f1": past["previous_scores"]["f1"]} if previous else None,
+                                 summary.report_live(live))
     return {
         "generated_at": datetime.now(timezone.utc),
         "model": {
@@ -182,17 +185,9 @@ def report_data(cfg, cycle=None, audit=None, dependencies=None) -> dict:
         "cycle": cycle,
         "delivery_slices": delivery_slices(cfg, cycle),
         "audit": audit,
-        "live": _live_traffic(cfg),
+        "live": live,  # since the previous report (the last recorded "report" timing)
+        "overview": overview,  # summary.summarize's sentences: the report opens with them
     }
-
-
-def _live_traffic(cfg):
-    """traffic.report_data since the previous report (the last recorded "report" timing)."""
-    with closing(history.connect(cfg.history)) as conn:
-        reports = [r[0] for r in conn.execute("SELECT at FROM step_timings WHERE step = 'report'"
-                                              " ORDER BY id DESC LIMIT 2")]
-    return traffic.report_data(cfg, since=reports[0] if reports else None,
-                               previous_since=reports[1] if len(reports) > 1 else None)
 
 
 def _versioned_path(folder: Path, version: int, at: datetime) -> Path:

@@ -6,17 +6,13 @@ from xml.sax.saxutils import escape
 import charts
 import modelcard
 from cycle import known
+from summary import ORDER, change
 from settings import COLUMNS, FEATURES
 
 STATS = ("count", "mean", "median", "std", "min", "max")
-
-
-def change(current, previous, digits=4) -> str:
-    """'up', 'down' or 'same' for two numbers compared as shown (rounded to `digits`); 'first run' without a previous."""
-    if current is None or previous is None:
-        return "first run" if previous is None else "n/a"
-    a, b = round(float(current), digits), round(float(previous), digits)
-    return "up" if a > b else "down" if a < b else "same"
+# A heading starts a new page when less than this (mm) is left below it: it never ends a page with
+# a line or two of its section (keepWithNext alone keeps it with one flowable, a short one).
+ROOM_BELOW_HEADING = 45
 
 
 def _fmt(value, spec=".4f", none="n/a"):
@@ -51,13 +47,15 @@ class _Doc:
         self.h2 = ParagraphStyle("section", parent=sheet["Heading2"], keepWithNext=1)
         self.lead = ParagraphStyle("lead", parent=self.body, keepWithNext=1)
         self.small = ParagraphStyle("small", parent=self.body, fontSize=8, leading=10)
+        self.todo = ParagraphStyle("todo", parent=self.body, fontName="Helvetica-Bold")
         self.cell = ParagraphStyle("cell", parent=self.body, fontSize=8.5, leading=10.5)
         self.story = []
 
     def heading(self, text):
-        from reportlab.platypus import Paragraph
+        from reportlab.lib.units import mm
+        from reportlab.platypus import CondPageBreak, Paragraph
 
-        self.story.append(Paragraph(escape(text), self.h2))
+        self.story += [CondPageBreak(ROOM_BELOW_HEADING * mm), Paragraph(escape(text), self.h2)]
 
     def para(self, text, style=None):
         from reportlab.platypus import Paragraph
@@ -99,6 +97,14 @@ class _Doc:
         from reportlab.platypus import Spacer
 
         self.story.append(Spacer(1, mm * MM))
+
+
+def _summary_section(doc, data):
+    """The summary in words (summary.py), what to do last and in bold."""
+    doc.heading("Summary")
+    said = data["overview"]
+    for key in ORDER:
+        doc.para(said[key], doc.todo if key == "todo" else doc.body)
 
 
 def _model_section(doc, data, W):
@@ -343,7 +349,9 @@ def _trends_section(doc, data, W):
     else:
         doc.para("F1 per deployment: no deployment recorded in the history yet.")
     summaries = data["summaries"]
-    if len(summaries) > 1:
+    if len(summaries) > 1 and not any(s["missing"].get(col) for s in summaries for col in COLUMNS):
+        doc.para(f"Missing data per ingestion: no missing values in any of the {len(summaries)} ingestion runs.")
+    elif len(summaries) > 1:
         doc.image(charts.missing_trend_png(summaries), W)
     else:
         doc.para("Missing data: one run so far; a trend needs two ingestions.")
@@ -404,13 +412,18 @@ def _live_section(doc, data, W):
         rows.append([name, _fmt(a, ".2f"), _fmt(b, ".2f", none="-"), change(a, b, 2)])
     doc.table(rows, [0.3 * W, 0.2 * W, 0.2 * W, 0.2 * W])
     windows = live["windows"]
-    if len(windows) > 1:
+    starts = sorted({w["window_start"] for w in windows})
+    if len(starts) > 1:
         doc.image(charts.live_share_png(windows, t), W)
         doc.image(charts.live_psi_png(windows, t), W)
-    else:
+    elif len(windows) == 1:
         w = windows[0]
         doc.para(f"One window so far: exit share {_fmt(w['exit_share'])}, PSI "
                  + ", ".join(f"{k} {v:.3f}" for k, v in sorted(w["psi"].items())) + "; a trend needs two.")
+    else:  # versions served side by side in one window: one time, nothing to draw a trend along
+        versions = sorted({w["model_version"] for w in windows})
+        doc.para(f"All windows so far start at {_stamp(starts[0])} ({len(windows)} windows, versions "
+                 f"{', '.join(map(str, versions[:-1]))} and {versions[-1]}): a trend needs two times.")
 
 
 def render_pdf(data, confusion) -> bytes:
@@ -439,6 +452,7 @@ def render_pdf(data, confusion) -> bytes:
 
     doc.story.append(Paragraph(escape(title), doc.h1))
     doc.para(f"Generated {_stamp(data['generated_at'])}. The deployed model, scored on {data['test_data']}.")
+    _summary_section(doc, data)
     _model_section(doc, data, W)
     _scores_section(doc, data, W, confusion)
     _data_section(doc, data, W)

@@ -10,6 +10,7 @@ from pathlib import Path
 import archive
 import delivery
 import ingestion
+import progress
 import scoring
 import training
 
@@ -21,7 +22,10 @@ def training_set(folder, lineage):
     in `folder`, deduplicated as ingestion does (the first of equal rows kept). Raises ArchiveError."""
     import pandas as pd
 
-    frames = [delivery.parse_delivery(archive.load(folder, d["sha256"])) for d in lineage]
+    frames = []
+    for i, d in enumerate(lineage, 1):
+        progress.show(f"reproducing: reading delivery {i} of {len(lineage)} from the archive ({d['name']})")
+        frames.append(delivery.parse_delivery(archive.load(folder, d["sha256"])))
     return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
 
 
@@ -37,11 +41,13 @@ def differences(manifest, deployed_model, rebuilt_model, data_sha256, now_librar
     recorded = manifest.get("training", {})
     out = []
     if data_sha256 != recorded.get("data_sha256"):
-        out.append(f"training set: rebuilt sha256 {data_sha256[:12]}, recorded {str(recorded.get('data_sha256'))[:12]}")
+        out.append(f"training set: rebuilt sha256 {data_sha256[:12]}, "
+                   f"recorded {(recorded.get('data_sha256') or 'none')[:12]}")
     then = recorded.get("libraries", {})
     for name in sorted(set(then) | set(now_libraries)):
         if then.get(name) != now_libraries.get(name):
-            out.append(f"library {name}: {then.get(name)} in the manifest, {now_libraries.get(name)} now")
+            out.append(f"library {name}: {then.get(name) or 'not recorded'} in the manifest, "
+                       f"{now_libraries.get(name) or 'not installed'} now")
     if deployed_model is not None:
         old, new = _coefficients(deployed_model), _coefficients(rebuilt_model)
         for key in old:
@@ -51,7 +57,8 @@ def differences(manifest, deployed_model, rebuilt_model, data_sha256, now_librar
                            + (f" (largest difference {gap:.3g})" if gap is not None else ""))
     f1_then = manifest.get("metrics", {}).get("f1")
     if test_metrics is not None and f1_then != test_metrics["f1"]:
-        out.append(f"test F1: deployed {f1_then!r}, rebuilt {test_metrics['f1']!r}")
+        out.append(f"test F1: deployed {'none recorded' if f1_then is None else repr(f1_then)}, "
+                   f"rebuilt {test_metrics['f1']!r}")
     return out
 
 
@@ -60,6 +67,13 @@ def reproduce(cfg, manifest, load_deployed) -> tuple:
 
     `load_deployed()` returns the deployed model (only called when the bytes differ).
     """
+    try:
+        return _reproduce(cfg, manifest, load_deployed)
+    finally:
+        progress.clear()
+
+
+def _reproduce(cfg, manifest, load_deployed) -> tuple:
     number = manifest["version"]
     recorded = manifest.get("training", {})
     if "lineage" not in recorded:
@@ -79,6 +93,7 @@ def reproduce(cfg, manifest, load_deployed) -> tuple:
     if digest == expected:
         return REPRODUCED, [f"version {number} reproduced: sha256 {digest}"]
     try:
+        progress.show("reproducing: scoring the rebuilt model on the test data")
         X, y = scoring.read_test_data(cfg.test_data_file)
         test_metrics = scoring.score_model(model, X, y)
     except scoring.ScoringError:

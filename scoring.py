@@ -16,6 +16,7 @@ import delivery
 import history
 import locks
 import modelfile
+import words
 from settings import ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -59,13 +60,13 @@ def load_pickle(path):
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ScoringError(f"{path} does not exist: run training first") from None
+        raise ScoringError(f"{path} does not exist: run training.py first") from None
     try:
         return modelfile.load_model(data)
     except modelfile.Refused as exc:
         raise ScoringError(f"{path} is refused: {exc}") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as exc:
-        raise ScoringError(f"{path} is not a readable model: {exc}") from None
+        raise ScoringError(f"{path} is not a readable model: {words.error_text(exc)}") from None
 
 
 def run(cfg, conn=None) -> dict:

@@ -6,13 +6,16 @@
 
     run_chromium(url, *args, ...)   headless Chromium on a page (--dump-dom, --screenshot=...),
                                     a fresh profile each time; raises BrowserError with its words
-    screenshots(url, out_dir)       the page at each of SCREEN_WIDTHS, as PNG files
+    page_height(url, width)         the page's full height at `width` CSS pixels (its scrollHeight)
+    screenshots(url, out_dir)       the whole page at each of SCREEN_WIDTHS, as PNG files
 
 Chromium runs with nothing of its own that talks to the network (CHROMIUM_FLAGS): every host name
 but 127.0.0.1 fails to resolve.
 """
 import argparse
+import html
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,7 +34,18 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate,"
                   "AutofillServerCommunication,DialMediaRouteProvider",
                   "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
-SCREEN_WIDTHS = {"wide": (1280, 1600), "narrow": (390, 2400)}
+SCREEN_WIDTHS = {"wide": 1280, "narrow": 390}
+# The page measured: shown inline (srcdoc, so the script may read it) in a frame `width` pixels wide
+# and one pixel high, without scrollbars; the frame's document's scrollHeight is then the page's
+# full height, which the script writes into the DOM for --dump-dom to print. (The page itself runs
+# no script: its Content-Security-Policy forbids them.)
+MEASURE = """<!doctype html>
+<html><head><style>html, body {{ margin: 0; padding: 0; }} iframe {{ display: block; border: 0; }}</style></head>
+<body><output id="height">not measured</output>
+<iframe scrolling="no" srcdoc="{page}" style="width: {width}px; height: 1px" onload="document.getElementById('height')
+.textContent = 'scrollHeight=' + this.contentDocument.documentElement.scrollHeight;"></iframe></body></html>
+"""
+MEASURED = re.compile(r'<output id="height">scrollHeight=(\d+)</output>')
 
 
 class BrowserError(Exception):
@@ -74,30 +88,43 @@ def run_chromium(url, *args, width=1280, height=1600, timeout=60, netlog=None):
     return stdout
 
 
-def _check_page(url, timeout=10):
-    """Raise BrowserError unless `url` answers 200 (Chromium would screenshot its error page)."""
+def _fetch_page(url, timeout=10):
+    """The page's HTML; raise BrowserError unless `url` answers 200 (Chromium would screenshot its error page)."""
     import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            resp.read()
+            return resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         raise BrowserError(f"{url} answered {exc.code}: {exc.read(300).decode('utf-8', 'replace').strip()}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise BrowserError(f"{url} cannot be reached: {getattr(exc, 'reason', exc)}") from None
 
 
+def page_height(page, width):
+    """The full height in CSS pixels of the HTML `page` laid out `width` pixels wide (headless Chromium)."""
+    with tempfile.TemporaryDirectory(prefix="dras-measure-") as folder:
+        probe = Path(folder) / "measure.html"
+        probe.write_text(MEASURE.format(page=html.escape(page, quote=True), width=int(width)), encoding="utf-8")
+        dom = run_chromium(probe.as_uri(), "--dump-dom", width=max(int(width), 500), height=600)
+    found = MEASURED.search(dom)
+    if not found:
+        raise BrowserError("chromium did not measure the page's height")
+    return int(found.group(1))
+
+
 def screenshots(url, out_dir, widths=SCREEN_WIDTHS):
-    """Save the page at `url` as status-<name>.png in out_dir for each width; return the paths."""
+    """Save the whole page at `url` as status-<name>.png in out_dir for each width (its height
+    measured first, page_height); return the paths."""
     chromium()
-    _check_page(url)
+    page = _fetch_page(url)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, (width, height) in widths.items():
+    for name, width in widths.items():
         path = out_dir / f"status-{name}.png"
-        run_chromium(url, f"--screenshot={path}", width=width, height=height)
+        run_chromium(url, f"--screenshot={path}", width=width, height=page_height(page, width))
         if not path.exists():
             raise BrowserError(f"chromium wrote no screenshot of {url}")
         paths.append(path)

@@ -23,6 +23,7 @@ import numpy as np
 
 import deployment
 import modelfile
+import words
 from modelfile import ESTIMATORS, Fitted
 from settings import FEATURES
 
@@ -160,7 +161,7 @@ class ModelStore:
             predictor.directory = self.prod / link
         except (deployment.DeploymentError, OSError, KeyError, ValueError, TypeError) as exc:
             self.failed_link = link
-            self.error = f"the deployed model {link} failed to load: {exc}"
+            self.error = f"the deployed model {link} failed to load: {words.error_text(exc)}"
             if self.predictor is not None:
                 self.error += f"; still serving version {self.predictor.version}"
             logger.warning("%s", self.error)

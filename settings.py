@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import progress
+import words
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.json"
 
 FEATURES = ("lastmonth_activity", "lastyear_activity", "number_of_employees")
@@ -296,7 +299,7 @@ def load_config(path=None) -> Config:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        raise ConfigError(f"cannot read config file {path}: {words.error_text(exc)}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -368,12 +371,13 @@ def load_config(path=None) -> Config:
 
 
 def setup_logging(level="INFO"):
-    """Configure logging once, from an entry point: one line per record on stderr.
+    """Configure logging once, from an entry point: one line per record on stderr (erasing any
+    progress line first: progress.py).
 
     (What `logging.config.dictConfig` would do, without importing logging.config and its socket and
     pickle machinery: ~10 ms the monitoring cycle's idle path cannot spare.)
     """
-    handler = logging.StreamHandler()
+    handler = progress.LogHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in root.handlers[:]:

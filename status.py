@@ -1,9 +1,11 @@
 """The status page: the whole system at a glance, in a browser.
 
-    gather(cfg)       the page's facts as plain data: the deployed model, the last cycles, the
-                      next scheduled cycle, the F1 and PSI trends, slice flags, live traffic, links
+    gather(cfg)       the page's facts as plain data: the summary (summary.py), the deployed model,
+                      the last cycles, the schedule in force (schedule.in_force), the F1 and PSI
+                      trends, slice flags, live traffic, links
     blueprint         GET / renders templates/status.html from gather(); GET /files/<name> serves
                       the latest report.pdf, apireturns.txt and modelcard.md (those names only)
+    main              `python status.py --check`: is it running? (health.py's facts, one line each)
 
 Screenshots of the running page (headless Chromium) are screenshots.py's.
 
@@ -29,17 +31,21 @@ from pathlib import Path
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, send_file
 
 import deployment
+import health
 import history
 import lineage
 import schedule
+import summary
 import traffic
 from cycle import CycleRecord, Gate, known
-from settings import FEATURES
+from settings import FEATURES, ConfigError, load_config
+from timetext import ago, shown_time
+from timetext import epoch as _epoch
+from timetext import iso as _iso
 
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-CRONJOB = schedule.CRONJOB
 BLUEPRINT = "status"
 COOKIE = "dras_token"
 # What a cookie may hold (RFC 6265 cookie-octets): printable ASCII but space, ", comma, ; and \.
@@ -64,25 +70,6 @@ bp = Blueprint(BLUEPRINT, __name__, template_folder="templates")
 # ---------------------------------------------------------------------------------------------
 # Facts
 # ---------------------------------------------------------------------------------------------
-
-def _iso(epoch):
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(float(epoch), timezone.utc).isoformat(timespec="seconds")
-
-
-def _epoch(value):
-    """Seconds since the epoch of an ISO 8601 text or a number; None when it is neither."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            t = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
-    return None
-
 
 def _number(value):
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
@@ -311,34 +298,6 @@ def live_traffic(conn, cfg, limit=TRAFFIC_WINDOWS):
     return traffic_summary(found, cfg.psi_watch, cfg.psi_act, traffic.alarm_thresholds(cfg))
 
 
-_TRIGGERS = {}
-
-
-def next_cycle(now=None, path=None):
-    """The schedule in cronjob.txt and its next run: {expr, next} or {error}; None without cronjob.txt."""
-    path = CRONJOB if path is None else path
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return {"error": f"cannot read {Path(path).name}: {exc.strerror}"}
-    line = schedule.job_line(text)
-    if line is None or len(line.split()) < 6:
-        return {"error": f"{Path(path).name} holds no crontab line"}
-    expr = " ".join(line.split()[:5])
-    trigger = _TRIGGERS.get(expr)
-    if trigger is None:
-        try:
-            trigger = schedule.make_trigger(expr)
-        except ValueError as exc:
-            return {"error": f"{Path(path).name}: {exc}"}
-        _TRIGGERS[expr] = trigger
-    now = datetime.now(timezone.utc) if now is None else now
-    when = trigger.get_next_fire_time(None, now.astimezone(trigger.timezone))
-    return {"expr": expr, "next": when.astimezone(timezone.utc).isoformat(timespec="seconds") if when else None}
-
-
 def links(cfg):
     """The report, the API returns, the model card and the API description, each with whether it exists."""
     out = []
@@ -355,7 +314,7 @@ def links(cfg):
     return out
 
 
-def gather(cfg, now=None, cronjob=None) -> dict:
+def gather(cfg, now=None) -> dict:
     """Everything the status page shows, as plain data (see the module docstring)."""
     now = datetime.now(timezone.utc) if now is None else now
     model, model_note = deployed_model(cfg)
@@ -365,7 +324,7 @@ def gather(cfg, now=None, cronjob=None) -> dict:
         "slices": slice_flags(cfg) if model else None,
         "cycles": [], "last_cycle": None, "last_check": last_check(cfg),
         "f1_trend": [], "psi_trend": [], "traffic": None,
-        "schedule": next_cycle(now, cronjob),
+        "schedule": schedule.in_force(cfg.path, cfg.log_folder_path, now),
         # the cycle's feature-drift rule: PSI at least this AND a significant KS test
         "feature_drift_rule": {"psi_threshold": cfg.feature_drift_psi_threshold, "level": cfg.drift_significance_level},
         "links": links(cfg),
@@ -391,6 +350,7 @@ def gather(cfg, now=None, cronjob=None) -> dict:
         if "deployments" in tables:
             facts["f1_trend"] = f1_per_deployment(conn)
         facts["traffic"] = live_traffic(conn, cfg)
+        facts["summary"] = summary.page_summary(conn, facts)  # the report's summary, shorter (summary.SHORT)
     except history.Error as exc:
         logger.warning("status page: reading %s failed: %s", cfg.history, exc)
         facts["history"] = f"unreadable: {exc}"
@@ -461,31 +421,9 @@ def _tick_text(value, step):
     return f"{value:.{decimals}f}"
 
 
-def ago(iso, now):
-    """'5 min ago', 'in 3 min' and the like, between two ISO 8601 times."""
-    t, n = _epoch(iso), _epoch(now)
-    if t is None or n is None:
-        return ""
-    d = t - n
-    words = "in {}" if d > 0 else "{} ago"
-    d = abs(d)
-    if d < 90:
-        span = f"{int(round(d))} s"
-    elif d < 90 * 60:
-        span = f"{int(round(d / 60))} min"
-    elif d < 36 * 3600:
-        span = f"{d / 3600:.1f} h"
-    else:
-        span = f"{d / 86400:.1f} days"
-    return words.format(span)
-
-
-def shown_time(iso):
-    """An ISO 8601 time as 'YYYY-MM-DD HH:MM UTC'."""
-    t = _epoch(iso)
-    if t is None:
-        return iso or ""
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def upper_first(text):
+    """A sentence of the facts (they begin in lower case, as `status.py --check` prints them) as the page starts it."""
+    return text[:1].upper() + text[1:]
 
 
 def view(facts) -> dict:
@@ -547,7 +485,8 @@ def page():
         # The right token, but one no cookie can hold: the page is served here, at this address.
     started = time.perf_counter()
     facts = gather(service.cfg)
-    html = render_template("status.html", **view(facts), ago=ago, shown_time=shown_time)
+    html = render_template("status.html", **view(facts), ago=ago, shown_time=shown_time,
+                           upper_first=upper_first)
     logger.debug("status page in %.1f ms", (time.perf_counter() - started) * 1000)
     return html
 
@@ -562,3 +501,33 @@ def files(name):
     if not path.is_file():
         return jsonify(error=f"{name} has not been produced yet"), 404
     return send_file(path, mimetype=mimetype, max_age=0, conditional=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command: is it running?
+# ---------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    """`python status.py --check [--config PATH] [--url URL]`: one line per fact (health.py); exit 0 when all
+    is well, 1 when not, 2 for a bad config or option."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Say whether the system is running: its schedule, last cycle, "
+                                                 "API, serving model and quarantine (the page itself is the API's /).")
+    parser.add_argument("--check", action="store_true", required=True, help="print the facts, one line each")
+    parser.add_argument("--config", help="path to config.json (default: the one beside this script)")
+    parser.add_argument("--url", help="the API's address (default: the config's api_url)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    facts = health.check(cfg, url=args.url)
+    sys.stdout.write(health.render(facts))
+    return 0 if health.healthy(facts) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

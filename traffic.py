@@ -458,8 +458,8 @@ def report_data(cfg, since=None, previous_since=None, until=None) -> dict:
         "since": since, "until": until, "previous_since": previous_since,
         "thresholds": alarm_thresholds(cfg),
         "days": [days[k] for k in sorted(days)],
-        "windows": [{k: w[k] for k in ("window_start", "model_version", "rows", "exit_share", "exit_share_shift",
-                                       "psi", "level")}
+        "windows": [{k: w[k] for k in ("window_start", "window_seconds", "model_version", "rows", "exit_share",
+                                       "exit_share_shift", "psi", "level")}
                     | {"estimated_f1": (w["estimated_f1"] or {}).get("value"), "judged": w["alarm"]["judged"]}
                     for w in windows[-REPORT_WINDOWS:]],
         "windows_crossing": crossed,

@@ -26,6 +26,7 @@ import estimate
 import history
 import ingestion
 import locks
+import progress
 from settings import FEATURES, TARGET, ConfigError, load_config, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def train(df, params):
         raise TrainingError("no complete rows to train on")
     if y.nunique() < 2:
         raise TrainingError(f"the training data has only one class (exited={int(y.iloc[0])})")
+    progress.show(f"training: fitting the model on {len(X):,} rows")
     return build_model(params).fit(X, y)
 
 
@@ -123,20 +125,26 @@ def run(cfg, conn=None, rows=None, window=None):
     save trainedmodel.pkl; return the metadata written. Holds the writer lock throughout (locks.py;
     raises locks.Busy when another writer keeps it too long)."""
     with locks.writer(cfg.writer_lock, "training.py", cfg.writer_wait_seconds):
-        return _run(cfg, conn, rows, window)
+        try:
+            return _run(cfg, conn, rows, window)
+        finally:
+            progress.clear()
 
 
 def _run(cfg, conn, rows, window):
     started = time.perf_counter()
     if not cfg.finaldata.exists():
-        raise TrainingError(f"{cfg.finaldata} does not exist: run ingestion first")
+        raise TrainingError(f"{cfg.finaldata} does not exist: run ingestion.py first")
     data_sha = atomicfiles.sha256_file(cfg.finaldata)
+    if rows is None:
+        progress.show(f"training: reading {cfg.finaldata.name}")
     df = ingestion.read_finaldata(cfg.finaldata) if rows is None else rows
     model = train(df, cfg.model)
     X, y = delivery.training_frame(df)
     cv = audit.cross_validation(build_model(cfg.model), X, y, cfg.cv_folds, seed=cfg.model["random_state"],
                                 max_rows=cfg.cv_max_rows)
     definitions = audit.slice_definitions(cfg.slices, X)
+    progress.show("training: scoring the test data and its slices")
     evaluation = audit.evaluate_test(model, cfg.test_data_file, definitions, cfg.slice_margin, cfg.slice_min_rows)
     if "error" in evaluation:
         logger.warning("no test metrics or slices recorded for this training run: %s", evaluation["error"])

@@ -47,6 +47,7 @@ import datagen  # noqa: E402
 import delivery  # noqa: E402
 import drift  # noqa: E402
 import estimate  # noqa: E402
+import progress  # noqa: E402
 import training  # noqa: E402
 from settings import FEATURES  # noqa: E402
 
@@ -206,6 +207,7 @@ def alarm_bench(pop, rng):
         days = DAYS[R]
         streams_per_ref = max(1, STREAMS // days)
         for t in range(days):
+            progress.tick(f"bench_alarms: the alarm, {R:,}-row reference: day {t + 1} of {days}")
             edges, ref_counts = make_reference(R, seed=SEED * 100_000 + R + t * 7919)
             shares = pop.shares(edges)
             shifted_shares = {f: pop.shares(edges, shifted=f) for f in SHIFTED}
@@ -265,6 +267,8 @@ def estimate_bench(rng):
                 errors, inside = [], 0
                 f1s = []
                 for t in range(EST_TRIALS):
+                    progress.tick(f"bench_alarms: the estimate, {n_cal:,} calibration rows, {drift_kind} {strength:g}, "
+                                  f"{n:,}-row windows: trial {t + 1} of {EST_TRIALS}")
                     df = datagen.generate(n, seed=int(rng.integers(1 << 31)), drift=drift_kind, strength=strength)
                     X, y = delivery.training_frame(df)
                     prob = model.predict_proba(X)[:, 1]
@@ -353,6 +357,7 @@ def main():
     lines += ["", NOTES]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines))
+    progress.clear()  # the progress line (stderr) erased before the output
     print("\n".join(lines))
     return 0
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 import datagen  # noqa: E402
 import deployment  # noqa: E402
 import ingestion  # noqa: E402
+import progress  # noqa: E402
 import scoring  # noqa: E402
 import training  # noqa: E402
 from settings import FEATURES, load_config  # noqa: E402
@@ -166,7 +167,8 @@ def csv_timing(url, body, runs=7):
 
     times = []
     with requests.Session() as s:
-        for _ in range(runs):
+        for k in range(runs):
+            progress.tick(f"bench_api: 100,000-row CSV: request {k + 1} of {runs}")
             started = time.perf_counter()
             resp = s.post(url + "/prediction", data=body, headers={"Content-Type": "text/csv"}, timeout=60)
             times.append((time.perf_counter() - started) * 1000)
@@ -317,6 +319,7 @@ def main():
     text = "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
+    progress.clear()  # the progress line (stderr) erased before the output
     print(text)
     return 0
 

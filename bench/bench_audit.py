@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 import audit  # noqa: E402
 import datagen  # noqa: E402
 import ingestion  # noqa: E402
+import progress  # noqa: E402
 import training  # noqa: E402
 from delivery import training_frame  # noqa: E402
 from settings import load_config  # noqa: E402
@@ -23,7 +24,8 @@ from settings import load_config  # noqa: E402
 
 def best_of(n, fn):
     times = []
-    for _ in range(n):
+    for k in range(n):
+        progress.tick(f"bench_audit: run {k + 1} of {n}")
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
@@ -79,6 +81,7 @@ def main(argv=None):
     out = ROOT / "bench" / "results" / "audit.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
+    progress.clear()  # the progress line (stderr) erased before the output
     print("\n".join(lines))
     return 0
 

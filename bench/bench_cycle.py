@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO))
 
 import datagen  # noqa: E402
 import drift  # noqa: E402
+import progress  # noqa: E402
 from settings import FEATURES  # noqa: E402
 
 WORK = REPO / "bench" / "work" / "cycle"
@@ -59,7 +60,8 @@ def cycle(root):
 
 def wall(cmd, runs):
     times = []
-    for _ in range(runs):
+    for k in range(runs):
+        progress.tick(f"bench_cycle: {' '.join(Path(c).name for c in cmd[1:])[:60]}: run {k + 1} of {runs}")
         started = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         times.append(time.perf_counter() - started)
@@ -92,6 +94,7 @@ def main(argv=None):
     rows.append(("no-new-data cycle (median of %d processes)" % args.runs, f"{idle_med * 1000:.0f} ms (min {idle_min * 1000:.0f})",
                  "<= 60 ms", f"`python -c pass` {floor_med * 1000:.0f} ms; importing pandas, scikit-learn, scipy "
                              f"first {heavy_med * 1000:.0f} ms"))
+    progress.clear()  # the progress line (stderr) erased before the output
     print(rows[-1])
 
     # 2. A cycle with a big concept-drifted delivery: ingest, drift, retrain, deploy, publish; with the
@@ -115,6 +118,7 @@ def main(argv=None):
         published = "published: " + (", ".join(k for k in rec.get("published") or {} if k != "report_copy") or "nothing")
         rows.append((f"cycle with a {args.rows:,}-row delivery, whole process, {label} ({rec['decision']}; {published})",
                      f"{big:.2f} s", "<= 15 s", f"`pandas.read_csv` of the delivery alone {read_csv:.2f} s; steps (s): {steps}"))
+        progress.clear()  # the progress line (stderr) erased before the output
         print(rows[-1])
 
     # 3. Feature drift on a million rows against a million-row reference.
@@ -138,6 +142,7 @@ def main(argv=None):
     anchor = statistics.median(times)
     rows.append((f"feature drift (KS + PSI, 3 features), {args.rows:,} new rows vs {args.rows:,} reference rows",
                  f"{fd:.2f} s", "<= 1 s", f"scipy `ks_2samp` alone on the same columns {anchor:.2f} s"))
+    progress.clear()  # the progress line (stderr) erased before the output
     print(rows[-1])
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +163,7 @@ def main(argv=None):
               "statistic evaluated at the distinct values only (equal to scipy's, p-value by scipy's own "
               "asymptotic formula), PSI bins counted by binary search on the sorted arrays."]
     RESULTS.write_text("\n".join(lines) + "\n")
+    progress.clear()  # the progress line (stderr) erased before the output
     print(f"wrote {RESULTS}")
     shutil.rmtree(WORK, ignore_errors=True)
     return 0

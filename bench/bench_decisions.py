@@ -23,6 +23,7 @@ import cycle  # noqa: E402
 import datagen  # noqa: E402
 import decisions  # noqa: E402
 import evidence  # noqa: E402
+import progress  # noqa: E402
 import training  # noqa: E402
 from settings import FEATURES, TARGET  # noqa: E402
 
@@ -98,6 +99,7 @@ def false_retrains(trials):
         w = worlds.setdefault(world, World(world))
         seq = raw = 0
         for t in range(trials):
+            progress.tick(f"bench_decisions: false retrains, {world} world, {size}-row deliveries: trial {t + 1} of {trials}")
             model, state, deployed = w.trial(t)
             X, y = xy(datagen.generate(size * DELIVERIES, seed=seed_of(3, size, t)))
             pred = model.predict(X)
@@ -118,6 +120,7 @@ def delays(world, cond, size, max_deliveries, trials):
     w = World(world)
     seq, raw = [], []
     for t in range(trials):
+        progress.tick(f"bench_decisions: detection of {cond[0]} {cond[1]:g}, {world} world: trial {t + 1} of {trials}")
         model, state, deployed = w.trial(t)
         X, y = xy(datagen.generate(size * max_deliveries, seed=seed_of(4, size, t), drift=cond[0], strength=cond[1]))
         pred = model.predict(X)
@@ -230,8 +233,11 @@ def promotion(trials):
     out = {}
     for scenario in ("corrupted", "learnable"):
         for policy in ("sequential, window all", "sequential, window recent", "raw"):
-            runs = [promotion_trial(t, scenario, "raw" if policy == "raw" else "sequential",
-                                    policy.rsplit(" ", 1)[-1]) for t in range(trials)]
+            runs = []
+            for t in range(trials):
+                progress.tick(f"bench_decisions: promotion, {scenario} delivery, {policy}: trial {t + 1} of {trials}")
+                runs.append(promotion_trial(t, scenario, "raw" if policy == "raw" else "sequential",
+                                            policy.rsplit(" ", 1)[-1]))
             at = sorted(d for ok, d in runs if ok)
             out[(scenario, policy)] = {"trials": trials, "promoted": len(at) / trials,
                                        "median_delivery": at[(len(at) - 1) // 2] if at else None}
@@ -329,6 +335,7 @@ def main(argv=None):
         ("" if args.quick or args.trials == 200 else f" --trials {args.trials}") + \
         ("" if args.quick or args.runs == 500 else f" --runs {args.runs}")
     text = render(fr, det, promo, command, time.perf_counter() - started, trials)
+    progress.clear()  # the progress line (stderr) erased before the output
     print(text)
     if not args.quick:
         out = Path(args.out)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 import datagen  # noqa: E402
 import drift  # noqa: E402
 import measures  # noqa: E402
+import progress  # noqa: E402
 import training  # noqa: E402
 
 PARAMS = {"C": 1.0, "max_iter": 1000, "class_weight": None, "random_state": 0}
@@ -95,7 +96,9 @@ def simulate(trials=200, rounds=1000, sizes=SIZES, conditions=CONDITIONS, none_t
     calls = {(size, cond): [] for size in sizes for cond in conditions}
     for i, size in enumerate(sizes):
         models = {}
-        for t in range(max(trials, none_trials if ("none", 0.0) in conditions else 0)):
+        runs = max(trials, none_trials if ("none", 0.0) in conditions else 0)
+        for t in range(runs):
+            progress.tick(f"bench_drift: size {i + 1} of {len(sizes)}: trial {t + 1} of {runs}")
             if t % MODELS not in models:
                 models[t % MODELS] = trained_model(size[0], seed=[i, t % MODELS, 7])
             w = world(size, [i, t], models[t % MODELS])
@@ -126,7 +129,8 @@ def time_million(rounds=2000, repeats=5):
 
     def median(fn):
         times = []
-        for _ in range(repeats):
+        for k in range(repeats):
+            progress.tick(f"bench_drift: 1,000,000 rows: repeat {k + 1} of {repeats}")
             started = time.perf_counter()
             fn()
             times.append(time.perf_counter() - started)
@@ -222,6 +226,7 @@ def main(argv=None):
     started = time.perf_counter()
     if args.quick:
         results = simulate(trials=20, rounds=200, sizes=SIZES[:2], conditions=(("none", 0.0), MODERATE))
+        progress.clear()  # the progress line (stderr) erased before the output
         print(render(results, 20, 200, None, "bench/bench_drift.py --quick", time.perf_counter() - started))
         return 0
     results = simulate(trials=args.trials, rounds=args.rounds)
@@ -232,6 +237,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+    progress.clear()  # the progress line (stderr) erased before the output
     print(text)
     return 0
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE))
 import bench_api  # noqa: E402
 import bench_monitoring  # noqa: E402
 import deployment  # noqa: E402
+import progress  # noqa: E402
 from settings import load_config  # noqa: E402
 
 WORK = HERE / "work" / "estimate"
@@ -62,6 +63,7 @@ def main():
         for name in ("off", "on"):
             bench_api.wrk(urls[name], body, "/prediction")
         for k in range(ROUNDS):
+            progress.show(f"bench_estimate: wrk round {k + 1} of {ROUNDS} ({ROUND_SECONDS} s each, on and off)")
             for name in (("off", "on") if k % 2 == 0 else ("on", "off")):
                 rounds[name].append(bench_api.wrk(urls[name], body, "/prediction"))
     paired = statistics.median(on["rps"] / off["rps"] for on, off in zip(rounds["on"], rounds["off"]))
@@ -105,6 +107,7 @@ def main():
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines))
+    progress.clear()  # the progress line (stderr) erased before the output
     print("\n".join(lines))
     return 0
 

@@ -30,6 +30,7 @@ import bench_api  # noqa: E402
 import datagen  # noqa: E402
 import deployment  # noqa: E402
 import monitoring  # noqa: E402
+import progress  # noqa: E402
 from settings import FEATURES, load_config  # noqa: E402
 
 WORK = HERE / "work" / "monitoring"
@@ -57,7 +58,8 @@ def flush_cost(cfg, records, runs=30):
     mon = monitoring.Monitor(cfg)
     mon._started = True  # no flush thread: this measures flush() alone
     times = []
-    for _ in range(runs):
+    for k in range(runs):
+        progress.tick(f"bench_monitoring: flush {k + 1} of {runs}")
         for _ in range(cfg.monitoring_flush_requests):
             mon.prediction(X.copy(), preds, probs, manifest)
             mon.request("/prediction", 200, 0.002, manifest["version"])
@@ -156,6 +158,7 @@ def main():
         for name in ("off", "on"):  # warm up
             bench_api.wrk(urls[name], body, "/prediction")
         for k in range(ROUNDS):
+            progress.show(f"bench_monitoring: wrk round {k + 1} of {ROUNDS} ({ROUND_SECONDS} s each, on and off)")
             # off first in even rounds, on first in odd ones: neither always meets a load trend first
             for name in (("off", "on") if k % 2 == 0 else ("on", "off")):
                 rounds[name].append(bench_api.wrk(urls[name], body, "/prediction"))
@@ -222,6 +225,7 @@ def main():
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines))
+    progress.clear()  # the progress line (stderr) erased before the output
     print("\n".join(lines))
     return 0
 

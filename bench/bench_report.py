@@ -28,6 +28,7 @@ import datagen  # noqa: E402
 import deployment  # noqa: E402
 import diagnostics  # noqa: E402
 import ingestion  # noqa: E402
+import progress  # noqa: E402
 import reporting  # noqa: E402
 import scoring  # noqa: E402
 import training  # noqa: E402
@@ -57,7 +58,8 @@ class Index(BaseHTTPRequestHandler):
 def timed(fn, repeats=REPEATS):
     """(median, max) seconds of `repeats` calls."""
     times = []
-    for _ in range(repeats):
+    for k in range(repeats):
+        progress.tick(f"bench_report: repeat {k + 1} of {repeats}")
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
@@ -183,6 +185,7 @@ def main():
     out = ROOT / "bench" / "results" / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
+    progress.clear()  # the progress line (stderr) erased before the output
     print("\n".join(lines))
     return 0
 

@@ -81,6 +81,37 @@ def host_config(cfg, name, **changes):
     return load_config(path)
 
 
+# --- a stand-in crontab and pgrep, first on PATH ------------------------------------------------------
+
+FAKE_CRONTAB = """#!/bin/sh
+# A stand-in for crontab(1): `crontab -l` prints the table, `crontab -` replaces it from stdin.
+case "$1" in
+  -l) [ -f "$CRONTAB_FILE" ] || { echo "no crontab for $(id -un)" >&2; exit 1; }; cat "$CRONTAB_FILE" ;;
+  -) cat > "$CRONTAB_FILE.new" && mv "$CRONTAB_FILE.new" "$CRONTAB_FILE" ;;  # like crontab: read all, then replace
+  *) echo "unexpected arguments: $*" >&2; exit 2 ;;
+esac
+"""
+FAKE_PGREP = """#!/bin/sh
+# A stand-in for pgrep(1): a cron daemon is running when $CRON_RUNNING is 1.
+[ "$CRON_RUNNING" = 1 ]
+"""
+
+
+def fake_cron(root, table=None, running=True):
+    """A stand-in crontab whose table is the file root/table (holding `table` when given) and, unless
+    `running` is None, a stand-in pgrep saying a cron daemon runs (True) or not (False), in root/bin:
+    the environment variables that put them first on PATH."""
+    bindir = root / "bin"
+    bindir.mkdir(exist_ok=True)
+    for name, text in {"crontab": FAKE_CRONTAB, **({"pgrep": FAKE_PGREP} if running is not None else {})}.items():
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    if table is not None:
+        (root / "table").write_text(table)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}", "CRONTAB_FILE": str(root / "table"),
+            "CRON_RUNNING": "1" if running else "0"}
+
+
 # --- the OpenAPI description ----------------------------------------------------------------------
 
 def check_schema(value, schema, spec, where="$"):

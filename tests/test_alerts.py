@@ -127,9 +127,9 @@ def test_each_event_once_from_real_cycles(make_deployed):
         assert got == []
 
         cfg.input_folder_path.rename(root / "away")
-        assert run(cfg).returncode == 1
+        assert run(cfg).returncode == 2
         rec = last_record(cfg)
-        error = f"input folder {cfg.input_folder_path} does not exist (input_folder_path in {cfg.path})"
+        error = f"input folder {cfg.input_folder_path} does not exist (config key input_folder_path in {cfg.path})"
         assert bodies(got) == [{
             "event": "cycle_failed", "severity": "critical",
             "text": f"The monitoring cycle failed: {error}. The next cycle tries again on schedule; "
@@ -137,7 +137,7 @@ def test_each_event_once_from_real_cycles(make_deployed):
             "details": {"errors": [error], "decision": "failed", "started_at": rec["started_at"], "cycle_id": None,
                         "deployed_version": 1, "config": str(cfg.path)}}]
         got.clear()
-        assert run(cfg).returncode == 1  # still failing: not sent again
+        assert run(cfg).returncode == 2  # still failing: not sent again
         assert got == [] and "alerts" not in last_record(cfg)
 
         (root / "away").rename(cfg.input_folder_path)
@@ -185,7 +185,7 @@ def test_an_unreachable_or_slow_receiver_costs_the_cycle_at_most_its_budget(make
         cfg = make_deployed(alert_webhook_url=url, alert_budget_seconds=budget)
         cfg.input_folder_path.rename(cfg.base / "away")
         result = run(cfg)
-        assert result.returncode == 1
+        assert result.returncode == 2
         rec = last_record(cfg)
         assert rec["decision"] == "failed"
         assert rec["seconds"] < budget + 2  # loose: the bound, not the timing
@@ -197,7 +197,7 @@ def test_an_unreachable_or_slow_receiver_costs_the_cycle_at_most_its_budget(make
         assert url not in result.stderr  # the webhook URL may hold a secret
         # Recorded, and not tried again before RETRY_SECONDS: the next failing cycle sends nothing.
         assert alert_rows(cfg)["cycle"][:4] == ("failed", "cycle_failed", 0, 1)
-        assert run(cfg).returncode == 1
+        assert run(cfg).returncode == 2
         assert "alerts" not in last_record(cfg)
 
 
@@ -386,7 +386,7 @@ def test_metrics_show_the_last_cycle_and_the_conditions(make_deployed):
                               "dras_seconds_since_last_cycle_run"]
     assert before["dras_last_cycle_failed"] != before["dras_last_cycle_failed"]  # NaN: no cycle yet
     cfg.input_folder_path.rename(cfg.base / "away")
-    assert run(cfg).returncode == 1
+    assert run(cfg).returncode == 2
     test_f1 = deployment.current_manifest(cfg.prod_deployment_path)["metrics"]["f1"]
     failed = metrics()
     assert 0 <= failed.pop("dras_seconds_since_last_cycle_run") < 60

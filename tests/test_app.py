@@ -223,6 +223,7 @@ BAD_INPUTS = [
      "multipart/form-data (field 'file') or application/json"),
     ("application/xml", b"<a/>", 415,
      "unsupported Content-Type 'application/xml': use text/csv, multipart/form-data (field 'file') or application/json"),
+    (None, b"a,b\n1,2\n", 415, "no Content-Type: use text/csv, multipart/form-data (field 'file') or application/json"),
 ]
 
 

@@ -11,15 +11,8 @@ from apscheduler.triggers.cron import CronTrigger
 
 import schedule
 from conftest import REPO
+from helpers import fake_cron
 
-FAKE_CRONTAB = """#!/bin/sh
-# A stand-in for crontab(1): `crontab -l` prints the table, `crontab -` replaces it from stdin.
-case "$1" in
-  -l) [ -f "$CRONTAB_FILE" ] || { echo "no crontab for $(id -un)" >&2; exit 1; }; cat "$CRONTAB_FILE" ;;
-  -) cat > "$CRONTAB_FILE.new" && mv "$CRONTAB_FILE.new" "$CRONTAB_FILE" ;;  # like crontab: read all, then replace
-  *) echo "unexpected arguments: $*" >&2; exit 2 ;;
-esac
-"""
 OTHER = "0 3 * * * /usr/bin/backup --nightly\n"
 
 
@@ -48,24 +41,11 @@ def test_the_line_is_one_job_with_placeholders():
     assert "%" not in command  # cron would turn it into a newline
 
 
-FAKE_PGREP = """#!/bin/sh
-# A stand-in for pgrep(1): a cron daemon is running when $CRON_RUNNING is 1.
-[ "$CRON_RUNNING" = 1 ]
-"""
-
-
 def make(target, tmp_path, daemon=True):
     """Run `make target` with a stand-in crontab (a file) and, unless `daemon` is None, a stand-in
     pgrep that says a cron daemon is (True) or is not (False) running."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
-    fakes = {"crontab": FAKE_CRONTAB, **({"pgrep": FAKE_PGREP} if daemon is not None else {})}
-    for name, text in fakes.items():
-        (bindir / name).write_text(text)
-        (bindir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "CRONTAB_FILE": str(tmp_path / "table"),
-           "CRON_RUNNING": "1" if daemon else "0"}
-    return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), target], env=env,
+    return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), target],
+                          env={**os.environ, **fake_cron(tmp_path, running=daemon)},
                           capture_output=True, text=True, timeout=60)
 
 

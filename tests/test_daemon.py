@@ -5,9 +5,11 @@ what it was asked to publish to output_folder_path/published.jsonl (the report a
 returns are tested by their own modules and by the end-to-end test).
 """
 import json
+import os
 import signal
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 
@@ -15,6 +17,7 @@ import cycle
 import deployment
 import fullprocess
 import ingestion
+import schedule
 from conftest import write_delivery
 from helpers import assert_consistent, cycle_cmd, decisions, env, published, run, stand_in
 
@@ -87,6 +90,14 @@ def test_the_daemon_runs_cycles_and_stops_on_sigterm(world):
     try:
         # the first scheduled cycle does the cold start; a later one finds nothing to do
         assert wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2)
+        # its record while it runs: what the status page and status.py --check read
+        beat = schedule.read_heartbeat(world.log_folder_path / "daemon.json")
+        assert {k: beat[k] for k in ("pid", "host", "schedule", "config")} == {
+            "pid": proc.pid, "host": os.uname().nodename, "schedule": "*/1 * * * * *", "config": str(world.path)}
+        heard = datetime.fromisoformat(beat["heartbeat_at"])
+        assert schedule.daemon_stopped(beat, heard) is None  # its pid exists
+        assert wait_for(lambda: schedule.read_heartbeat(world.log_folder_path / "daemon.json")["heartbeat_at"]
+                        != beat["heartbeat_at"])  # and it beats on
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -94,6 +105,10 @@ def test_the_daemon_runs_cycles_and_stops_on_sigterm(world):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
+    assert sorted(p.name for p in world.log_folder_path.iterdir()) == ["cycles.jsonl"]  # its record removed
+    assert schedule.daemon_stopped(beat, heard) == (
+        f"the daemon (pid {proc.pid} on {os.uname().nodename}) is gone (last heartbeat "
+        f"{heard:%Y-%m-%d %H:%M} UTC, 0 s ago)")
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert lines[0]["decision"] == cycle.COLD_START
     assert {line["decision"] for line in lines[1:]} == {cycle.NO_NEW_DATA}
@@ -120,7 +135,9 @@ def test_the_daemon_logs_a_failing_cycle_and_keeps_going(world):
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert {line["decision"] for line in lines} == {cycle.FAILED}
-    assert "scheduled cycle failed: ScoringError: test data" in err
+    assert ("scheduled cycle failed: the scoring step failed: test data "
+            f"{world.test_data_file} is not usable: missing column 'lastmonth_activity' (the daemon keeps going)") in err
+    assert "Traceback" not in err and "Error:" not in err
     assert "received SIGINT" in err
     assert deployment.current_manifest(world.prod_deployment_path) is None
 

@@ -6,9 +6,11 @@ import sqlite3
 import pytest
 
 import cycle
+import decisions
 import datagen
 import deployment
 import fullprocess
+import settings
 from conftest import retrain_and_deploy, run_script, write_delivery
 from helpers import cycle_cmd, env
 from settings import TARGET
@@ -74,7 +76,8 @@ def test_a_corrupted_delivery_is_drift_and_its_challenger_is_kept_out(world, pub
     assert version(world) == 1
     p = rec.promotion
     assert (p["decision"], p["held_out"]["verdict"], p["test"]["verdict"]) == ("needs review", "better", "worse")
-    assert "refresh the test data" in p["action"] and "`python deployment.py --promote`" in p["action"]
+    assert "refresh the test data" in p["action"]
+    assert p["action"].endswith(f"`python deployment.py --promote --config {world.path}`")  # this world's config
     assert p["model"] == f"kept the serving model; the challenger is saved as {world.output_model_path / 'challenger.pkl'}"
     assert (world.output_model_path / "challenger.pkl").exists()
     assert published == [cycle.COLD_START, cycle.NEEDS_REVIEW]  # the report says it to a person
@@ -147,3 +150,9 @@ def test_the_evidence_survives_processes_and_verbose_prints_the_decision_first(w
     first = out.stdout.splitlines()[0]
     assert first in (f"decision: {cycle.NO_DRIFT}", f"decision: {cycle.NOT_ENOUGH_EVIDENCE}"), first
     assert [ev["rows"] for _, ev in states(world)] == [0, 40, 80]  # ... the next process adds to it
+
+
+def test_the_promote_command_names_a_config_that_is_not_the_default(tmp_path):
+    assert decisions.promote_command(settings.DEFAULT_CONFIG) == "python deployment.py --promote"
+    assert decisions.promote_command(tmp_path / "my config.json") == \
+        f"python deployment.py --promote --config '{tmp_path / 'my config.json'}'"

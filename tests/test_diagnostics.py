@@ -325,7 +325,7 @@ def test_dependencies_from_an_index_that_speaks_no_http(tmp_path):
         stop.set()
         thread.join(5)
         assert not thread.is_alive()
-    assert result["packages"][0]["reason"] == f"package index {host} unusable: BadStatusLine"
+    assert result["packages"][0]["reason"] == f"package index {host} unusable: its answer is not HTTP"
     assert result["packages"][0]["latest"] is None
 
 

@@ -315,7 +315,8 @@ def test_a_failing_cycle_keeps_the_deployment_and_the_next_one_finishes(world, p
     assert fullprocess.main(["--config", str(world.path)]) == 1
     (_, decision, rec), = [c for c in cycles(world) if c[0] == 2]
     assert decision == cycle.FAILED
-    assert rec["errors"][0].startswith("ScoringError: test data")
+    assert rec["errors"] == [f"the score drift step failed: test data {world.test_data_file} is not usable: "
+                             "missing column 'lastmonth_activity'"]
     assert deployed_version(world) == 1
     deployment.load_deployed(world.prod_deployment_path)
     # the delivery is ingested (once) but still owes its drift decision
@@ -332,7 +333,8 @@ def test_a_failed_publish_is_retried_by_the_next_cycle(world, monkeypatch):
     write_delivery(world, "first.csv", rows=200, seed=1)
     rec = fullprocess.run_cycle(world).to_dict()
     assert rec["decision"] == cycle.COLD_START
-    assert rec["errors"] == ["unexpected OSError: disk full while writing the report"]
+    assert rec["errors"] == ["the publish step failed unexpectedly: disk full while writing the report "
+                             "(the log has the details)"]
     assert rec["published_version"] is None and deployed_version(world) == 1
     ok = Publisher()
     monkeypatch.setattr(fullprocess, "publish", ok)
@@ -542,8 +544,8 @@ def test_a_missing_input_folder_is_a_failure_not_no_new_data(tmp_path, published
     cfg = load_config(make_config(tmp_path, input_folder_path="sourcedta"))
     rec = fullprocess.run_cycle(cfg).to_dict()
     assert rec["decision"] == cycle.FAILED
-    assert rec["errors"] == [f"input folder {tmp_path / 'sourcedta'} does not exist (input_folder_path in {cfg.path})"]
-    assert fullprocess.main(["--config", str(cfg.path)]) == 1
+    assert rec["errors"] == [f"input folder {tmp_path / 'sourcedta'} does not exist (config key input_folder_path in {cfg.path})"]
+    assert fullprocess.main(["--config", str(cfg.path)]) == 2
 
 
 def test_a_retrained_model_scoring_below_the_serving_one_is_flagged(world, published):

@@ -36,9 +36,9 @@ GOOD_NUMBERS = [("0", 0), ("7", 7), ("+12", 12), ("12.", 12), ("12.000", 12), ("
                 ("1200e-2", 12), (" 42", 42), ("9007199254740991", 2**53 - 1)]
 BAD_NUMBERS = ["1e-400", "12.0000000000000001", "1.5", "-3", "inf", "0x1A", "lots", "1e30", "\uff11",
                "9007199254740992", "1,5"]
-# "cr\rend" (a bare CR inside a quoted value) is left out: ingested, it does not survive finaldata.csv
-# (pandas to_csv does not quote a lone CR); found by this test, not yet fixed (see the report).
-NAMES = ["abcd", "zz", "Ümit", "a,b", 'say "hi"', "two\nlines", "crlf\r\nend", " spaced ", ""]
+# "cr\rend" (a bare CR inside a quoted value) breaks the rules: finaldata.csv would read it back as
+# two rows (found by this test); the file is quarantined, with the reason naming the value.
+NAMES = ["abcd", "zz", "Ümit", "a,b", 'say "hi"', "two\nlines", "crlf\r\nend", " spaced ", "", "cr\rend"]
 
 
 @st.composite
@@ -59,6 +59,8 @@ def dialect_file(draw):
     lines.append(",".join(quote(c, draw(st.booleans()) and draw(st.booleans())) for c in order))
     for _ in range(draw(st.integers(1, 5))):
         name = draw(st.sampled_from(NAMES))
+        if "\r" in name.replace("\r\n", ""):
+            ok = False  # a CR that does not end a line, inside a quoted name
         if draw(st.integers(0, 30)) == 0:
             name = "h" * draw(st.sampled_from([LIMIT - 10, LIMIT + 1]))
         row = {"corporation": name or None}
@@ -185,7 +187,7 @@ def test_ingest_every_file_ingested_or_quarantined(fuzz_world, example):
 
 # ---------------------------------------------------------------- real cycle processes
 
-@pytest.mark.fuzz  # not in make test yet: it finds open bugs (see README "Reliability"); run with -m fuzz
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")  # a failing example's repr can be large
 @settings(max_examples=5, **SEEDED)
 @given(files=st.lists(any_file(), min_size=5, max_size=5))
 def test_cycle_process_goes_on_whatever_the_files(tmp_path_factory, files):
@@ -294,7 +296,34 @@ def test_bare_cr_file_through_a_cycle_process(tmp_path):
     assert ingestion.read_finaldata(cfg.finaldata).values.tolist()[-1] == ["abcd", 3, 34, 5, 1]
 
 
+def test_copies_of_one_content_in_one_cycle_each_end_accounted_for(tmp_path):
+    """Found by the cycle fuzz: five empty files in one delivery left four neither quarantined nor
+    ingested (only the first copy of a content was a candidate). Each bad copy is quarantined; a
+    good content's later copies are reported as already ingested."""
+    cfg = build_world(tmp_path, cv_folds=0)
+    for name in ("e1.csv", "e2.csv", "e3.csv"):
+        write_delivery(cfg, name, text=b"")
+    write_delivery(cfg, "a.csv", text=good_file(7))
+    write_delivery(cfg, "a2.csv", text=good_file(7))
+    proc = run(cfg)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((cfg.log_folder_path / "cycles.jsonl").read_text().splitlines()[-1])
+    assert [(q["name"], q["reason"]) for q in rec["ingestion"]["quarantined"]] == [
+        ("e1.csv", "empty file"), ("e2.csv", "empty file"), ("e3.csv", "empty file")]
+    assert [(f["name"], f["rows"]) for f in rec["ingestion"]["ingested"]] == [("a.csv", 2)]
+    assert rec["ingestion"]["skipped"] == ["a2.csv"]
+    assert sorted(p.name for p in cfg.input_folder_path.iterdir()) == ["a.csv", "a2.csv"]
+    assert sorted(p.name.split("-", 2)[2] for p in cfg.quarantine_folder_path.iterdir()) == [
+        "e1.csv", "e1.csv.reason.txt", "e2.csv", "e2.csv.reason.txt", "e3.csv", "e3.csv.reason.txt"]
+
+
+LONE_CR = (HEADER + '"cr\rend",3,34,5,1\nabcd,1,2,3,0\n').encode()
+LONE_CR_REASON = ("column 'corporation', row 1: value 'cr\\rend' holds a carriage return that does not end a line"
+                  " (CR without LF)")
+
+
 @pytest.mark.parametrize(("name", "data", "reason"), [
+    ("lone cr.csv", LONE_CR, LONE_CR_REASON),
     ("huge field.csv", HUGE, HUGE_REASON),
     ("tiny.csv", TINY, TINY_REASON),
     ("nearly twelve.csv", NEARLY, NEARLY_REASON),

@@ -4,6 +4,7 @@ Each test marked `backends` runs twice: on a SQLite file and on a fresh database
 PostgreSQL server (tests/pgserver.py). The values, ids, rows, errors and transactions must be the same.
 """
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -233,3 +234,37 @@ def test_the_password_comes_from_the_environment_and_is_never_written(postgres, 
             assert postgres.password not in repr(ro.execute(f"SELECT * FROM {table}").fetchall()), table
     out, err = capfd.readouterr()
     assert url in err and postgres.password not in out + err
+
+
+def test_a_dropped_session_is_reopened_by_the_next_statement(postgres):
+    """An API worker's connection outlives a server restart or a network cut: the statement that meets
+    the dead session fails (the flush says so and retries), the next one runs on a new session."""
+    url = postgres.new_database()
+    with closing(history.connect(url)) as conn:
+        first = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        postgres.sql(f"SELECT pg_terminate_backend({first})")
+        with pytest.raises(history.OperationalError) as err:
+            conn.execute("SELECT 1")
+        assert str(err.value) == "terminating connection due to administrator command"
+        assert conn.execute("SELECT count(*) FROM cycles").fetchone()[0] == 0
+        assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] != first
+
+
+def test_a_forked_child_never_ends_its_parents_session(postgres):
+    """gunicorn forks its workers from a master that may hold a connection: a child closing (or
+    freeing) the copy it inherited must not end the parent's session on their shared socket."""
+    url = postgres.new_database()
+    with closing(history.connect(url)) as conn:
+        pid = os.fork()
+        if pid == 0:  # the child: its copy is disowned, and closing it says nothing to the server
+            try:
+                conn.execute("SELECT 1")
+            except history.OperationalError as exc:
+                code = 0 if str(exc) == ("this PostgreSQL connection belongs to the process this one was "
+                                         "forked from") else 3
+            else:
+                code = 4
+            conn.close()
+            os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert conn.execute("SELECT count(*) FROM cycles").fetchone()[0] == 0

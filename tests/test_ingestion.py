@@ -201,6 +201,12 @@ def test_script_reports_what_it_did(world):
 def test_script_with_a_missing_folder_or_nothing_to_ingest(world):
     proc = run_script("ingestion.py", "--config", world.path, "--input-folder", world.base / "nowhere")
     assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr == f"error: input folder {world.base / 'nowhere'} does not exist\n"
+    assert proc.stderr == f"error: input folder {world.base / 'nowhere'} does not exist (given by --input-folder)\n"
+    world.input_folder_path.rmdir()
+    proc = run_script("ingestion.py", "--config", world.path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (f"error: input folder {world.input_folder_path} does not exist "
+                           f"(config key input_folder_path in {world.path})\n")
+    world.input_folder_path.mkdir()
     proc = run_script("ingestion.py", "--config", world.path)
     assert (proc.returncode, proc.stdout) == (0, f"nothing ingested yet: no {world.finaldata}\n")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,23 @@ def test_a_script_gives_up_with_exit_75_and_a_killed_holder_leaves_no_lock(make_
                              text=True, timeout=120)
         assert (run.returncode, run.stdout.splitlines()[0]) == (0, "ingested    a.csv (30 rows)")
         assert "waiting" not in run.stderr
+
+
+def test_a_writers_history_is_its_locks_session_and_never_outlives_the_lock(postgres):
+    """With PostgreSQL a writer's history connections use the lock's own session: one connection per
+    writer, and no write to the history once the lock is gone (the session dropped: no reconnect)."""
+    url = postgres.new_database()
+    locked_by = ("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = ? AND objid = ?")
+    with locks.writer(url, "writer.py"):
+        with closing(history.connect(url)) as conn:
+            me = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            assert [r[0] for r in conn.execute(locked_by, (history.LOCK_CLASS, history.WRITER_LOCK))] == [me]
+        assert locks.holder(url) == named(url, os.getpid(), "writer.py")  # closing it kept the lock
+        with closing(history.connect(url)) as conn:
+            postgres.sql(f"SELECT pg_terminate_backend({me})")
+            for _ in range(2):
+                with pytest.raises(history.OperationalError):
+                    conn.execute("INSERT INTO step_timings (at, step, seconds) VALUES (?, ?, ?)", (1.0, "late", 1.0))
+    with closing(history.connect(url)) as conn:  # outside the lock: a session of its own
+        assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] != me
+        assert conn.execute("SELECT count(*) FROM step_timings").fetchone()[0] == 0

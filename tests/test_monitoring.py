@@ -453,7 +453,7 @@ def test_report_data_and_the_report_section(make_deployed):
     assert table_row(live, "/prediction p50")[1:] == ["-", "first run"]
     # the two live plots after the confusion matrix
     images = pdf_images(paths["latest"])
-    assert len(images) == 3 and images[0] == (1, 720, 600)  # the confusion matrix, then the two live plots
+    assert len(images) == 3 and images[0] == (2, 720, 600)  # the confusion matrix (after the summary), then the two live plots
     # A second report compares with the first one's period: no traffic since, it says so.
     second = reporting.generate_report(cfg)
     text2 = subprocess.run(["pdftotext", "-layout", str(second["latest"]), "-"], capture_output=True, text=True,

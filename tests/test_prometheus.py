@@ -10,7 +10,9 @@ import requests
 from conftest import REPO
 from helpers import free_port, gunicorn
 
+import datagen
 import deployment
+from settings import FEATURES
 
 PROM = REPO / "prometheus"
 DEADLINE = 40.0  # seconds for the whole live test
@@ -62,7 +64,7 @@ def query(base, expr):
 def test_a_real_prometheus_scrapes_a_live_gunicorn(tmp_path, make_deployed):
     started = time.monotonic()
     binary = tool("prometheus")
-    cfg = make_deployed()
+    cfg = make_deployed(monitoring_flush_seconds=1.0)
     with gunicorn(cfg) as api:
         api_port = api.rsplit(":", 1)[1]
         config = (PROM / "prometheus.yml").read_text()
@@ -96,12 +98,19 @@ def test_a_real_prometheus_scrapes_a_live_gunicorn(tmp_path, make_deployed):
             [f1] = query(base, "dras_model_test_f1")
             test_f1 = deployment.current_manifest(cfg.prod_deployment_path)["metrics"]["f1"]
             assert (f1["metric"]["model_version"], float(f1["value"][1])) == ("1", pytest.approx(test_f1))
-            # issue 16's estimate, once /metrics has a sample of it (a window of monitoring_min_rows rows)
-            if b"\ndras_estimated_f1{" in requests.get(api + "/metrics", timeout=5).content:
-                deadline = time.monotonic() + 20  # the next scrape brings it
-                while not (found := query(base, "dras_estimated_f1")) and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                assert [r["metric"]["__name__"] for r in found][:1] == ["dras_estimated_f1"]
+            # issue 16's estimate: live traffic, flushed to a window, then scraped
+            rows = datagen.generate(120, seed=5)[list(FEATURES)].to_dict(orient="records")
+            assert requests.post(api + "/prediction", json={"records": rows}, timeout=10).status_code == 200
+            deadline = time.monotonic() + 30
+            while not (found := query(base, "dras_estimated_f1")) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            [estimate] = found
+            assert estimate["metric"] == {"__name__": "dras_estimated_f1", "instance": f"127.0.0.1:{api_port}",
+                                          "job": "dras", "model_version": "1"}
+            exported = [line.rsplit(" ", 1)[1] for line in requests.get(api + "/metrics", timeout=5).text.splitlines()
+                        if line.startswith('dras_estimated_f1{model_version="1"}')]
+            assert exported and float(estimate["value"][1]) == pytest.approx(float(exported[0]))
+            assert 0 < float(exported[0]) < 1
             rules = requests.get(f"{base}/api/v1/rules", timeout=5).json()["data"]["groups"]
             assert [(g["name"], len(g["rules"])) for g in rules] == [("dras", 8)]
         finally:

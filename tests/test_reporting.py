@@ -126,7 +126,7 @@ def test_single_run_report_shows_the_computed_numbers(world1, tmp_path):
     assert "F1 per deployment: one run so far (v0001, F1 %.4f)" % truth["f1"] in trends
     assert "Missing data: one run so far" in trends and "Step timings: one run so far" in trends
     # One run: the confusion matrix is the only picture; no empty trend plot.
-    assert pdf_images(paths["latest"]) == [(1, 720, 600)]
+    assert pdf_images(paths["latest"]) == [(2, 720, 600)]  # on page 2, after the summary and the model
 
     png = Image.open(paths["confusion_matrix"])
     assert (png.size, png.mode) == ((720, 600), "RGBA")

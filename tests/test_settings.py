@@ -126,7 +126,8 @@ def test_missing_and_unknown_keys(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("script", ["ingestion.py", "training.py", "scoring.py", "deployment.py"])
+@pytest.mark.parametrize("script", ["ingestion.py", "training.py", "scoring.py", "deployment.py", "fullprocess.py",
+                                    "reporting.py", "diagnostics.py", "apicalls.py"])
 def test_scripts_say_one_line_not_a_traceback(tmp_path, script):
     (tmp_path / "config.json").write_text("{not json")
     proc = run_script(script, "--config", tmp_path / "config.json")

@@ -1,6 +1,7 @@
 """The status page: its facts against the recorded ones, its routes, and the page in a real browser."""
 import json
 import os
+import pwd
 import re
 import struct
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 from conftest import REPO, make_config
 import helpers
 from helpers import free_port
@@ -24,6 +26,7 @@ from app import TOKEN_ENV, create_app
 from settings import FEATURES, load_config
 
 NOW = datetime.fromtimestamp(T0 + 31 * 600, timezone.utc)
+BACKGROUND = (0xF3, 0xF4, 0xF6)  # the page's --bg
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +59,17 @@ def manifest(cfg):
 # The facts
 # ---------------------------------------------------------------------------------------------
 
-def test_fresh_install_facts(fresh, tmp_path):
-    facts = status.gather(fresh, now=NOW, cronjob=tmp_path / "cronjob.txt")
+def test_fresh_install_facts(fresh, tmp_path, monkeypatch):
+    for key, value in helpers.fake_cron(tmp_path).items():  # an empty crontab
+        monkeypatch.setenv(key, value)
+    facts = status.gather(fresh, now=NOW)
     assert facts == {
         "now": "2026-11-18T16:16:40+00:00", "model": None, "model_note": "no model is deployed yet",
         "slices": None, "cycles": [], "last_cycle": None, "last_check": None, "f1_trend": [],
-        "psi_trend": [], "traffic": None, "schedule": None, "history": "absent",
+        "psi_trend": [], "traffic": None, "history": "absent",
+        "schedule": {"schedules": [], "next": None, "notes": [],
+                     "none": f"no schedule installed: the crontab of {pwd.getpwuid(os.getuid()).pw_name} has no "
+                             f"monitoring cycle for {fresh.path}; no daemon runs (fullprocess.py --daemon)"},
         "feature_drift_rule": {"psi_threshold": 0.2, "level": 0.05},
         "links": [{"name": "report.pdf", "href": "files/report.pdf", "available": False, "at": None},
                   {"name": "apireturns.txt", "href": "files/apireturns.txt", "available": False, "at": None},
@@ -119,7 +127,7 @@ def test_an_unreadable_manifest_is_said_in_words(fresh):
 
 
 def test_the_last_cycles(running):
-    facts = status.gather(running, now=NOW, cronjob=running.base / "no-cronjob.txt")
+    facts = status.gather(running, now=NOW)
     cycles = facts["cycles"]
     assert [c["id"] for c in cycles] == list(range(30, 10, -1))
     assert facts["last_cycle"] is cycles[0]
@@ -214,19 +222,6 @@ def test_no_live_traffic_without_online_monitoring(running):
     # No traffic recorded (or no monitoring.py installed): no live-traffic facts, and the page says so.
     with closing(history.connect(running.history_db)) as conn:
         assert status.live_traffic(conn, running) is None
-
-
-@pytest.mark.parametrize(("line", "expected"), [
-    ("*/10 * * * * /usr/bin/python fullprocess.py\n", {"expr": "*/10 * * * *", "next": "2026-11-18T16:20:00+00:00"}),
-    ("# a comment\n\n*/5 * * * * x\n", {"expr": "*/5 * * * *", "next": "2026-11-18T16:20:00+00:00"}),
-    ("*/10 * * * *\n", {"error": "cronjob.txt holds no crontab line"}),
-    ("61 * * * * x\n", {"error": "cronjob.txt: Error validating expression '61': the last value (61) is higher "
-                                 "than the maximum value (59)"}),
-])
-def test_the_next_scheduled_cycle(tmp_path, line, expected):
-    path = tmp_path / "cronjob.txt"
-    path.write_text(line)
-    assert status.next_cycle(NOW, path) == expected
 
 
 def test_line_chart_geometry():
@@ -402,15 +397,20 @@ def url_requests(netlog):
     return {s["url"]: {"initiator": s["initiator"], "errors": s["errors"]} for s in sources.values() if s["url"]}
 
 
+def layout(server, width):
+    """(scrollWidth, clientWidth, scrollHeight) of the page laid out `width` CSS pixels wide (status_probe's /__layout)."""
+    dom = browse(server + f"/__layout?width={width}", "--dump-dom", width=max(width, 500), height=1400)
+    probe = re.search(r'<output id="probe">scrollWidth=(\d+) clientWidth=(\d+) scrollHeight=(\d+)</output>', dom)
+    assert probe, f"the layout probe did not run: {dom[:300]}"
+    return tuple(map(int, probe.groups()))
+
+
 @pytest.mark.parametrize(("name", "width"), [("wide", 1280), ("narrow", 390)])
 def test_browser_screenshots_fit_the_width(server, tmp_path, name, width):
     shot = tmp_path / f"status-{name}.png"
     browse(server + "/", f"--screenshot={shot}", width=width, height=1400)
     assert png_size(shot) == (width, 1400)
-    dom = browse(server + f"/__layout?width={width}", "--dump-dom", width=width, height=1400)
-    probe = re.search(r'<output id="probe">scrollWidth=(\d+) clientWidth=(\d+)</output>', dom)
-    assert probe, f"the layout probe did not run: {dom[:300]}"
-    scroll_width, client_width = map(int, probe.groups())
+    scroll_width, client_width, _ = layout(server, width)
     assert client_width == width
     assert scroll_width <= client_width, f"the page scrolls sideways at {width} px: {scroll_width} > {client_width}"
 
@@ -437,8 +437,18 @@ def test_screenshots_command(server, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"screenshot: {out / 'status-wide.png'}\nscreenshot: {out / 'status-narrow.png'}\n"
-    assert png_size(out / "status-wide.png") == (1280, 1600)
-    assert png_size(out / "status-narrow.png") == (390, 2400)
+    # The whole page: each screenshot is as tall as the page laid out at its width.
+    heights = {}
+    for name, width in (("wide", 1280), ("narrow", 390)):
+        heights[name] = layout(server, width)[2]
+        assert png_size(out / f"status-{name}.png") == (width, heights[name])
+    assert heights["narrow"] > heights["wide"] > 1400  # taller than any fixed window of old
+    # Nothing below it: a shot 100 pixels taller shows only the page's background under that height.
+    taller = tmp_path / "taller.png"
+    browse(server + "/", f"--screenshot={taller}", width=390, height=heights["narrow"] + 100)
+    with Image.open(taller) as im:
+        below = im.convert("RGB").crop((0, heights["narrow"], 390, heights["narrow"] + 100))
+        assert below.getcolors() == [(390 * 100, BACKGROUND)]
 
 
 def test_screenshots_command_says_why_in_one_line(tmp_path):

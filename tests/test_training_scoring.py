@@ -109,4 +109,4 @@ def test_scripts_run_in_order(ingested):
 def test_scoring_without_a_model_is_one_line(world):
     proc = run_script("scoring.py", "--config", world.path)
     assert proc.returncode == 2
-    assert proc.stderr == f"error: {world.model_file} does not exist: run training first\n"
+    assert proc.stderr == f"error: {world.model_file} does not exist: run training.py first\n"
