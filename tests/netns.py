@@ -107,6 +107,8 @@ class Network:
             third = (third + 1) % 250
         net = cls(tag, f"10.{second}.{third}")
         try:
+            ip("netns", "add", f"dras-{tag}-probe")  # refused where namespaces are not allowed: said here
+            ip("netns", "del", f"dras-{tag}-probe")
             # A fixed address: a bridge otherwise takes its ports' lowest, which changes when that host is
             # removed, and the other hosts' ARP caches would point at the old one for a minute.
             ip("link", "add", net.bridge, "address", f"02:d5:{int(tag) // 10000 % 100:02x}:{int(tag) // 100 % 100:02x}"
