@@ -23,8 +23,9 @@ setup: $(STAMP)
 	@command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 	@# postgresql: the history tests run on a real PostgreSQL too, started by the tests in a temporary folder (tests/pgserver.py).
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends postgresql)
-	@# nginx: deploy/nginx.conf is tested on a real nginx in front of two gunicorns (tests/test_nginx.py).
+	@# nginx and ip (iproute2): deploy/nginx.conf runs on a real nginx in front of two gunicorns (tests/test_nginx.py) and of API hosts in network namespaces (tests/test_netns.py).
 	@test -x /usr/sbin/nginx || (apt-get update && apt-get install -y --no-install-recommends nginx)
+	@command -v ip >/dev/null || test -x /usr/sbin/ip || (apt-get update && apt-get install -y --no-install-recommends iproute2)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

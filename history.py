@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS drift_evidence (
 CREATE TABLE IF NOT EXISTS traffic_windows (
     window_start REAL NOT NULL, window_seconds REAL NOT NULL, model_version INTEGER NOT NULL,
     worker TEXT NOT NULL, updated_at REAL NOT NULL, requests INTEGER NOT NULL, rows INTEGER NOT NULL,
-    aggregates TEXT NOT NULL,
+    aggregates TEXT NOT NULL, host TEXT,
     PRIMARY KEY (window_start, model_version, worker)
 );
 CREATE INDEX IF NOT EXISTS traffic_windows_start ON traffic_windows (window_start);
@@ -86,8 +86,10 @@ CREATE INDEX IF NOT EXISTS traffic_windows_start ON traffic_windows (window_star
 # at its next `connect`. The hash cache gained inode and ctime (which no `utime` call can set); its
 # old rows, NULL there, are never trusted and so hashed again. A summary gained finaldata.csv's
 # length after its ingestion (finaldata.py), NULL in the rows of before, which the next ingestion fills.
+# Traffic windows gained the host whose worker wrote them (several API hosts share one history);
+# older rows, NULL there, are an unknown host's.
 UPGRADES = (("file_hashes", "inode", "INTEGER"), ("file_hashes", "ctime_ns", "INTEGER"),
-            ("summaries", "bytes", "INTEGER"))
+            ("summaries", "bytes", "INTEGER"), ("traffic_windows", "host", "TEXT"))
 
 # The errors of either backend: a PostgreSQL connection raises these too (the driver's own error
 # chained as the cause), so a caller names one set of exceptions.

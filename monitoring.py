@@ -5,8 +5,11 @@ feature matrix is kept by reference. A background thread folds that into the agg
 current time window (requests and latency by endpoint and status, rows, predicted exits, mean
 probability, and per feature count, mean, variance, min, max and a histogram over the training
 data's fixed bins) and writes them to the history database every `monitoring_flush_seconds` or
-`monitoring_flush_requests` requests: one row per window, model version and worker, replaced as
-the window grows. A request never waits on the database. No raw input is ever written.
+`monitoring_flush_requests` requests: one row per window, model version and worker (naming its
+host: config.json's `host_name`, or the machine's name), replaced as the window grows. A request
+never waits on the database. No raw input is ever written. Several API hosts sharing one history
+each write their own rows; every reader adds them up. `/metrics` stays this host's own: its
+counters are this host's workers', from a PROMETHEUS_MULTIPROC_DIR local to the host.
 
 Live input drift: each feature's live histogram against the training histogram stored with the
 deployed model (trainedmodel.json's "monitoring", made by drift.reference_bins), per window, all
@@ -54,10 +57,11 @@ PROM_BUCKETS = tuple(LATENCY_BOUNDS[k + 100] for k in (-70, -66, -60, -54, -46, 
 TO_PROM = [bisect.bisect_left(PROM_BUCKETS, bound) for bound in LATENCY_BOUNDS] + [len(PROM_BUCKETS)]
 PROM_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# One row per window, model version and worker (history.SCHEMA's traffic_windows), replaced as the window grows.
+# One row per window, model version and worker (history.SCHEMA's traffic_windows), replaced as the window grows;
+# it names the worker's host, so that the readers can say which host served what (they add up all hosts).
 UPSERT = history.upsert_sql("traffic_windows", ("window_start", "model_version", "worker"),
-                            ("window_start", "window_seconds", "model_version", "worker", "updated_at", "requests",
-                             "rows", "aggregates"))
+                            ("window_start", "window_seconds", "model_version", "worker", "host", "updated_at",
+                             "requests", "rows", "aggregates"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +143,7 @@ class Monitor:
         self.window_seconds = float(cfg.monitoring_window_seconds)
         self.clock = clock
         self.worker = None
+        self.host = cfg.host  # asked once: every window row this process writes names it
         self.status = {"level": "ok", "psi": {}, "window_start": None, "model_version": None, "rows": 0}
         self.estimating = cfg.monitoring_estimate
         self._lock = threading.Lock()
@@ -343,7 +348,7 @@ class Monitor:
             with history.transaction(conn):
                 conn.executemany(
                     UPSERT,
-                    [(start, self.window_seconds, version, self.worker, now,
+                    [(start, self.window_seconds, version, self.worker, self.host, now,
                       sum(sum(s.values()) for s in self._windows[(start, version)]["requests"].values()),
                       self._windows[(start, version)]["rows"],
                       json.dumps(self._windows[(start, version)], separators=(",", ":")))

@@ -381,6 +381,12 @@ def _live_section(doc, data, W):
              f"{t['p_watch']:.2g}. PSI is the size of the change; its lines {t['psi_watch']} and {t['psi_act']} are "
              f"for reading only. Looks judged: {live.get('judged', 0)}; at watch: {live['windows_crossing']['watch']}, "
              f"at act: {live['windows_crossing']['act']}.")
+    hosts = live.get("hosts") or {}
+    if len(hosts) > 1:
+        doc.para(f"Served by {len(hosts)} API hosts, added up in the figures below: "
+                 + "; ".join(f"{name} {h['requests']:,d} request{'s' * (h['requests'] != 1)}, {h['rows']:,d} row"
+                             f"{'s' * (h['rows'] != 1)}" for name, h in hosts.items())
+                 + ".")
     if live.get("above_psi_act_not_alarmed"):
         doc.para(f"{live['above_psi_act_not_alarmed']} window(s) had a PSI above {t['psi_act']} without an alarm: "
                  "the test did not reject (too few rows for a PSI that size to stand out from sampling noise), or "

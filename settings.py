@@ -38,6 +38,8 @@ SCHEMA = {
     "writer_wait_seconds": (float, 60.0),
     # where the history lives: null (output_folder_path/history.sqlite), sqlite:///PATH or postgresql://...
     "history_url": ((str, type(None)), None),
+    # the name this host's traffic windows carry in the history (null: the machine's host name)
+    "host_name": ((str, type(None)), None),
     "model": (dict, {}),
     "keep_versions": (int, 5),
     "drift_test": (str, "sequential"),
@@ -110,6 +112,7 @@ class Config:
     ingest_settle_seconds: float
     writer_wait_seconds: float
     history_url: str
+    host_name: str
     model: dict
     keep_versions: int
     drift_test: str
@@ -172,6 +175,15 @@ class Config:
     def history(self):
         """Where history.connect finds the history: the postgresql URL, or the SQLite file's path."""
         return self.history_url if self.postgres else self.history_db
+
+    @property
+    def host(self) -> str:
+        """The host this process runs on, as the history names it: host_name, or the machine's name."""
+        if self.host_name is not None:
+            return self.host_name
+        import socket  # lazy: only the API's monitoring asks
+
+        return socket.gethostname()
 
     @property
     def writer_lock(self):
@@ -342,6 +354,10 @@ def load_config(path=None) -> Config:
             raise ConfigError("config key 'alert_webhook_url' must be an http:// or https:// URL with a host, "
                               "or absent (no webhook)")
     _check_history_url(values["history_url"])
+    host = values["host_name"]
+    if host is not None and not (0 < len(host) <= 63 and host.isprintable() and host.strip() == host):
+        raise ConfigError("config key 'host_name' must be 1 to 63 printable characters, without leading or "
+                          "trailing spaces (or absent: the machine's host name)")
     if not 0 <= values["alert_f1_margin"] <= 1:
         raise ConfigError("config key 'alert_f1_margin' must be between 0 and 1")
     if not 0 < values["alert_budget_seconds"] <= 30:

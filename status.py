@@ -243,9 +243,9 @@ def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT, alarm_rule=None):
     """Live traffic over `windows` (online monitoring's summarized windows, newest first), or None.
 
     Each window is a dict as traffic.summarize returns it: window_start, window_seconds,
-    model_version, requests, rows, exits, latency_p50 and latency_p99 (seconds), psi {feature:
-    value}, level ("ok", "watch" or "act"), alarm and estimated_f1; `alarm_rule` is
-    traffic.alarm_thresholds (the config's levels), shown as given.
+    model_version, requests, hosts {host: {requests, rows}}, rows, exits, latency_p50 and
+    latency_p99 (seconds), psi {feature: value}, level ("ok", "watch" or "act"), alarm and
+    estimated_f1; `alarm_rule` is traffic.alarm_thresholds (the config's levels), shown as given.
     """
     windows = [w for w in windows or [] if isinstance(w, dict)]
     if not windows:
@@ -270,6 +270,7 @@ def traffic_summary(windows, watch=PSI_WATCH, act=PSI_ACT, alarm_rule=None):
         "since": _iso(min((t for t in starts if t is not None), default=None)),
         "until": _iso(max(ends, default=None)),
         "requests": sum(int(w.get("requests") or 0) for w in windows),
+        "hosts": traffic.hosts_total(windows),
         "rows": rows,
         "exit_share": exits / rows if rows else None,
         "p50_ms": ms(latest.get("latency_p50")),

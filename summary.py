@@ -108,7 +108,9 @@ def period(conn, since=None, current=None) -> dict:
     decision and drift check count although its row is not finished yet."""
     after = float("-inf") if since is None else since
     current_id = known(current.cycle_id) if current is not None else None
-    ingested = _rows(conn, "SELECT count(*), coalesce(sum(rows), 0) FROM ingested_files WHERE at > ?", (after,))
+    # CAST: PostgreSQL's sum of a bigint is a numeric (a Decimal in Python), SQLite's an integer
+    ingested = _rows(conn, "SELECT count(*), CAST(coalesce(sum(rows), 0) AS BIGINT) FROM ingested_files WHERE at > ?",
+                     (after,))
     decisions = {}
     for decision, n in _rows(conn, "SELECT coalesce(decision, 'unfinished'), count(*) FROM cycles"
                                    " WHERE started_at > ? AND id IS NOT ? GROUP BY 1 ORDER BY min(id)",

@@ -1,10 +1,12 @@
 """Reading live traffic back: the windows online monitoring (monitoring.py) wrote, merged and summarized.
 
 Each API worker writes its own row per time window and model version (traffic_windows in the
-history database); a reader merges the rows of a window across workers, adds the PSI of each
-feature's live histogram against the deployed version's training histogram (drift.psi_counts),
-the live-drift alarm (alarms.py: each closed window judged once, small windows pooled) and the
-estimated F1 (estimate.py, from the window's six calibrated sums). PSI is the magnitude shown;
+history database), naming its host; a reader merges the rows of a window across workers and hosts
+(several API hosts may share one history: every reader shows all of them together, with each
+host's requests and rows beside the sums), adds the PSI of each feature's live histogram against
+the deployed version's training histogram (drift.psi_counts), the live-drift alarm (alarms.py:
+each closed window judged once, small windows pooled) and the estimated F1 (estimate.py, from
+the window's six calibrated sums). PSI is the magnitude shown;
 psi_watch and psi_act are display lines only: a window's level is the alarm's. Read-only: a
 reader never creates the database.
 
@@ -18,6 +20,7 @@ period back.
     crossings_since(cfg, since)      what the monitoring cycle records (watch or act crossed?)
     report_data(cfg, since, previous)  the report's live-traffic section, as plain data
     summary_lines(cfg)               the latest windows in words
+    hosts_total(windows)             each host's requests and rows over summarized windows
     last_cycle(cfg)                  when the last successful monitoring cycle finished
 
 The aggregates' arithmetic (merge_feature, merge_aggregates, the latency buckets) is here too:
@@ -38,6 +41,7 @@ from settings import FEATURES
 LATENCY_BOUNDS = [round(10 ** (k / 20), 9) for k in range(-100, 41)]
 CYCLE_FAILURES = ("failed", "interrupted")
 REPORT_WINDOWS = 2000  # at most this many windows are drawn
+UNKNOWN_HOST = "unknown"  # the host of a window row written before rows named theirs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +118,7 @@ def model_references(cfg, versions, refs=None):
     return out
 
 
-def summarize(start, seconds, version, agg, ref, cfg, workers):
+def summarize(start, seconds, version, agg, ref, cfg, who):
     """One window as the API shows it."""
     rows = agg["rows"]
     psi = {}
@@ -141,7 +145,8 @@ def summarize(start, seconds, version, agg, ref, cfg, workers):
     share = agg["exits"] / rows if rows else None
     ref_share = ref.get("predicted_exit_share") if ref else None
     return {
-        "window_start": start, "window_seconds": seconds, "model_version": version, "workers": workers,
+        "window_start": start, "window_seconds": seconds, "model_version": version, "workers": who["workers"],
+        "hosts": dict(sorted(who["hosts"].items())),
         "requests": sum(sum(s.values()) for s in agg["requests"].values()),
         "requests_by_endpoint": {ep: dict(sorted(s.items())) for ep, s in sorted(agg["requests"].items())},
         "errors": dict(sorted(errors.items())),
@@ -236,8 +241,8 @@ def _summarized(conn, cfg, merged, refs, now=None):
     their pool periods read for the pools' sake."""
     now = time.time() if now is None else now
     period = cfg.alarm_pool_seconds
-    found = [summarize(start, seconds, version, agg, refs.get(version), cfg, workers)
-             for (start, version), (seconds, agg, workers) in merged.items()]
+    found = [summarize(start, seconds, version, agg, refs.get(version), cfg, who)
+             for (start, version), (seconds, agg, who) in merged.items()]
     context = {}
     for version in {w["model_version"] for w in found}:
         oldest = min(w["window_start"] for w in found if w["model_version"] == version)
@@ -252,7 +257,8 @@ def _summarized(conn, cfg, merged, refs, now=None):
 
 
 def _merged(conn, where, args, limit):
-    """{(window_start, version): (window_seconds, aggregates merged across workers, workers)}."""
+    """{(window_start, version): (window_seconds, aggregates merged across workers and hosts, who)}, who
+    being {"workers": rows merged, "hosts": {host: {"requests", "rows"}}}."""
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     try:
         keys = conn.execute(f"SELECT DISTINCT window_start, model_version FROM traffic_windows {clause}"
@@ -262,8 +268,8 @@ def _merged(conn, where, args, limit):
     if not keys:
         return {}
     oldest = keys[-1][0]
-    rows = conn.execute(f"SELECT window_start, window_seconds, model_version, worker, aggregates FROM traffic_windows"
-                        f" {clause + ' AND' if clause else 'WHERE'} window_start >= ?"
+    rows = conn.execute(f"SELECT window_start, window_seconds, model_version, worker, aggregates, host, requests, rows"
+                        f" FROM traffic_windows {clause + ' AND' if clause else 'WHERE'} window_start >= ?"
                         " ORDER BY window_start DESC, worker", (*args, oldest)).fetchall()
     wanted = {(k[0], k[1]) for k in keys}
     merged = {}
@@ -273,11 +279,23 @@ def _merged(conn, where, args, limit):
             continue
         agg = json.loads(r[4])
         if key in merged:
-            seconds, so_far, workers = merged[key]
-            merged[key] = (seconds, merge_aggregates(so_far, agg), workers + 1)
+            seconds, so_far, who = merged[key]
+            merged[key] = (seconds, merge_aggregates(so_far, agg), who)
         else:
-            merged[key] = (r[1], agg, 1)
+            who = {"workers": 0, "hosts": {}}
+            merged[key] = (r[1], agg, who)
+        who["workers"] += 1
+        add_counts(who["hosts"].setdefault(r[5] or UNKNOWN_HOST, {}), {"requests": r[6], "rows": r[7]})
     return merged
+
+
+def hosts_total(windows) -> dict:
+    """{host: {"requests", "rows"}} added up over summarized `windows` (their "hosts"), by host name."""
+    total = {}
+    for w in windows:
+        for host, counts in (w.get("hosts") or {}).items():
+            add_counts(total.setdefault(host, {}), counts)
+    return dict(sorted(total.items()))
 
 
 def recent_windows(conn, cfg, version=None, limit=60, since=None, until=None, refs=None, now=None):
@@ -376,6 +394,7 @@ def crossings_since(cfg, since, until=None) -> dict:
                 features[f] = max(features.get(f, 0.0), v)
     above = sum(1 for w in found if w["level"] == "ok" and any(v >= cfg.psi_act for v in w["psi"].values()))
     return {"since": since, "windows": len(found), "rows": sum(w["rows"] for w in found), "level": worst,
+            "hosts": hosts_total(found),
             "watch": worst in ("watch", "act"), "act": worst == "act",
             "judged": sum(1 for w in found if w["alarm"]["judged"]),
             "above_psi_act_not_alarmed": above,
@@ -444,6 +463,7 @@ def report_data(cfg, since=None, previous_since=None, until=None) -> dict:
                     | {"estimated_f1": (w["estimated_f1"] or {}).get("value"), "judged": w["alarm"]["judged"]}
                     for w in windows[-REPORT_WINDOWS:]],
         "windows_crossing": crossed,
+        "hosts": hosts_total(windows),
         "judged": sum(1 for w in windows if w["alarm"]["judged"]),
         "above_psi_act_not_alarmed": sum(1 for w in windows if w["level"] == "ok"
                                          and any(v >= cfg.psi_act for v in w["psi"].values())),

@@ -22,6 +22,7 @@ import delivery
 import deployment
 import history
 import ingestion
+from settings import load_config
 
 ROW = {"lastmonth_activity": 3, "lastyear_activity": 70, "number_of_employees": 12}
 REFUSED = {"error": "filepath must be a relative path to a .csv file inside the data folders "
@@ -75,6 +76,14 @@ def gunicorn(cfg, workers=2, env=None, port=None, app=None):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def host_config(cfg, name, **changes):
+    """A config file beside cfg's for another API host: the same folders and history, host_name `name`."""
+    data = json.loads(cfg.path.read_text())
+    path = cfg.base / f"config-{name}.json"
+    path.write_text(json.dumps({**data, "host_name": name, **changes}))
+    return load_config(path)
 
 
 # --- a stand-in crontab and pgrep, first on PATH ------------------------------------------------------

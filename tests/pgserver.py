@@ -51,8 +51,10 @@ class PostgresServer:
         self.password = os.urandom(12).hex()
 
     @classmethod
-    def start(cls, tries=3):
-        """initdb and start a server; a port taken between choosing and binding is tried again."""
+    def start(cls, tries=3, listen=(), clients=()):
+        """initdb and start a server; a port taken between choosing and binding is tried again.
+        `listen`: addresses it listens on besides 127.0.0.1; `clients`: networks (CIDR) whose
+        connections as `dras` it trusts besides 127.0.0.1 (tests/netns.py's test hosts)."""
         bin_dir = bindir()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL is not installed (Debian's postgresql: `make setup` installs it)")
@@ -63,10 +65,11 @@ class PostgresServer:
         server = cls(folder, None, bin_dir, as_user)
         server._run("initdb", "-D", str(folder / "data"), "-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync",
                     "--no-instructions")
-        (folder / "data" / "pg_hba.conf").write_text(HBA)  # root may write it; it stays the owner's file
+        hba = HBA + "".join(f"host all {USER} {net} trust\n" for net in clients)
+        (folder / "data" / "pg_hba.conf").write_text(hba)  # root may write it; it stays the owner's file
         for attempt in range(tries):
             server.port = free_port()
-            opts = (f"-p {server.port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+            opts = (f"-p {server.port} -k {folder} -c listen_addresses={','.join(('127.0.0.1', *listen))} -c fsync=off"
                     " -c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
             done = server._run("pg_ctl", "-D", str(folder / "data"), "-o", opts, "-l", str(folder / "log"), "-w",
                                "-t", "30", "start", check=False)

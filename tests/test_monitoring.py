@@ -6,6 +6,7 @@ import math
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -303,8 +304,10 @@ def test_crossings_since_for_the_monitoring_cycle(make_deployed):
     got = traffic.crossings_since(cfg, T0 - 60)
     assert (got["windows"], got["rows"], got["level"], got["watch"], got["act"]) == (1, 10, "act", True, True)
     assert sorted(got["max_psi"]) == list(FEATURES)
+    assert got["hosts"] == {socket.gethostname(): {"requests": 1, "rows": 10}}  # no host_name: the machine's name
     assert traffic.crossings_since(cfg, T0 + 60) == {
         "since": T0 + 60, "windows": 0, "rows": 0, "level": "ok", "watch": False, "act": False, "judged": 0,
+        "hosts": {},
         "above_psi_act_not_alarmed": 0, "max_psi": {}, "psi_watch": 0.1, "psi_act": 0.2,
         "alarm_act_per_day": 0.04, "alarm_watch_per_day": 1.0}
 
@@ -411,8 +414,9 @@ def test_report_data_and_the_report_section(make_deployed):
     train = read_finaldata(cfg.finaldata)[list(FEATURES)].astype(int).to_dict("records")
     shifted = [{"lastmonth_activity": 5000, "lastyear_activity": 90000, "number_of_employees": 10**6}] * 30
     answers = []
-    for at, body in ((base + 10, train), (base + 70, train), (base + day + 10, shifted)):
-        monitor.clock = lambda at=at: at
+    # the first day's traffic as host api-a's, the second day's as api-b's: the report adds them up
+    for at, body, host in ((base + 10, train, "api-a"), (base + 70, train, "api-a"), (base + day + 10, shifted, "api-b")):
+        monitor.clock, monitor.host = (lambda at=at: at), host
         answers.append(client.post("/prediction", json={"records": body}).get_json())
         monitor.flush()
     exits1 = sum(answers[0]["predictions"]) * 2
@@ -426,6 +430,7 @@ def test_report_data_and_the_report_section(make_deployed):
     assert data["windows"][0]["psi"] == {f: 0.0 for f in FEATURES}
     assert data["windows_crossing"] == {"watch": 0, "act": 1}
     assert data["previous_latency"] is None and data["latency"]["requests"] == 3
+    assert data["hosts"] == {"api-a": {"requests": 2, "rows": 400}, "api-b": {"requests": 1, "rows": 30}}
     # since the second day: only its window; the first day is the period to compare with
     later = traffic.report_data(cfg, since=base + day, previous_since=base, until=base + 2 * day)
     assert [d["day"] for d in later["days"]] == ["2023-11-15"]
@@ -441,6 +446,8 @@ def test_report_data_and_the_report_section(make_deployed):
     live = text[text.index("Live traffic (online monitoring)"):]
     assert "All recorded traffic" in live
     assert "Looks judged: 3; at watch: 0, at act: 1." in " ".join(live.split())
+    assert ("Served by 2 API hosts, added up in the figures below: api-a 2 requests, 400 rows; api-b 1 request, 30"
+            " rows.") in " ".join(live.split())
     assert table_row(live, "2023-11-14") == ["2", "0", "400", f"{exits1 / 400:.4f}"]
     assert table_row(live, "2023-11-15") == ["1", "0", "30", f"{sum(answers[2]['predictions']) / 30:.4f}"]
     assert table_row(live, "/prediction p50")[1:] == ["-", "first run"]

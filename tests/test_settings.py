@@ -1,5 +1,6 @@
 import json
 import re
+import socket
 
 import pytest
 from conftest import REPO, make_config, run_script
@@ -35,6 +36,10 @@ def test_relative_paths_resolve_against_the_config_not_the_cwd(tmp_path, monkeyp
     cfg = load_config(path)
     assert cfg.output_folder_path == tmp_path.parent / "elsewhere" / "out"
     assert cfg.history_db == tmp_path.parent / "elsewhere" / "out" / "history.sqlite"
+
+
+HOST_NAME_RULE = ("config key 'host_name' must be 1 to 63 printable characters, without leading or trailing spaces"
+                  " (or absent: the machine's host name)")
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -73,6 +78,11 @@ def test_relative_paths_resolve_against_the_config_not_the_cwd(tmp_path, monkeyp
     ({"history_url": "postgresql://dras@db.example:port/dras"}, "config key 'history_url' has a port that is not a number"),
     ({"history_url": "sqlite:///"}, "config key 'history_url' sqlite:/// needs a file's path after it"),
     ({"history_url": 5432}, "config key 'history_url' must be str or null, not 5432"),
+    ({"host_name": ""}, HOST_NAME_RULE),
+    ({"host_name": " api-a"}, HOST_NAME_RULE),
+    ({"host_name": "api\na"}, HOST_NAME_RULE),
+    ({"host_name": "a" * 64}, HOST_NAME_RULE),
+    ({"host_name": 7}, "config key 'host_name' must be str or null, not 7"),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(ConfigError) as err:
@@ -96,6 +106,11 @@ def test_history_url_says_where_the_history_and_the_writer_lock_live(tmp_path, u
                                                            and url.startswith("postgres"))
     if not cfg.postgres:
         assert cfg.history == cfg.history_db
+
+
+def test_host_name_names_this_host_in_the_history(tmp_path):
+    assert load_config(make_config(tmp_path)).host == socket.gethostname()
+    assert load_config(make_config(tmp_path, host_name="api-b.example")).host == "api-b.example"
 
 
 def test_missing_and_unknown_keys(tmp_path):

@@ -180,9 +180,11 @@ def test_a_newer_logged_check_shows_beside_the_last_recorded_cycle(running, tmp_
 WINDOWS = [
     {"window_start": T0 + 60, "window_seconds": 60.0, "model_version": 2, "requests": 30, "rows": 60, "exits": 30,
      "latency_p50": 0.00125, "latency_p99": 0.0035, "level": "act",
-     "psi": {"lastmonth_activity": 0.31, "lastyear_activity": 0.12, "number_of_employees": 0.02}},
+     "psi": {"lastmonth_activity": 0.31, "lastyear_activity": 0.12, "number_of_employees": 0.02},
+     "hosts": {"api-a": {"requests": 20, "rows": 40}, "api-b": {"requests": 10, "rows": 20}}},
     {"window_start": T0, "window_seconds": 60.0, "model_version": 1, "requests": 10, "rows": 40, "exits": 10,
-     "latency_p50": 0.0015, "latency_p99": 0.004, "level": "ok", "psi": {"lastmonth_activity": 0.05}},
+     "latency_p50": 0.0015, "latency_p99": 0.004, "level": "ok", "psi": {"lastmonth_activity": 0.05},
+     "hosts": {"api-a": {"requests": 10, "rows": 40}}},
 ]
 
 
@@ -193,6 +195,7 @@ def test_live_traffic_summed_over_the_windows():
         "model_version": 2, "level": "act", "watch": 0.1, "act": 0.2,
         "psi": {"lastmonth_activity": 0.31, "lastyear_activity": 0.12, "number_of_employees": 0.02},
         "alarm": None, "alarm_rule": None, "estimated_f1": None,
+        "hosts": {"api-a": {"requests": 30, "rows": 80}, "api-b": {"requests": 10, "rows": 20}},
     }
     assert status.traffic_summary([]) is None
     assert status.traffic_summary([{"window_start": T0, "rows": 0}])["exit_share"] is None
@@ -211,6 +214,8 @@ def test_live_traffic_on_the_page(fresh, monkeypatch):
     assert '<dt>lastmonth_activity PSI</dt><dd>0.310 <span class="flag small">above 0.2</span></dd>' in html
     assert '<dt>lastyear_activity PSI</dt><dd>0.120 <span class="flag small">above 0.1</span></dd>' in html
     assert '<dt>number_of_employees PSI</dt><dd>0.020</dd>' in html
+    assert ('<p class="muted" id="traffic-hosts">Served by 2 hosts, added up above: api-a 30 requests, 80 rows; '
+            'api-b 10 requests, 20 rows.</p>') in html
 
 
 def test_no_live_traffic_without_online_monitoring(running):
