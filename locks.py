@@ -147,7 +147,14 @@ def _advisory(url, what, wait):
 
     def release():
         history.take_back(url)
-        session.close()  # the server drops the lock with the session
+        try:
+            # Released before the close returns: a closed session's locks are dropped by the server
+            # once it notices, so a writer asking right after could still find it held.
+            session.execute("SELECT pg_advisory_unlock(?, ?)", _KEY).fetchone()
+        except history.Error:
+            pass  # the session is gone already, and the lock with it
+        finally:
+            session.close()
     return release
 
 
