@@ -227,6 +227,8 @@ def render(conf, upstreams, listen):
         raise ValueError("deploy/nginx.conf has no `server ADDRESS:PORT max_fails=...` lines or no `listen 80;`")
     block = "".join(f"    server {u} {servers[0]};\n" for u in upstreams)
     conf = re.sub(r"(?:^ *server \S+:\d+ max_fails=\S+ fail_timeout=\S+;\n)+", block, conf, count=1, flags=re.M)
+    # the shipped access log (its path outside the test's folder) gives way to this nginx's own (MAIN)
+    conf = re.sub(r"^ *access_log /var/log/nginx/\S+ \S+;\n", "", conf, flags=re.M)
     return conf.replace("    listen 80;\n", f"    listen {listen};\n")
 
 

@@ -37,10 +37,11 @@ http {{
 def nginx(root, first, second):
     """nginx with deploy/nginx.conf, its hosts on ports `first` and `second`: yields (its URL, its access log)."""
     port = free_port()
-    conf = render_conf((REPO / "deploy" / "nginx.conf").read_text(), [f"127.0.0.1:{first}", f"127.0.0.1:{second}"],
-                       f"127.0.0.1:{port}")
-    assert conf.count("/var/log/nginx/dras.access.log") == 1
-    conf = conf.replace("/var/log/nginx/dras.access.log", str(root / "access.log"))
+    shipped = (REPO / "deploy" / "nginx.conf").read_text()
+    assert shipped.count("access_log /var/log/nginx/dras.access.log dras_upstream;") == 1
+    conf = render_conf(shipped, [f"127.0.0.1:{first}", f"127.0.0.1:{second}"], f"127.0.0.1:{port}")
+    # the shipped access log's format, in this test's folder
+    conf = conf.replace("    listen ", f"    access_log {root / 'access.log'} dras_upstream;\n    listen ", 1)
     root.mkdir()
     (root / "dras.conf").write_text(conf)
     (root / "nginx.conf").write_text(MAIN.format(root=root))
