@@ -5,6 +5,7 @@
     WEB_CONCURRENCY  the number of workers (default: the number of cores)
 """
 import os
+import sys
 
 bind = f"127.0.0.1:{int(os.environ.get('PORT', '8000'))}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
@@ -20,6 +21,23 @@ graceful_timeout = 10
 # model itself on its first request (and again whenever the deployed version changes).
 preload_app = True
 
+
+
+def _config_or_exit():
+    """A config the app cannot load stops gunicorn here, before it builds the app (preload_app), in
+    one line and exit 2: gunicorn would print the app factory's traceback otherwise."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # read from any folder
+    from settings import ConfigError, load_config
+
+    try:
+        load_config(os.environ.get("DRAS_CONFIG") or None)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+_config_or_exit()
+
 accesslog = None  # set by on_starting: log_folder_path/access.log of the served config
 errorlog = "-"
 loglevel = "info"
@@ -28,7 +46,7 @@ loglevel = "info"
 def on_starting(server):
     """The app's own loggers (model loads, failed loads) to stderr, like the scripts'; gunicorn's
     access log to log_folder_path/access.log (rotated by the cycle: settings.rotate_logs)."""
-    from settings import ConfigError, load_config, setup_logging  # in the hook: reading this file imports no project module
+    from settings import ConfigError, load_config, setup_logging  # in the hook (the config check above imports settings only)
 
     setup_logging()
     try:
@@ -59,7 +77,7 @@ else:  # the operator's folder: last run's files would be counted again
 
 def child_exit(server, worker):
     """A worker is gone: its live gauges stop counting (its counters still do)."""
-    import monitoring  # in the hook: reading this file imports no project module
+    import monitoring  # in the hook (the config check above imports settings only)
 
     monitoring.worker_exited(worker.pid)
 

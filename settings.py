@@ -208,6 +208,11 @@ class Config:
         return self.output_model_path / "latestscore.txt"
 
 
+# JSON's words for the types a config value may have (a user reads them, not Python's names).
+TYPE_WORDS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+              list: "a list", dict: "an object", type(None): "null"}
+
+
 def _check_type(key, value, expected):
     types = expected if isinstance(expected, tuple) else (expected,)
     # bool is an int in Python; a config saying "keep_versions": true is still a mistake.
@@ -218,7 +223,7 @@ def _check_type(key, value, expected):
     else:
         ok = isinstance(value, types)
     if not ok:
-        names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        names = " or ".join(dict.fromkeys(TYPE_WORDS[t] for t in types))
         raise ConfigError(f"config key {key!r} must be {names}, not {json.dumps(value)}")
 
 

@@ -72,7 +72,7 @@ def alert_rows(cfg):
                        "or absent (no webhook)"),
     ("http://a b/hook", "config key 'alert_webhook_url' must be an http:// or https:// URL with a host, "
                         "or absent (no webhook)"),
-    (12, "config key 'alert_webhook_url' must be str or null, not 12"),
+    (12, "config key 'alert_webhook_url' must be a string or null, not 12"),
 ])
 def test_the_webhook_url_is_checked(tmp_path, value, error):
     path = make_config(tmp_path, alert_webhook_url=value)

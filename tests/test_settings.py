@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import socket
 
@@ -43,9 +44,9 @@ HOST_NAME_RULE = ("config key 'host_name' must be 1 to 63 printable characters, 
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"input_folder_path": None}, "config key 'input_folder_path' must be str, not null"),
-    ({"keep_versions": "5"}, "config key 'keep_versions' must be int, not \"5\""),
-    ({"keep_versions": True}, "config key 'keep_versions' must be int, not true"),
+    ({"input_folder_path": None}, "config key 'input_folder_path' must be a string, not null"),
+    ({"keep_versions": "5"}, "config key 'keep_versions' must be a whole number, not \"5\""),
+    ({"keep_versions": True}, "config key 'keep_versions' must be a whole number, not true"),
     ({"keep_versions": 1}, "config key 'keep_versions' must be at least 2, so a rollback has somewhere to go"),
     ({"drift_test": "vibes"}, "config key 'drift_test' must be one of sequential, raw, parametric, nonparametric, significance, not 'vibes'"),
     ({"model": {"C": 1, "depth": 3}}, "unknown model key 'depth' (known keys: C, class_weight, max_iter, random_state)"),
@@ -55,14 +56,14 @@ HOST_NAME_RULE = ("config key 'host_name' must be 1 to 63 printable characters, 
     ({"drift_bootstrap_rounds": 0}, "config key 'drift_bootstrap_rounds' must be at least 1, not 0"),
     ({"max_request_bytes": -5}, "config key 'max_request_bytes' must be at least 1, not -5"),
     ({"writer_wait_seconds": -1}, "config key 'writer_wait_seconds' must be 0 (refuse at once) or a positive number of seconds"),
-    ({"writer_wait_seconds": "60"}, "config key 'writer_wait_seconds' must be float, not \"60\""),
+    ({"writer_wait_seconds": "60"}, "config key 'writer_wait_seconds' must be a number, not \"60\""),
     ({"alarm_act_per_day": 0}, "config keys 'alarm_act_per_day' and 'alarm_watch_per_day' must satisfy"
                                " 0 < alarm_act_per_day <= alarm_watch_per_day"),
     ({"alarm_act_per_day": 2, "alarm_watch_per_day": 1}, "config keys 'alarm_act_per_day' and 'alarm_watch_per_day'"
                                                          " must satisfy 0 < alarm_act_per_day <= alarm_watch_per_day"),
     ({"alarm_pool_seconds": 30}, "config key 'alarm_pool_seconds' must be at least 'monitoring_window_seconds'"),
     ({"monitoring_min_rows": 0}, "config key 'monitoring_min_rows' must be at least 1"),
-    ({"monitoring_estimate": "yes"}, "config key 'monitoring_estimate' must be bool, not \"yes\""),
+    ({"monitoring_estimate": "yes"}, "config key 'monitoring_estimate' must be true or false, not \"yes\""),
     # history_url: never echoed (a mistyped one may hold a password), never with a password
     ({"history_url": "postgresql://dras:hunter2@db.example:5432/dras"},
      "config key 'history_url' must not hold a password: set it in PGPASSWORD or ~/.pgpass (the URL is written to"
@@ -77,12 +78,12 @@ HOST_NAME_RULE = ("config key 'host_name' must be 1 to 63 printable characters, 
      "config key 'history_url' must name a host and a database: postgresql://USER@HOST:PORT/DBNAME"),
     ({"history_url": "postgresql://dras@db.example:port/dras"}, "config key 'history_url' has a port that is not a number"),
     ({"history_url": "sqlite:///"}, "config key 'history_url' sqlite:/// needs a file's path after it"),
-    ({"history_url": 5432}, "config key 'history_url' must be str or null, not 5432"),
+    ({"history_url": 5432}, "config key 'history_url' must be a string or null, not 5432"),
     ({"host_name": ""}, HOST_NAME_RULE),
     ({"host_name": " api-a"}, HOST_NAME_RULE),
     ({"host_name": "api\na"}, HOST_NAME_RULE),
     ({"host_name": "a" * 64}, HOST_NAME_RULE),
-    ({"host_name": 7}, "config key 'host_name' must be str or null, not 7"),
+    ({"host_name": 7}, "config key 'host_name' must be a string or null, not 7"),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(ConfigError) as err:
@@ -173,3 +174,18 @@ def test_readme_config_table_lists_every_key_with_its_real_default():
     # The model's own keys are named in the `model` row's meaning, each with its default.
     assert [key for key, (_, default) in MODEL_SCHEMA.items()
             if f"`{key}` ({json.dumps(default)})" not in table["model"][1]] == []
+
+
+def test_gunicorn_with_a_bad_config_says_one_line_and_exits_2(tmp_path):
+    """Found by the README pass: `make serve` with a bad config printed the app factory's 41-line
+    traceback; gunicorn.conf.py checks the config first."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "config.json"
+    bad.write_text('{"input_folder_path": 5}')
+    proc = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py")], cwd=tmp_path,
+                          env={**os.environ, "DRAS_CONFIG": str(bad), "PORT": "1"}, capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        2, "", "error: config key 'input_folder_path' must be a string, not 5\n")
