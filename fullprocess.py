@@ -349,8 +349,8 @@ def _unopened(cfg, reason):
 def _run_locked(cfg, conn, publisher):
     cyc = Cycle(cfg, conn, publisher)
     rec = cyc.record
-    if cycle.missing_input(cfg):  # a typo in the config must not look like "no new data" forever
-        _fail(rec, cycle.missing_input(cfg))
+    if missing := cycle.missing_input(cfg):  # a typo in the config must not look like "no new data" forever
+        _fail(rec, missing)
         manifest = deployment.current_manifest(cfg.prod_deployment_path, missing_ok=True)
         rec.deployed_version = rec.previous_version = manifest["version"] if manifest else None
         _finish(cfg, conn, rec, None, cyc)

@@ -67,6 +67,8 @@ class Found:
     candidates: list = field(default_factory=list)  # Candidates
     duplicates: list = field(default_factory=list)  # dicts: name, of
     waiting: list = field(default_factory=list)     # dicts: name, until, seconds
+    seen: dict = field(default_factory=dict)        # name -> sha256 of each file whose content is ingested
+    known: set = field(default_factory=set)         # the sha256 of every ingested content
 
 
 def _iso_after(t):
@@ -85,14 +87,12 @@ def duplicate_text(d) -> str:
     return f"{d['name']}: a duplicate of {d['of']}, already ingested"
 
 
-def duplicates_of(conn, seen) -> list:
-    """The files of `seen` ({name: sha256}, content already ingested) ingested under another name:
-    [{"name", "of"}]. The same name again is the ingested file itself, not a copy."""
-    if not seen:
-        return []
-    first = history.ingested_names(conn)
-    return [{"name": name, "of": first[digest]} for name, digest in seen.items()
-            if digest in first and first[digest] != name]
+def duplicates_of(names, seen) -> list:
+    """The files of `seen` ({name: sha256}, content already ingested) ingested under another name,
+    by `names` (history.ingested_names): [{"name", "of"}]. The same name again is the ingested file
+    itself, not a copy."""
+    return [{"name": name, "of": names[digest]} for name, digest in seen.items()
+            if digest in names and names[digest] != name]
 
 
 def delivery_files(folder, settle_seconds=0.0, now=None, waiting=None) -> list:
@@ -146,15 +146,15 @@ def file_sha256(conn, path: Path) -> str:
 def look(conn, folder, settle_seconds=0.0) -> Found:
     """The delivery files in `folder` whose content has not been ingested yet (new_files), the
     copies of ingested files under other names, and the files still settling."""
-    known = history.ingested_hashes(conn)
-    found, seen = Found(), {}
+    names = history.ingested_names(conn)  # one query for both: what is ingested, and under which name
+    found = Found(known=set(names))
     for path in delivery_files(folder, settle_seconds, waiting=found.waiting):
         digest = file_sha256(conn, path)
-        if digest in known:
-            seen[path.name] = digest
+        if digest in names:
+            found.seen[path.name] = digest
         else:
             found.candidates.append(Candidate(path, digest))
-    found.duplicates = duplicates_of(conn, seen)
+    found.duplicates = duplicates_of(names, found.seen)
     return found
 
 
@@ -230,17 +230,12 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
     conn = conn or history.connect(cfg.history)
     result = IngestResult()
     try:
-        known = history.ingested_hashes(conn)
-        seen = {}  # name -> sha256 of each file skipped as already ingested
         if candidates is None:
-            candidates = []
-            for path in delivery_files(folder, cfg.ingest_settle_seconds, waiting=result.waiting):
-                digest = file_sha256(conn, path)
-                if digest in known:
-                    seen[path.name] = digest
-                    result.skipped.append(path.name)
-                else:
-                    candidates.append(Candidate(path, digest))
+            found = look(conn, folder, cfg.ingest_settle_seconds)
+            candidates, known, seen = found.candidates, found.known, dict(found.seen)
+            result.waiting, result.skipped = found.waiting, list(found.seen)
+        else:
+            known, seen = history.ingested_hashes(conn), {}  # seen: name -> sha256 of each file skipped
         good, read = [], 0
         for i, cand in enumerate(candidates, 1):
             # Read once; hash, judge and record those same bytes. The cached hash only chose the
@@ -308,7 +303,7 @@ def _ingest(cfg, folder, conn, candidates) -> IngestResult:
         else:
             summary = history.latest_summary(conn)
             result.total_rows = summary["rows"] if summary else 0
-        result.duplicates = duplicates_of(conn, seen)
+        result.duplicates = duplicates_of(history.ingested_names(conn), seen) if seen else []
     finally:
         progress.clear()
         if own_conn:
