@@ -136,8 +136,11 @@ def _wal(conn, seconds=30):
 
 def _upgrade(conn):
     """Add UPGRADES' columns to a SQLite database made before them."""
+    columns = {}  # table -> its columns, asked once per table
     for table, column, kind in UPGRADES:
-        if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+        if table not in columns:
+            columns[table] = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column in columns[table]:
             continue
         try:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
