@@ -178,7 +178,10 @@ def estimate_f1(sums, z=Z95) -> dict:
     # F1 = 2A / (A + n1 + B), A = TP and B = FN independent sums of Bernoulli(c) labels.
     var_a = max(sums["c_pos"] - sums["c2_pos"], 0.0)
     var_b = max(sums["c_neg"] - sums["c2_neg"], 0.0)
-    d_a, d_b = 2 * (n1 + fn) / denom ** 2, -2 * tp / denom ** 2
-    sd = math.sqrt(d_a * d_a * var_a + d_b * d_b * var_b)
+    # dF1/dA = 2 (n1 + B) / denom^2 = (2 - F1) / denom and dF1/dB = -F1 / denom, written without
+    # denom^2 (it underflows to 0 for the tiny expected counts of a window of extreme inputs) and
+    # with var <= its sum <= denom, so no term overflows either.
+    d_a, d_b = (2 - f1) / denom, -f1 / denom
+    sd = math.hypot(d_a * math.sqrt(var_a), d_b * math.sqrt(var_b))
     out.update(estimated_f1=f1, sd=sd, interval=[max(0.0, f1 - z * sd), min(1.0, f1 + z * sd)])
     return out

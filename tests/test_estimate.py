@@ -37,6 +37,15 @@ def test_f1_undefined_when_nothing_is_or_is_expected_positive():
                    "estimated_f1": None, "sd": None, "interval": None}
 
 
+def test_tiny_expected_counts_give_an_estimate_not_an_error():
+    """Found by CI: extreme live inputs (schemathesis') gave probabilities near 1e-200; denom ** 2
+    underflowed to 0 and /health answered 500 (ZeroDivisionError)."""
+    got = estimate.estimate_f1(estimate.window_sums(IDENTITY, [1e-200, 1e-250], [0, 0]))
+    assert got == {"rows": 2, "expected": {"tp": 0.0, "fp": 0.0, "fn": pytest.approx(1e-200, rel=1e-9),
+                                           "tn": pytest.approx(2.0)},
+                   "estimated_f1": 0.0, "sd": 0.0, "interval": [0.0, 0.0]}
+
+
 def test_sums_add_across_windows():
     rng = np.random.default_rng(3)
     p = rng.random(500)
