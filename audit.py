@@ -53,7 +53,8 @@ def cross_validation(estimator, X, y, folds=5, seed=0, max_rows=0) -> dict:
     six times would not fit the monitoring cycle's time.
 
     Returns folds_asked, folds (None when skipped), seed, note (why fewer folds, or why skipped),
-    and per metric (f1, precision, recall) its mean, std (population, ddof=0) and per-fold values.
+    per metric (f1, precision, recall) its mean, std (population, ddof=0) and per-fold values, and
+    out_of_fold: the counts (evidence.counts' keys) of every fold's model on its own held-out fold.
     Never raises for data that cannot be cross-validated: it says why in `note`.
     """
     from sklearn.base import clone
@@ -78,10 +79,12 @@ def cross_validation(estimator, X, y, folds=5, seed=0, max_rows=0) -> dict:
         return out
     f1 = make_scorer(f1_score, zero_division=0)
     done = []
+    out_of_fold = np.zeros(4, dtype=np.int64)  # measures.COUNTS of every fold's model on its own held-out fold
 
     def f1_and_progress(fitted, X_fold, y_fold):  # called once a fold's model is fitted
         done.append(1)
         progress.show(f"training: cross-validation, fold {len(done)} of {k} done on {len(y):,} rows")
+        out_of_fold[:] += measures.confusion(y_fold, fitted.predict(X_fold))
         return f1(fitted, X_fold, y_fold)
 
     scoring = {"f1": f1_and_progress,
@@ -99,6 +102,9 @@ def cross_validation(estimator, X, y, folds=5, seed=0, max_rows=0) -> dict:
     for m in CV_METRICS:
         values = result[f"test_{m}"]
         out[m] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "folds": [float(v) for v in values]}
+    tp, fp, fn, _ = (int(v) for v in out_of_fold)
+    # The drift test's reference takes these (decisions.reference_parts): rows no fold's model trained on.
+    out["out_of_fold"] = {"rows": int(out_of_fold.sum()), "counted": tp + fp + fn, "hits": tp}
     return out
 
 

@@ -46,35 +46,50 @@ def write_state(conn, cycle_id, state):
                  (time.time(), cycle_id, deployment_id(conn), json.dumps(state, sort_keys=True)))
 
 
-def fresh_state(y, pred, test_sha256):
+def out_of_fold(training_meta, use=True):
+    """The out-of-fold counts of a model's cross-validation (its training metadata, or a manifest's
+    "training"), for its reference; None when `use` is off (config drift_reference_cross_validation)
+    or none was recorded (cross-validation off or skipped, or a model trained before they were kept)."""
+    if not use:
+        return None
+    return ((training_meta or {}).get("cross_validation") or {}).get("out_of_fold") or None
+
+
+def fresh_state(y, pred, test_sha256, out_of_fold_counts=None):
     """A new deployment's state: its reference is the model's outcomes (labels `y`, predictions
-    `pred`) on rows it never trained on; `test_sha256` the test data's hash."""
-    return reference_state(evidence.counts(y, pred), test_sha256)
+    `pred`) on its test data, plus its cross-validation's out-of-fold counts when given;
+    `test_sha256` the test data's hash."""
+    return reference_state({"test data": evidence.counts(y, pred), "cross-validation": out_of_fold_counts},
+                           test_sha256)
 
 
-def reference_state(reference, test_sha256):
-    """A new deployment's state from its reference counts (evidence.counts)."""
-    return {**evidence.new_state(reference), "test_sha256": test_sha256, "since_file_id": None}
+def reference_state(parts, test_sha256):
+    """A new deployment's state from the parts of its reference, {name: evidence.counts or None}:
+    the reference is their sum, and the parts are kept (the record says what the reference holds)."""
+    parts = {name: dict(c) for name, c in parts.items() if c}
+    total = {k: sum(int(c[k]) for c in parts.values()) for k in ("rows", "counted", "hits")}
+    return {**evidence.new_state(total), "reference_parts": parts, "test_sha256": test_sha256, "since_file_id": None}
 
 
-def look_at_delivery(state, model, X_test, y_test, test_sha256, y_new, pred_new, first_file_id, level):
+def look_at_delivery(state, model, X_test, y_test, test_sha256, y_new, pred_new, first_file_id, level,
+                     out_of_fold_counts=None):
     """One delivery's look: (new state, look, test-data facts).
 
-    `state` None starts from the serving model on the test data. A test set whose hash differs from
-    the state's is evidence: the serving model's outcomes on it are added, once.
+    `state` None starts from the serving model on the test data (and `out_of_fold_counts`, its
+    cross-validation's). A test set whose hash differs from the state's is evidence: the serving
+    model's outcomes on it are added, once.
     """
     test_pred = model.predict(X_test)
     test_f1 = _f1(y_test, test_pred)
     facts = {"sha256": test_sha256, "rows": int(len(y_test)), "serving_f1": test_f1, "changed": False}
     if state is None:
-        state = fresh_state(y_test, test_pred, test_sha256)
+        state = fresh_state(y_test, test_pred, test_sha256, out_of_fold_counts)
     elif state.get("test_sha256") != test_sha256:
         facts.update(changed=True, recorded_sha256=state.get("test_sha256"))
         state = {**evidence.add_rows(state, y_test, test_pred), "test_sha256": test_sha256}
     if state.get("since_file_id") is None:
         state = {**state, "since_file_id": first_file_id}
-    state = {**evidence.add_rows(state, y_new, pred_new), "test_sha256": state["test_sha256"],
-             "since_file_id": state["since_file_id"]}
+    state = evidence.add_rows(state, y_new, pred_new)
     return state, evidence.look(state, level=level), facts
 
 
@@ -98,8 +113,9 @@ def challenge(serving, recent, X_test, y_test, fit, level=0.05, rounds=2000, see
     `recent`: labelled rows (finaldata's columns, complete) since the serving model's deployment;
     `fit(rows)` returns a fitted model; `command` is the one a person runs to promote it by hand
     (promote_command). Returns {"challenger", "split", "held_out", "test",
-    "policy" (evidence.promotion_decision), "reference" (the challenger's counts on the held-out
-    slice and the test data: its state's reference should it be deployed)}.
+    "policy" (evidence.promotion_decision), "reference_parts" (the challenger's counts on the
+    held-out slice and on the test data: its reference should it be deployed, with its
+    cross-validation's out-of-fold counts)}.
     """
     from settings import FEATURES, TARGET
 
@@ -114,9 +130,9 @@ def challenge(serving, recent, X_test, y_test, fit, level=0.05, rounds=2000, see
                                          seed=seed + 1)
     policy = evidence.promotion_decision(on_held, on_test, manual_command=command)
     split_facts = {k: split[k] for k in ("share", "seed", "per_class")}
-    reference = evidence.counts(np.concatenate([yh, np.asarray(y_test)]), np.concatenate([ch_held, ch_test]))
+    parts = {"held-out rows": evidence.counts(yh, ch_held), "test data": evidence.counts(y_test, ch_test)}
     return {"challenger": challenger, "split": split_facts, "held_out": on_held, "test": on_test,
-            "policy": policy, "reference": reference}
+            "policy": policy, "reference_parts": parts}
 
 
 def keep_challenger(cfg, record):

@@ -139,7 +139,7 @@ class Cycle:
         import training
 
         with self.step("training"):
-            meta = training.run(self.cfg, self.conn, rows=rows, window=window, span=span)
+            meta = self.trained = training.run(self.cfg, self.conn, rows=rows, window=window, span=span)
         with self.step("scoring"):
             metrics = scoring.run(self.cfg, self.conn)
         self.record.retrained = Retrained(meta["training_rows"], meta["model_sha256"], metrics)
@@ -190,7 +190,7 @@ class Cycle:
             # The score recorded with this very model: the `latestscore.txt` link may have moved meanwhile.
             deployed_f1 = float(manifest["metrics"]["f1"])
             if cfg.drift_test == "sequential":
-                decision = self._sequential(model, complete, X, y, deployed_f1, first_file_id)
+                decision = self._sequential(model, manifest, complete, X, y, deployed_f1, first_file_id)
             else:
                 decision = drift.score_drift(
                     cfg.drift_test, model, complete, reference_rows, deployed_f1=deployed_f1,
@@ -206,7 +206,7 @@ class Cycle:
         logger.info("score drift (%s): %s", decision["used"], decision["reason"])
         return decision, complete
 
-    def _sequential(self, model, complete, X_test, y_test, deployed_f1, first_file_id):
+    def _sequential(self, model, manifest, complete, X_test, y_test, deployed_f1, first_file_id):
         """The sequential test on everything delivered since the deployment; sets the record's
         evidence (written with the record by _finish) and test_data."""
         import atomicfiles
@@ -218,8 +218,9 @@ class Cycle:
         y = complete[TARGET].astype("int64").to_numpy()
         pred = model.predict(X)
         sha = atomicfiles.sha256_file(self.cfg.test_data_file)
+        oof = decisions.out_of_fold(manifest.get("training"), self.cfg.drift_reference_cross_validation)
         state, look, facts = decisions.look_at_delivery(state, model, X_test, y_test.to_numpy(), sha, y, pred,
-                                                        first_file_id, self.cfg.drift_significance_level)
+                                                        first_file_id, self.cfg.drift_significance_level, oof)
         self.record.evidence = state
         ev = state["evidence"]
         facts["stale"] = cycle.stale_test_data(look["evidence_f1"], facts["serving_f1"], ev["counted"])
@@ -242,10 +243,11 @@ class Cycle:
         import decisions  # lazy: numpy
         import scoring
 
-        model, _ = deployment.load_deployed(self.cfg.prod_deployment_path)
+        model, manifest = deployment.load_deployed(self.cfg.prod_deployment_path)
         X, y = scoring.read_test_data(self.cfg.test_data_file)
-        self.record.evidence = decisions.fresh_state(y.to_numpy(), model.predict(X),
-                                                     atomicfiles.sha256_file(self.cfg.test_data_file))
+        self.record.evidence = decisions.fresh_state(
+            y.to_numpy(), model.predict(X), atomicfiles.sha256_file(self.cfg.test_data_file),
+            decisions.out_of_fold(manifest.get("training"), self.cfg.drift_reference_cross_validation))
 
     def challenge(self, cycle_id, serving):
         """Train a challenger on the rows since the deployment minus a held-out slice; judge it on
@@ -279,8 +281,11 @@ class Cycle:
             policy["model"] = (f"deployed the evaluated challenger (trained on {rec.retrained.training_rows} of "
                                f"the {len(recent)} rows since the deployment; the held-out slice never trained on)")
             self.deploy(cycle_id, decided)
-            # The new model's reference: its outcomes on the held-out slice and the test data, never trained on.
-            rec.evidence = decisions.reference_state(out["reference"], (known(rec.test_data) or {}).get("sha256"))
+            # The new model's reference: its outcomes on the held-out slice and the test data, never
+            # trained on, and its cross-validation's out-of-fold outcomes.
+            oof = decisions.out_of_fold(self.trained, cfg.drift_reference_cross_validation)
+            rec.evidence = decisions.reference_state({**out["reference_parts"], "cross-validation": oof},
+                                                     (known(rec.test_data) or {}).get("sha256"))
         else:
             path = decisions.keep_challenger(cfg, {"cycle_id": cycle_id, "decision": decided, "promotion": policy})
             policy["model"] = f"kept the serving model; the challenger is saved as {path}"

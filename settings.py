@@ -44,6 +44,8 @@ SCHEMA = {
     "keep_versions": (int, 5),
     "drift_test": (str, "sequential"),
     "drift_significance_level": (float, 0.05),
+    # the sequential test's reference takes the model's out-of-fold cross-validation outcomes too
+    "drift_reference_cross_validation": (bool, True),
     "drift_bootstrap_rounds": (int, 2000),
     "drift_min_history": (int, 3),
     "feature_drift_triggers_retrain": (bool, False),
@@ -117,6 +119,7 @@ class Config:
     keep_versions: int
     drift_test: str
     drift_significance_level: float
+    drift_reference_cross_validation: bool
     drift_bootstrap_rounds: int
     drift_min_history: int
     feature_drift_triggers_retrain: bool

@@ -45,9 +45,11 @@ def test_cross_validation_equals_a_hand_run_of_scikit_learn():
     ours = audit.cross_validation(training.build_model(PARAMS), X, y, folds=5, seed=7)
 
     by_hand = {"f1": [], "precision": [], "recall": []}
+    oof = np.full(len(y), -1)
     for train_idx, test_idx in StratifiedKFold(n_splits=5, shuffle=True, random_state=7).split(X, y):
         model = training.build_model(PARAMS).fit(X.iloc[train_idx], y.iloc[train_idx])
         pred = model.predict(X.iloc[test_idx])
+        oof[test_idx] = pred
         by_hand["f1"].append(f1_score(y.iloc[test_idx], pred, zero_division=0))
         by_hand["precision"].append(precision_score(y.iloc[test_idx], pred, zero_division=0))
         by_hand["recall"].append(recall_score(y.iloc[test_idx], pred, zero_division=0))
@@ -63,6 +65,11 @@ def test_cross_validation_equals_a_hand_run_of_scikit_learn():
         assert ours[m]["mean"] == float(np.mean(by_hand[m]))
         assert ours[m]["std"] == float(np.std(by_hand[m]))
     assert 0 < ours["f1"]["std"]  # the folds really differ: a constant would not pass the equalities by luck
+    truth = y.to_numpy()
+    assert (oof >= 0).all()  # every row is predicted once, by the one fold's model that never trained on it
+    assert ours["out_of_fold"] == {"rows": 60, "counted": int(((truth == 1) | (oof == 1)).sum()),
+                                   "hits": int(((truth == 1) & (oof == 1)).sum())}
+    assert 0 < ours["out_of_fold"]["hits"] < ours["out_of_fold"]["counted"] < 60
 
 
 def labels(positives, negatives):

@@ -125,14 +125,14 @@ def test_small_shifted_deliveries_are_found_once_enough_has_arrived(world):
     start(world)
     decisions = []
     for i in range(8):
-        decisions.append(deliver(world, f"s{i}.csv", rows=20, seed=200 + i, drift="concept", strength=0.6).decision)
+        decisions.append(deliver(world, f"s{i}.csv", rows=10, seed=200 + i, drift="concept", strength=0.6).decision)
         if decisions[-1].startswith("drift:"):
             break
     # one delivery alone does not show it; several together do
     assert decisions[0] in (cycle.NO_DRIFT, cycle.NOT_ENOUGH_EVIDENCE), decisions
     assert decisions[-1].startswith("drift: ") and len(decisions) > 1, decisions
     rows = [ev["rows"] for _, ev in states(world)]  # the cold start's reference first, no rows
-    assert rows[:len(decisions)] == [20 * i for i in range(len(decisions))]
+    assert rows[:len(decisions)] == [10 * i for i in range(len(decisions))]
 
 
 def test_a_deployment_by_hand_resets_the_evidence(world):
