@@ -233,6 +233,8 @@ def _judge(cfg, found, context, refs, now):
                           "pooled_windows": result["pooled_windows"], "pool_start": result["pool_start"],
                           "alpha": result["alpha"],
                           "p_values": {f: v["p_value"] for f, v in sorted(result["features"].items())},
+                          "tests": {f: {"chi_square": v["chi_square"]["p_value"], "rank": v["rank"]["p_value"]}
+                                    for f, v in sorted(result["features"].items())},
                           "features": {f: v["level"] for f, v in sorted(result["features"].items())}}
 
 
