@@ -337,7 +337,7 @@ def windows(cfg, limit=60, refs=None):
 
 
 # Below this many reference rows a moderate shift (one feature x1.5) is out of the alarm's reach:
-# bench/results/alarms.md, 56 rows: caught within two windows in under 8% of trials.
+# bench/results/alarms.md, 56 rows: caught within two windows in at most 20% of trials.
 SMALL_REFERENCE_ROWS = 500
 
 
