@@ -233,6 +233,8 @@ def _judge(cfg, found, context, refs, now):
                           "pooled_windows": result["pooled_windows"], "pool_start": result["pool_start"],
                           "alpha": result["alpha"],
                           "p_values": {f: v["p_value"] for f, v in sorted(result["features"].items())},
+                          "tests": {f: {"chi_square": v["chi_square"]["p_value"], "rank": v["rank"]["p_value"]}
+                                    for f, v in sorted(result["features"].items())},
                           "features": {f: v["level"] for f, v in sorted(result["features"].items())}}
 
 
@@ -335,7 +337,7 @@ def windows(cfg, limit=60, refs=None):
 
 
 # Below this many reference rows a moderate shift (one feature x1.5) is out of the alarm's reach:
-# bench/results/alarms.md, 56 rows: caught within two windows in under 8% of trials.
+# bench/results/alarms.md, 56 rows: caught within two windows in at most 20% of trials.
 SMALL_REFERENCE_ROWS = 500
 
 

@@ -109,25 +109,118 @@ def test_thresholds():
 REFERENCE = {"rows": 60, "features": {"a": {"counts": [10, 20, 30]}, "b": {"counts": [20, 20, 20]}}}
 
 
+# feature a's rank test by hand: both sides' rows 40 40 40 over the bins, mid-ranks 20.5 60.5 100.5;
+# the window's rank sum 30 x 20.5 + 20 x 60.5 + 10 x 100.5 = 2830 against its mean 60 x 121 / 2 = 3630;
+# variance 60 x 60 / 12 x (121 - 3 x (40^3 - 40) / (120 x 119))
+RANK_Z = -800 / math.sqrt(300 * (121 - 3 * (40 ** 3 - 40) / (120 * 119)))
+
+
 def test_judge_by_hand():
-    # feature a: p = e^-10.1 = 4.1e-5, between act (0.05/2880 = 1.74e-5) and watch (1/2880 = 3.47e-4)
+    # feature a: chi-square p = e^-10.1 = 4.1e-5, rank p = 8.4e-6 (z = -4.45); the feature's p-value
+    # 2 x 8.4e-6 = 1.69e-5 is below act (0.05/2880 = 1.74e-5): the chi-square alone said "watch"
+    assert RANK_Z == pytest.approx(-4.4534631, abs=1e-6)
+    rank_p = math.erfc(-RANK_Z / math.sqrt(2))
     got = alarms.judge(REFERENCE, {"a": [30, 20, 10], "b": [20, 20, 20]}, min_rows=50)
     assert got == {
-        "rows": 60, "judged": True, "level": "watch", "alpha": {"act": 0.05 / 2880, "watch": 1.0 / 2880},
+        "rows": 60, "judged": True, "level": "act", "alpha": {"act": 0.05 / 2880, "watch": 1.0 / 2880},
         "features": {
-            "a": {"psi": pytest.approx(2 * (1 / 3) * math.log(3), abs=1e-6), "statistic": pytest.approx(BY_HAND),
-                  "dof": 2, "p_value": pytest.approx(math.exp(-BY_HAND / 2)), "level": "watch"},
-            "b": {"psi": 0.0, "statistic": 0.0, "dof": 2, "p_value": 1.0, "level": "ok"},
+            "a": {"psi": pytest.approx(2 * (1 / 3) * math.log(3), abs=1e-6), "p_value": pytest.approx(2 * rank_p),
+                  "chi_square": {"statistic": pytest.approx(BY_HAND), "dof": 2,
+                                 "p_value": pytest.approx(math.exp(-BY_HAND / 2))},
+                  "rank": {"z": pytest.approx(RANK_Z, rel=1e-12), "p_value": pytest.approx(rank_p, rel=1e-12)},
+                  "level": "act"},
+            "b": {"psi": 0.0, "p_value": 1.0, "chi_square": {"statistic": 0.0, "dof": 2, "p_value": 1.0},
+                  "rank": {"z": 0.0, "p_value": 1.0}, "level": "ok"},
         },
     }
-    # fewer looks a day: the same p-value is an act
-    assert alarms.judge(REFERENCE, {"a": [30, 20, 10]}, min_rows=50, looks_per_day=24)["level"] == "act"
+    assert 2 * rank_p < 0.05 / 2880 < math.exp(-BY_HAND / 2) < 1.0 / 2880
+    # more looks a day: the same p-value is only a watch
+    assert alarms.judge(REFERENCE, {"a": [30, 20, 10]}, min_rows=50, looks_per_day=2880)["level"] == "watch"
     # below min_rows: shown, not judged
     small = alarms.judge(REFERENCE, {"a": [30, 20, 10]})
     assert (small["judged"], small["level"], small["features"]["a"]["level"]) == (False, "ok", "ok")
-    assert small["features"]["a"]["p_value"] == pytest.approx(math.exp(-BY_HAND / 2))
+    assert small["features"]["a"]["p_value"] == pytest.approx(2 * rank_p)
     # a feature with other bins, or unknown to the reference, is left out
     assert alarms.judge(REFERENCE, {"a": [1, 2], "c": [5, 5, 5]})["features"] == {}
+
+
+def test_bins_not_ordered_by_value_get_no_rank_test():
+    """Edges that do not ascend: the bins' order means nothing, so the chi-square alone, at the whole level."""
+    reference = {"rows": 60, "features": {"a": {"counts": [10, 20, 30], "edges": [5.0, 2.0]}}}
+    got = alarms.judge(reference, {"a": [30, 20, 10]}, min_rows=50)["features"]["a"]
+    assert got["rank"] == {"z": None, "p_value": None}
+    assert (got["p_value"], got["level"]) == (pytest.approx(math.exp(-BY_HAND / 2)), "watch")
+    ordered = {"rows": 60, "features": {"a": {"counts": [10, 20, 30], "edges": [2.0, 5.0]}}}
+    assert alarms.judge(ordered, {"a": [30, 20, 10]}, min_rows=50)["features"]["a"]["level"] == "act"
+    assert [alarms.ordered({"edges": e}) for e in ([], [1.0], [1.0, 1.0], [1.0, 2.0, 3.0])] == [True, True, False, True]
+
+
+# --- the rank-sum test on ordered bins -----------------------------------------------------------
+
+def test_rank_test_by_hand():
+    # reference [2, 1], window [1, 2]: bins of 3 rows each, mid-ranks 2 and 5; rank sum 1 x 2 + 2 x 5
+    # = 12 against 3 x 7 / 2 = 10.5; variance 3 x 3 / 12 x (7 - 2 x (27 - 3) / (6 x 5)) = 4.05
+    z = 1.5 / math.sqrt(4.05)
+    assert alarms.rank_test([2, 1], [1, 2]) == {"z": pytest.approx(z, rel=1e-12),
+                                               "p_value": pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-12)}
+    assert alarms.rank_test([1, 2], [2, 1])["z"] == pytest.approx(-z, rel=1e-12)  # lower: negative
+    assert alarms.rank_test([7, 5], [70, 50]) == {"z": 0.0, "p_value": 1.0}
+
+
+@pytest.mark.parametrize(("reference", "window"), [
+    ([3, 5, 0, 2, 4], [1, 0, 6, 2, 7]),
+    ([12, 30, 25, 9], [20, 41, 10, 3]),
+    ([6, 5, 5, 6, 5, 6, 5, 6, 5, 6], [0, 0, 1, 2, 3, 9, 12, 20, 30, 50]),
+    ([1, 0, 0, 0], [0, 0, 0, 3]),
+])
+def test_rank_test_equals_scipy_on_the_expanded_rows(reference, window):
+    """Each bin's rows as that many tied values: scipy's Mann-Whitney U (normal approximation, tie
+    correction, no continuity correction) gives the same two-sided p-value, and the same sign."""
+    x = np.repeat(np.arange(len(reference)), reference)
+    y = np.repeat(np.arange(len(window)), window)
+    s = stats.mannwhitneyu(y, x, use_continuity=False, alternative="two-sided", method="asymptotic")
+    got = alarms.rank_test(reference, window)
+    assert got["p_value"] == pytest.approx(s.pvalue, rel=1e-9)
+    assert np.sign(got["z"]) == np.sign(s.statistic - len(x) * len(y) / 2)
+
+
+@pytest.mark.parametrize(("reference", "window"), [([10, 20], [0, 0]), ([0, 0], [3, 4]), ([0, 5, 0], [0, 9, 0])])
+def test_rank_test_with_nothing_to_compare(reference, window):
+    assert alarms.rank_test(reference, window) == {"z": None, "p_value": None}
+
+
+def test_rank_statistics_of_many_windows_is_each_window():
+    ref = [12, 30, 25, 9, 0, 4]
+    wins = np.array([[20, 41, 10, 3, 0, 1], [0, 0, 0, 0, 0, 0], [5, 5, 5, 5, 5, 5], [0, 0, 0, 0, 0, 7]])
+    z, defined = alarms.rank_statistics(ref, wins)
+    assert defined.tolist() == [True, False, True, True]
+    for k, w in enumerate(wins):
+        one = alarms.rank_test(ref, w)
+        assert z[k] == (one["z"] if defined[k] else 0.0)
+    with pytest.raises(ValueError, match="bin counts differ in length: 6 and 5"):
+        alarms.rank_test(ref, [1, 2, 3, 4, 5])
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05 / 8640, 1.0 / 8640])
+def test_normal_critical_is_the_p_value_boundary(alpha):
+    z = alarms.normal_critical(alpha)
+    assert z == pytest.approx(stats.norm.isf(alpha / 2), rel=1e-10)
+    assert math.erfc(z / math.sqrt(2)) < alpha <= math.erfc(z * (1 - 1e-10) / math.sqrt(2))
+
+
+@pytest.mark.parametrize(("p_chi", "p_rank", "share", "combined"), [
+    (0.01, 0.2, 0.5, 0.02),
+    (0.3, 0.004, 0.5, 0.008),
+    (0.8, 0.9, 0.5, 1.0),  # capped at 1
+    (None, 0.004, 0.5, 0.008),
+    (0.01, None, 0.5, 0.02),
+    (None, None, 0.5, None),
+    (0.01, 0.004, 0.0, 0.01),  # no share for the rank test: the chi-square at the whole level
+    (0.03, 0.004, 0.25, 0.016),
+])
+def test_combined_p_is_bonferroni_of_the_two_tests(p_chi, p_rank, share, combined):
+    got = alarms.combined_p(p_chi, p_rank, share)
+    assert got == (None if combined is None else pytest.approx(combined, rel=1e-12))
 
 
 def test_psi_is_the_displayed_magnitude():
@@ -151,7 +244,7 @@ def test_small_windows_are_pooled_until_min_rows():
 
 def test_a_window_of_min_rows_is_judged_alone():
     got = alarms.Pooler(REFERENCE, min_rows=60).add(0.0, 60, {"a": [30, 20, 10]})
-    assert (got["pooled_windows"], got["rows"], got["level"]) == (1, 60, "watch")
+    assert (got["pooled_windows"], got["rows"], got["level"]) == (1, 60, "act")  # test_judge_by_hand's look
 
 
 def test_a_stale_pool_is_dropped_unjudged():
@@ -193,13 +286,17 @@ def window_counts(edges, rows, windows, seed, scale=None):
     return out
 
 
-def act_looks(ref_counts, counts, alpha):
-    """How many looks (rows of `counts`) reach "act" on any feature, by the vectorized rule."""
+def act_looks(ref_counts, counts, alpha, rank_share=alarms.RANK_SHARE):
+    """How many looks (rows of `counts`) reach "act" on any feature, by the vectorized rule: the
+    chi-square at (1 - rank_share) alpha, the rank test at rank_share alpha (0: the chi-square alone)."""
     any_act = np.zeros(len(counts[FEATURES[0]]), dtype=bool)
     for f in FEATURES:
         stat, dof = alarms.chi_square_statistics(ref_counts[f], counts[f])
         for d in np.unique(dof[dof > 0]):
-            any_act |= (dof == d) & (stat > alarms.critical_value(int(d), alpha))
+            any_act |= (dof == d) & (stat > alarms.critical_value(int(d), (1 - rank_share) * alpha))
+        if rank_share:
+            z, defined = alarms.rank_statistics(ref_counts[f], counts[f])
+            any_act |= defined & (np.abs(z) > alarms.normal_critical(rank_share * alpha))
     return int(any_act.sum())
 
 
@@ -217,7 +314,8 @@ def test_undrifted_days_stay_below_the_alarm_rate(ref_rows):
         worst = np.max([[alarms.psi(ref[f], w) for w in counts[f]] for f in FEATURES], axis=0)
         today += int((worst >= 0.2).sum())
         # the vectorized rule is judge()'s, look by look
-        reference = {"rows": ref_rows, "features": {f: {"counts": ref[f].tolist()} for f in FEATURES}}
+        reference = {"rows": ref_rows, "features": {f: {"counts": ref[f].tolist(), "edges": edges[f].tolist()}
+                                                    for f in FEATURES}}
         for k in range(5):
             one = alarms.judge(reference, {f: counts[f][k].tolist() for f in FEATURES})
             assert (one["level"] == "act") == bool(act_looks(ref, {f: counts[f][k:k + 1] for f in FEATURES}, alpha))
@@ -228,8 +326,9 @@ def test_undrifted_days_stay_below_the_alarm_rate(ref_rows):
 @pytest.mark.parametrize("ref_rows", [56, 20000])
 def test_the_test_holds_its_level_in_the_moderate_tail(ref_rows):
     """At a per-look level of 0.01 (where a rate can be measured), undrifted looks reject at most
-    about that often, small reference included: the chi-square tail is not anti-conservative."""
-    rejected, tests = 0, 0
+    about that often, small reference included: neither the chi-square's tail nor the rank test's
+    normal approximation is anti-conservative."""
+    rejected, ranked, tests = 0, 0, 0
     for day in range(4):
         edges, ref = reference_of(ref_rows, seed=3000 + day)
         counts = window_counts(edges, 100, 1000, seed=4000 + day)
@@ -237,9 +336,12 @@ def test_the_test_holds_its_level_in_the_moderate_tail(ref_rows):
             stat, dof = alarms.chi_square_statistics(ref[f], counts[f])
             crit = np.array([alarms.critical_value(int(d), 0.01) if d else np.inf for d in dof])
             rejected += int((stat > crit).sum())
+            z, defined = alarms.rank_statistics(ref[f], counts[f])
+            ranked += int((defined & (np.abs(z) > alarms.normal_critical(0.01))).sum())
             tests += len(stat)
     assert tests == 12000
     assert rejected / tests <= 0.015
+    assert ranked / tests <= 0.015
 
 
 def test_a_shifted_stream_is_caught_within_two_windows():
@@ -268,3 +370,26 @@ def test_pooled_small_windows_catch_a_shift():
     assert [g["judged"] for g in got] == [False, True] * 6
     assert all(g.get("pooled_windows") == 2 for g in got[1::2])
     assert "act" in [g["level"] for g in got]
+
+
+def test_an_employees_scale_shift_is_caught_by_the_rank_test_not_the_chi_square_alone():
+    """number_of_employees x1.5 (a lognormal with sigma 1.6: a quarter of a standard deviation in
+    log terms) in 400-row windows against a 20,000-row reference, 20 streams of two windows: the
+    rule catches 17 by the second window, the chi-square alone (the rule it replaced) 6. At 200
+    rows even the oracle catches under half (bench/results/alarms.md)."""
+    edges, ref = reference_of(20000, seed=9000)
+    reference = {"rows": 20000, "features": {f: {"counts": ref[f].tolist(), "edges": edges[f].tolist()}
+                                             for f in FEATURES}}
+    counts = window_counts(edges, 400, 40, seed=9100, scale=("number_of_employees", 1.5))
+    alpha = alarms.thresholds(len(FEATURES))["act"]
+    rule, chi_alone = [], []
+    for s in range(20):
+        windows = [{"window_start": 60.0 * k, "rows": 400, "counts": {f: counts[f][2 * s + k].tolist() for f in FEATURES}}
+                   for k in range(2)]
+        got = alarms.judge_stream(reference, windows)
+        rule.append("act" in [w["level"] for w in got])
+        chi_alone.append(act_looks(ref, {f: counts[f][2 * s:2 * s + 2] for f in FEATURES}, alpha, rank_share=0) > 0)
+        # the catch is the feature's own: the other features stay below "act"
+        assert all(w["features"][f]["level"] != "act" for w in got for f in FEATURES if f != "number_of_employees")
+    assert (sum(rule), sum(chi_alone)) == (17, 6)
+    assert all(r for r, c in zip(rule, chi_alone) if c)  # whatever the chi-square alone caught, the rule caught

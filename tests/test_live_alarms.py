@@ -126,7 +126,7 @@ def test_estimated_f1_follows_the_labels_of_a_covariate_shifted_stream(tmp_path)
     assert (est["rows"], est["calibration"], est["calibration_source"]) == (
         1000, table["kind"], "test data (testdata.csv, 2000 rows)")
     assert est["expected"]["tp"] + est["expected"]["fp"] == pytest.approx(sum(predictions))
-    # bench/results/alarms.md: within 0.05 of the realized F1 in 98-100% of windows of 500 rows or more
+    # bench/results/alarms.md: within 0.05 of the realized F1 in 97.5-100% of windows of 500 rows or more
     assert abs(est["value"] - realized) <= 0.05
     assert est["interval"][0] <= est["value"] <= est["interval"][1]
     text = client.get("/metrics").get_data(as_text=True)
@@ -141,9 +141,10 @@ def test_the_status_page_shows_the_configured_levels_and_why_a_large_psi_is_no_a
     monitor = app.extensions["dras"].monitor
     monitor.clock = lambda: T0 + 1.0
     client = app.test_client()
-    # 30 rows of the training data's top decile of size: PSI far above 0.35, too few rows for the test
-    rows = datagen.generate(2000, seed=5)
-    big = rows[rows["number_of_employees"] > rows["number_of_employees"].quantile(0.5)].head(30)
+    # 30 rows of ordinary (undrifted) traffic: PSI far above 0.35 from sampling noise alone, and
+    # neither test rejects (30 rows of the top half of the sizes were used here until the rank test
+    # came: a shift of location, which it puts at "watch")
+    big = datagen.generate(2000, seed=5).iloc[60:90]
     assert client.post("/prediction", json={"records": big[list(FEATURES)].to_dict("records")}).status_code == 200
     monitor.flush()
     closed(monitor, cfg)
