@@ -19,6 +19,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import audit  # noqa: E402
 import cycle  # noqa: E402
 import datagen  # noqa: E402
 import decisions  # noqa: E402
@@ -43,6 +44,11 @@ MODERATE = ("concept", 0.25)
 STRONG = (("concept", 0.75), ("concept", 0.5))  # 0.75: the repo's own shifted sample; 0.5: no relation left
 HELD_OUT_SHARE = 0.3
 ROUNDS = 1000
+CV_FOLDS = 5  # the config's cv_folds default
+# The sequential test with each reference: the cycle's default (test data, held-out rows and the
+# model's out-of-fold cross-validation outcomes) and the one it replaces (test data and held-out rows:
+# config drift_reference_cross_validation false, the exact guarantee).
+VARIANTS = ("sequential", "sequential, no cross-validation")
 
 
 def seed_of(*parts):
@@ -71,6 +77,18 @@ def draw(rows, seed, kind="none", strength=0.0):
     return df
 
 
+def out_of_fold(df):
+    """The out-of-fold counts of training.py's own cross-validation (audit.cross_validation) on `df`."""
+    X, y = xy(df)
+    return audit.cross_validation(training.build_model(PARAMS), X, pd.Series(y), CV_FOLDS, seed=0)["out_of_fold"]
+
+
+def states(parts, oof):
+    """{variant: the drift state of a model just deployed}, from its reference `parts` and out-of-fold counts."""
+    return {VARIANTS[0]: decisions.reference_state({**parts, "cross-validation": oof}, None),
+            VARIANTS[1]: decisions.reference_state(parts, None)}
+
+
 class World:
     """Models trained on undrifted rows, and per trial a fresh test set and held-out slice (the reference)."""
 
@@ -80,61 +98,66 @@ class World:
         self.models = {}
 
     def trial(self, t):
+        """(model, {variant: state}, deployed test F1) of trial `t`."""
         k = t % MODELS
         if k not in self.models:
-            self.models[k] = fit(draw(self.train_rows, seed_of(1, list(WORLDS).index(self.name), k)))
-        model = self.models[k]
+            df = draw(self.train_rows, seed_of(1, list(WORLDS).index(self.name), k))
+            self.models[k] = fit(df), out_of_fold(df)
+        model, oof = self.models[k]
         ref = datagen.generate(self.test_rows + self.held_rows, seed=seed_of(2, list(WORLDS).index(self.name), t))
         X, y = xy(ref)
         pred = model.predict(X)
-        test_y, test_pred = y[:self.test_rows], pred[:self.test_rows]
-        return model, evidence.new_state(evidence.counts(y, pred)), f1(test_y, test_pred)
+        t_ = self.test_rows
+        parts = {"test data": evidence.counts(y[:t_], pred[:t_]), "held-out rows": evidence.counts(y[t_:], pred[t_:])}
+        return model, states(parts, oof), f1(y[:t_], pred[:t_])
 
 
 def false_retrains(trials):
-    """{(world, size): {"trials", "sequential", "raw"}}: shares of runs of DELIVERIES undrifted deliveries with any drift call."""
+    """{(world, size): {"trials", each variant, "raw"}}: shares of runs of DELIVERIES undrifted deliveries with any drift call."""
     out = {}
     worlds = {}
     for world, size in FALSE_RETRAIN:
         w = worlds.setdefault(world, World(world))
-        seq = raw = 0
+        hits = dict.fromkeys(VARIANTS + ("raw",), 0)
         for t in range(trials):
             progress.tick(f"bench_decisions: false retrains, {world} world, {size}-row deliveries: trial {t + 1} of {trials}")
-            model, state, deployed = w.trial(t)
+            model, by_variant, deployed = w.trial(t)
             X, y = xy(datagen.generate(size * DELIVERIES, seed=seed_of(3, size, t)))
             pred = model.predict(X)
-            seq_hit = raw_hit = False
+            hit = dict.fromkeys(hits, False)
             for d in range(DELIVERIES):
                 part = slice(d * size, (d + 1) * size)
-                state = evidence.add_rows(state, y[part], pred[part])
-                seq_hit = seq_hit or evidence.look(state, level=LEVEL)["drift"] is True
-                raw_hit = raw_hit or f1(y[part], pred[part]) < deployed
-            seq += seq_hit
-            raw += raw_hit
-        out[(world, size)] = {"trials": trials, "sequential": seq / trials, "raw": raw / trials}
+                for v in VARIANTS:
+                    by_variant[v] = evidence.add_rows(by_variant[v], y[part], pred[part])
+                    hit[v] = hit[v] or evidence.look(by_variant[v], level=LEVEL)["drift"] is True
+                hit["raw"] = hit["raw"] or f1(y[part], pred[part]) < deployed
+            for k in hits:
+                hits[k] += hit[k]
+        out[(world, size)] = {"trials": trials, **{k: n / trials for k, n in hits.items()}}
     return out
 
 
 def delays(world, cond, size, max_deliveries, trials):
-    """Rows delivered until the first drift call, per trial (None: not within max_deliveries), sequential and raw."""
+    """{variant or "raw": rows delivered until the first drift call, per trial (None: not within max_deliveries)}."""
     w = World(world)
-    seq, raw = [], []
+    out = {k: [] for k in VARIANTS + ("raw",)}
     for t in range(trials):
         progress.tick(f"bench_decisions: detection of {cond[0]} {cond[1]:g}, {world} world: trial {t + 1} of {trials}")
-        model, state, deployed = w.trial(t)
+        model, by_variant, deployed = w.trial(t)
         X, y = xy(datagen.generate(size * max_deliveries, seed=seed_of(4, size, t), drift=cond[0], strength=cond[1]))
         pred = model.predict(X)
-        s_at = r_at = None
+        at = dict.fromkeys(out)
         for d in range(max_deliveries):
             part = slice(d * size, (d + 1) * size)
-            state = evidence.add_rows(state, y[part], pred[part])
-            if s_at is None and evidence.look(state, level=LEVEL)["drift"]:
-                s_at = (d + 1) * size
-            if r_at is None and f1(y[part], pred[part]) < deployed:
-                r_at = (d + 1) * size
-        seq.append(s_at)
-        raw.append(r_at)
-    return seq, raw
+            for v in VARIANTS:
+                by_variant[v] = evidence.add_rows(by_variant[v], y[part], pred[part])
+                if at[v] is None and evidence.look(by_variant[v], level=LEVEL)["drift"]:
+                    at[v] = (d + 1) * size
+            if at["raw"] is None and f1(y[part], pred[part]) < deployed:
+                at["raw"] = (d + 1) * size
+        for k in out:
+            out[k].append(at[k])
+    return out
 
 
 def within(delays_, rows):
@@ -168,8 +191,8 @@ def promotion_trial(t, scenario, policy, window):
     test = datagen.generate(PROMO_TEST, seed=seed_of(7, t))
     Xt, yt = xy(test)
     Xh, yh = xy(held)
-    state = evidence.new_state(evidence.counts(np.concatenate([yt, yh]),
-                                               np.concatenate([serving.predict(Xt), serving.predict(Xh)])))
+    parts = {"test data": evidence.counts(yt, serving.predict(Xt)), "held-out rows": evidence.counts(yh, serving.predict(Xh))}
+    state = states(parts, out_of_fold(trained))[VARIANTS[0]]  # the cycle's default reference
     deployed = f1(yt, serving.predict(Xt))
     bad = int(rng.integers(PROMO_DELIVERIES))
     if scenario == "learnable":
@@ -258,7 +281,11 @@ def render(fr, det, promo, command, seconds, trials):
         "are in the tables. Models: training.build_model (scaling, then logistic regression) trained on datagen.py",
         f"rows, {MODELS} per world taken in turn; each trial draws its own test set and held-out slice (the",
         "reference), so the reference's sampling uncertainty is part of every figure. `sequential` is",
-        f"evidence.py at level {LEVEL} (method: bench/results/decisions-method.md); `raw` is today's rule: drift when",
+        f"evidence.py at level {LEVEL} (method: bench/results/decisions-method.md) with the cycle's default reference:",
+        "the model's outcomes on the test data and the held-out rows, and the out-of-fold outcomes of",
+        f"training.py's own {CV_FOLDS}-fold cross-validation on its training rows (audit.cross_validation);",
+        "`sequential, no cross-validation` is the rule it replaces, the test data and held-out rows alone",
+        "(`drift_reference_cross_validation: false`). `raw` is the course's rule: drift when",
         "a delivery's F1 is below the deployed score (the F1 on the test data), then retrain and deploy whatever",
         "comes out.",
         "",
@@ -266,30 +293,33 @@ def render(fr, det, promo, command, seconds, trials):
         "",
         f"## False retrains per run of {DELIVERIES} undrifted deliveries (goal: at most 5% of runs)",
         "",
-        "| world | delivery rows | runs | sequential | raw | goal met (sequential) |",
-        "|---|---|---|---|---|---|",
+        f"| world | delivery rows | runs | {' | '.join(VARIANTS)} | raw | goal met (sequential) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (w, size), row in fr.items():
-        lines.append(f"| {w} | {size} | {row['trials']} | {pct(row['sequential'])} | {pct(row['raw'])} | "
-                     f"{'yes' if row['sequential'] <= 0.05 else 'no'} |")
+        lines.append(f"| {w} | {size} | {row['trials']} | {' | '.join(pct(row[v]) for v in VARIANTS)} | "
+                     f"{pct(row['raw'])} | {'yes' if row['sequential'] <= 0.05 else 'no'} |")
     n = next(iter(fr.values()))["trials"]
     lines += ["", f"With {n} runs a true rate of 5% shows between {pct(0.05 - 1.96 * (0.0475 / n) ** 0.5)} and "
                   f"{pct(0.05 + 1.96 * (0.0475 / n) ** 0.5)} 95% of the time; the guarantee says the true rate is "
                   "at most 5% over any number of deliveries.",
               "", "## Detection delay", "",
-              "| shift | world | delivery rows | trials | goal | sequential | raw | median rows to detection "
-              "(sequential) | goal met (sequential) |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for (cond, w, size, goal_rows, goal_share), (seq, raw) in det.items():
-        med = median_delay(seq)
+              f"| shift | world | delivery rows | trials | goal | {' | '.join(VARIANTS)} | raw | median rows to "
+              "detection (sequential; no cross-validation) | goal met (sequential) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for (cond, w, size, goal_rows, goal_share), found in det.items():
+        seq = found[VARIANTS[0]]
+        meds = "; ".join(str(m) if m is not None else "over half not found"
+                         for m in (median_delay(found[v]) for v in VARIANTS))
         lines.append(f"| {cond[0]} {cond[1]:g} | {w} | {size} | {len(seq)} | within {goal_rows} rows in "
-                     f"{goal_share:.0%} | {pct(within(seq, goal_rows))} | {pct(within(raw, goal_rows))} | "
-                     f"{med if med is not None else 'over half not found'} | "
+                     f"{goal_share:.0%} | {' | '.join(pct(within(found[v], goal_rows)) for v in VARIANTS)} | "
+                     f"{pct(within(found['raw'], goal_rows))} | {meds} | "
                      f"{'yes' if within(seq, goal_rows) >= goal_share else 'no'} |")
     lines += ["", "A cell is the share of trials with drift called within the goal's rows. `raw` calls drift on",
               "about half of undrifted deliveries too, so its quick detection says little.",
               "", "## Promotion", "",
-              f"{PROMO_TRAIN} initial training rows (plus a {PROMO_HELD}-row held-out slice in the reference), "
+              f"{PROMO_TRAIN} initial training rows (the reference: the test data, a {PROMO_HELD}-row held-out slice and the "
+              "cross-validation's out-of-fold rows), "
               f"{PROMO_TEST} test rows, then {PROMO_DELIVERIES} deliveries of {PROMO_SIZE} rows.",
               f"On each drift call a {HELD_OUT_SHARE:.0%} stratified slice of the rows since the deployment is held "
               "out; the challenger trains on the",
