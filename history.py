@@ -4,7 +4,7 @@ Every step appends here; the report, the status page and the cycle draw on it. W
 config.json's `history_url`: absent (or `sqlite:///PATH`), one SQLite file in WAL mode, so readers
 (the API, the report) never block a writer; `postgresql://USER@HOST:PORT/DBNAME`, a PostgreSQL
 database that several hosts share. One code path for both: the modules write SQL that SQLite and
-PostgreSQL both understand, with `?` placeholders, and a PostgreSQL connection here (psycopg 3,
+PostgreSQL both understand, with `?` placeholders, and a PostgreSQL connection here (psycopg2,
 imported only for a postgresql URL) turns `?` into `%s`, returns each insert's `id` as `lastrowid`
 and raises this module's `Error`s, as sqlite3 does. The schema is made and upgraded by `connect`.
 The password never appears in history_url: libpq reads it from PGPASSWORD or ~/.pgpass.
@@ -206,7 +206,9 @@ def upsert_sql(table, key, columns) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# PostgreSQL (history_url postgresql://...): psycopg 3, imported only here
+# PostgreSQL (history_url postgresql://...): psycopg2, imported only here. Not psycopg 3: its import
+# (asyncio, importlib.metadata, ctypes, its ~90 modules) cost a cron-run cycle 1.7 times all the
+# cycle's other imports (bench/results/postgres.md); psycopg2's C module costs a fifth of that.
 # ---------------------------------------------------------------------------------------------
 
 # Advisory lock keys (pg_advisory_lock(int, int)): one class for this system, one number per use.
@@ -252,10 +254,11 @@ def application_name(what=None) -> str:
 
 
 def pg_session(url, what=None, read_only=False, keepalive=False):
-    """A psycopg connection to `url` in autocommit, raising OperationalError in one line when it
+    """A psycopg2 connection to `url` in autocommit, raising OperationalError in one line when it
     cannot be made. `keepalive`: the server drops the session (and its locks) within ~25 s of its
     host falling silent (a host that dies outright drops it at once, with its connection)."""
-    import psycopg  # lazy: only a postgresql history_url pays its import
+    import psycopg2  # lazy: only a postgresql history_url pays its import
+    import psycopg2.extensions
 
     options = ["-c client_min_messages=warning", "-c lock_timeout=30s"]
     if read_only:
@@ -263,26 +266,27 @@ def pg_session(url, what=None, read_only=False, keepalive=False):
     if keepalive:
         options += ["-c tcp_keepalives_idle=10", "-c tcp_keepalives_interval=5", "-c tcp_keepalives_count=3"]
     try:
-        raw = psycopg.connect(url, autocommit=True, connect_timeout=10, options=" ".join(options),
-                              application_name=application_name(what))
-    except psycopg.Error as exc:
-        raise OperationalError(one_line(exc)) from exc  # libpq's words name the server, never the password
-    raw.adapters.register_loader("numeric", _numeric_loader())
+        raw = psycopg2.connect(url, connect_timeout=10, options=" ".join(options),
+                               application_name=application_name(what))
+    except psycopg2.Error as exc:  # libpq's words name the server, never the password
+        raise OperationalError(f"connection failed: {one_line(exc)}") from exc
+    raw.autocommit = True
+    psycopg2.extensions.register_type(_numeric_type(), raw)
     return raw
 
 
 @lru_cache(maxsize=1)
-def _numeric_loader():
+def _numeric_type():
     """NUMERIC read as SQLite gives it: sum() of integers an int, a fraction a float (never a Decimal,
     which neither the JSON records nor a format like `{n:,d}` take)."""
-    from psycopg.adapt import Loader
+    import psycopg2.extensions
 
-    class NumericLoader(Loader):
-        def load(self, data):
-            text = bytes(data).decode()
-            return int(text) if text.lstrip("-").isdigit() else float(text)
+    def load(text, cursor):
+        if text is None:
+            return None
+        return int(text) if text.lstrip("-").isdigit() else float(text)
 
-    return NumericLoader
+    return psycopg2.extensions.new_type((1700,), "DRAS_NUMERIC", load)  # 1700: numeric's type oid
 
 
 def one_line(exc) -> str:
@@ -361,27 +365,26 @@ def _row_class(names):
     return type("Row", (Row,), {"__slots__": (), "names": names})
 
 
-def _row_factory(cursor):
-    return _row_class(tuple(d.name for d in cursor.description or ()))
-
-
 class PgCursor:
-    """What `execute` returns: fetchone, fetchall, iteration, and the inserted row's `lastrowid`."""
+    """What `execute` returns: fetchone, fetchall, iteration (rows by name too), and the inserted row's
+    `lastrowid`."""
 
     def __init__(self, cur, returning):
         self._cur = cur
+        self._row = _row_class(tuple(d.name for d in cur.description or ()))
         row = cur.fetchone() if returning else None
         self.lastrowid = row[0] if row else None  # none when ON CONFLICT DO NOTHING kept the old row
         self.rowcount = cur.rowcount
 
     def fetchone(self):
-        return self._cur.fetchone()
+        row = self._cur.fetchone()
+        return None if row is None else self._row(row)
 
     def fetchall(self):
-        return self._cur.fetchall()
+        return list(map(self._row, self._cur.fetchall()))
 
     def __iter__(self):
-        return iter(self._cur)
+        return map(self._row, self._cur)
 
 
 class PgConnection:
@@ -401,31 +404,38 @@ class PgConnection:
             _hook_fork()
 
     def _run(self, call):
-        import psycopg
+        import psycopg2
 
         if self._raw is None:
             raise OperationalError("this PostgreSQL connection belongs to the process this one was forked from")
-        if self._raw.broken and self._reopen is not None:
+        if self._raw.closed and self._reopen is not None:  # dropped (a closed one has no `reopen`)
             self._raw = self._reopen()
         try:
-            return call()
-        except psycopg.IntegrityError as exc:
+            return call(self._raw.cursor())
+        except psycopg2.IntegrityError as exc:
             raise IntegrityError(one_line(exc)) from exc
-        except psycopg.Error as exc:
+        except psycopg2.Error as exc:
             raise OperationalError(one_line(exc)) from exc
 
     def execute(self, sql, params=(), raw_sql=False):
         text, returning = (sql, False) if raw_sql else pg_sql(sql)
-        return self._run(lambda: PgCursor(self._raw.cursor(row_factory=_row_factory).execute(
-            text, None if raw_sql else tuple(params)), returning))
+
+        def run(cur):
+            cur.execute(text, None if raw_sql else tuple(params))  # None: no `%` taken as a placeholder
+            return PgCursor(cur, returning)
+        return self._run(run)
 
     def executemany(self, sql, seq):
+        """`sql` once per item of `seq`, in as few round trips as psycopg2 can (execute_batch)."""
+        from psycopg2.extras import execute_batch
+
         text, _ = pg_sql(sql)
-        self._run(lambda: self._raw.cursor().executemany(text, [tuple(p) for p in seq]))
+        self._run(lambda cur: execute_batch(cur, text, [tuple(p) for p in seq]))
 
     def close(self):
         """Close the session (a borrowed one, the writer lock's, stays open for its holder)."""
         _live.discard(self)
+        self._reopen = None
         if self._raw is not None and self._owned:
             self._raw.close()
 

@@ -91,10 +91,14 @@ class PostgresServer:
 
     def sql(self, statement, database="postgres"):
         """Run one statement as the server's superuser; the rows it returns (none: [])."""
-        import psycopg
+        from contextlib import closing
 
-        with psycopg.connect(self.url(database), autocommit=True) as admin:
-            cur = admin.execute(statement)
+        import psycopg2
+
+        with closing(psycopg2.connect(self.url(database))) as admin:
+            admin.autocommit = True
+            cur = admin.cursor()
+            cur.execute(statement)
             return cur.fetchall() if cur.description else []
 
     def new_database(self, owner=USER):
