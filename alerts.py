@@ -372,6 +372,12 @@ class ApiWatch:
             self.me = _process_name()
         return self._conn
 
+    def close(self):
+        """Close this process's history connection (Monitor.close does, after the flush thread's last pass)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():  # one a forked worker inherited is its parent's
+            conn.close()
+
     def _lease(self, conn, now):
         """Whether this process is the API's sender (a lease renewed every LEASE_SECONDS / 3)."""
         if now - self._renewed < LEASE_SECONDS / 3:

@@ -277,9 +277,12 @@ class Monitor:
                     logger.warning("alert check failed, will retry: %s", words.error_text(exc))
 
     def close(self):
-        """Stop the flush thread after a last flush."""
+        """Stop the flush thread after a last flush; close the history connections, the watchers' too."""
         self._stop = True
         self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)  # its last pass ends first: no watcher's connection closed under it
         try:
             self.flush()
         except (history.Error, OSError, ValueError) as exc:
@@ -288,6 +291,8 @@ class Monitor:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        for watch in self.watchers:
+            getattr(watch, "close", lambda: None)()
 
     def _db(self):
         if self._conn is None:

@@ -199,14 +199,51 @@ def published(cfg):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def query(cfg, sql, args=()):
-    """The rows, as tuples, of one read of cfg's history (SQLite or PostgreSQL alike)."""
+# --- the history as the tests read it: one way for both backends ------------------------------------
+
+@contextmanager
+def reading(cfg):
+    """cfg's history opened read-only, SQLite or PostgreSQL alike (the product's own connect_ro), closed after."""
     conn = history.connect_ro(cfg.history)
     assert conn is not None, f"no history at {cfg.history}"
     try:
-        return [tuple(r) for r in conn.execute(sql, args)]
+        yield conn
     finally:
         conn.close()
+
+
+def query(cfg, sql, args=()):
+    """The rows, as tuples, of one read of cfg's history (SQLite or PostgreSQL alike)."""
+    with reading(cfg) as conn:
+        return [tuple(r) for r in conn.execute(sql, args)]
+
+
+def records(cfg, sql, args=()):
+    """The rows, as dicts by column name, of one read of cfg's history (SQLite or PostgreSQL alike)."""
+    with reading(cfg) as conn:
+        return [dict(zip(r.keys(), r)) for r in conn.execute(sql, args)]
+
+
+def raw_sql(where, statements):
+    """Run SQL on the history at `where` (a SQLite path or a postgresql URL) without history.py, as an
+    older version of the system would have: no schema made, no upgrade."""
+    if history.is_postgres(where):
+        import psycopg2
+
+        conn = psycopg2.connect(where)
+        try:
+            conn.autocommit = True
+            for statement in statements:
+                conn.cursor().execute(statement)
+        finally:
+            conn.close()
+    else:
+        import sqlite3
+        from contextlib import closing
+
+        with closing(sqlite3.connect(where, isolation_level=None)) as conn:
+            for statement in statements:
+                conn.execute(statement)
 
 
 def decisions(cfg):

@@ -1,14 +1,13 @@
 """Alerts: a webhook receiver on loopback gets each event once, from real cycle processes and from the API's check."""
 import json
-import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import make_config, write_delivery
-from helpers import free_port, run
+from helpers import free_port, query, run
 
 import alerts
 import history
@@ -54,9 +53,20 @@ def last_record(cfg):
 
 
 def alert_rows(cfg):
-    with sqlite3.connect(cfg.history_db) as conn:
-        return {r[0]: r[1:] for r in conn.execute(
-            "SELECT condition, state, event, delivered, tries, last_error FROM alerts ORDER BY condition")}
+    return {r[0]: r[1:] for r in query(
+        cfg, "SELECT condition, state, event, delivered, tries, last_error FROM alerts ORDER BY condition")}
+
+
+def with_webhook(cfg, url, **changes):
+    """cfg's world with its config rewritten to send alerts to `url` (its history kept where it is)."""
+    return load_config(make_config(cfg.base, alert_webhook_url=url, history_url=cfg.history_url, **changes))
+
+
+@pytest.fixture
+def conn(world):
+    """A writer's connection to the world's history (either backend)."""
+    with closing(history.connect(world.history)) as c:
+        yield c
 
 
 # --- the config ---------------------------------------------------------------------------------
@@ -201,18 +211,18 @@ def test_an_unreachable_or_slow_receiver_costs_the_cycle_at_most_its_budget(make
         assert "alerts" not in last_record(cfg)
 
 
-def test_a_failed_delivery_is_tried_again_later_while_its_condition_holds(world, monkeypatch):
-    conn = history.connect(world.history_db)
+@pytest.mark.backends
+def test_a_failed_delivery_is_tried_again_later_while_its_condition_holds(world, conn, monkeypatch):
     rec = CycleRecord.start("2026-01-01T00:00:00.000+00:00", str(world.path))
     rec.decision, rec.deployed_version = "failed", 1
     rec.errors.append("disk full")
     with receiver(status=503) as (url, got):
-        cfg = load_config(make_config(world.base, alert_webhook_url=url, alert_budget_seconds=2.0))
+        cfg = with_webhook(world, url, alert_budget_seconds=2.0)
         [out] = alerts.after_cycle(cfg, conn, rec, None)
         assert (out["delivered"], out["attempts"], out["error"]) == (False, 3, "HTTP 503")
         assert len(got) == 3  # retried with backoff
     with receiver() as (url, got):
-        cfg = load_config(make_config(world.base, alert_webhook_url=url))
+        cfg = with_webhook(world, url)
         assert alerts.after_cycle(cfg, conn, rec, None) == []  # not yet due
         monkeypatch.setattr(alerts, "RETRY_SECONDS", 0.0)
         [out] = alerts.after_cycle(cfg, conn, rec, None)
@@ -221,10 +231,10 @@ def test_a_failed_delivery_is_tried_again_later_while_its_condition_holds(world,
         assert alerts.after_cycle(cfg, conn, rec, None) == []  # delivered: done
 
 
-def test_a_model_kept_out_is_said_once_and_its_end_when_another_version_serves(world):
-    conn = history.connect(world.history_db)
+@pytest.mark.backends
+def test_a_model_kept_out_is_said_once_and_its_end_when_another_version_serves(world, conn):
     with receiver() as (url, got):
-        cfg = load_config(make_config(world.base, alert_webhook_url=url))
+        cfg = with_webhook(world, url)
 
         def kept(cycle_id):
             rec = CycleRecord.start("2026-01-01T00:00:00.000+00:00", str(world.path))
@@ -259,8 +269,8 @@ def test_a_model_kept_out_is_said_once_and_its_end_when_another_version_serves(w
                     "waiting for review.", "details": {"serving_version": 4}}]
 
 
-def test_without_a_webhook_the_states_are_still_kept(world):
-    conn = history.connect(world.history_db)
+@pytest.mark.backends
+def test_without_a_webhook_the_states_are_still_kept(world, conn):
     rec = CycleRecord.start("2026-01-01T00:00:00.000+00:00", str(world.path))
     rec.decision = "failed"
     rec.errors.append("boom")
@@ -278,11 +288,21 @@ class FakeMonitor:
         return {}
 
 
-def test_live_drift_is_sent_once_by_one_of_two_workers_and_its_recovery(deployed):
+@pytest.fixture
+def watch_of():
+    """watch_of(cfg, monitor): an alerts.ApiWatch, closed after the test as its monitor would close it."""
+    made = []
+    yield lambda cfg, monitor: made.append(alerts.ApiWatch(cfg, monitor)) or made[-1]
+    for watch in made:
+        watch.close()
+
+
+@pytest.mark.backends
+def test_live_drift_is_sent_once_by_one_of_two_workers_and_its_recovery(deployed, watch_of):
     monitor = FakeMonitor()
     with receiver() as (url, got):
-        cfg = load_config(make_config(deployed.base, alert_webhook_url=url, package_index_url=deployed.package_index_url))
-        one, two = alerts.ApiWatch(cfg, monitor), alerts.ApiWatch(cfg, monitor)
+        cfg = with_webhook(deployed, url, package_index_url=deployed.package_index_url)
+        one, two = watch_of(cfg, monitor), watch_of(cfg, monitor)
         assert one() == [] and two() == []
         monitor.status = {"level": "act", "psi": {"number_of_employees": 1.2345, "lastmonth_activity": 0.01},
                           "window_start": 1767225600.0, "model_version": 1, "rows": 300}
@@ -303,12 +323,28 @@ def test_live_drift_is_sent_once_by_one_of_two_workers_and_its_recovery(deployed
             "event": "live_drift_recovered", "severity": "info",
             "text": "Live input drift on model version 1 is below \"act\" again (level watch).",
             "details": {"model_version": 1, "level": "watch"}}]
-    with sqlite3.connect(cfg.history_db) as conn:
-        holder = conn.execute("SELECT state FROM alerts WHERE condition = 'api_sender'").fetchone()[0]
-    assert holder == one.me  # the first to check holds the lease; the other never sent
+    assert query(cfg, "SELECT state FROM alerts WHERE condition = 'api_sender'") == [(one.me,)]  # the first to check holds the lease; the other never sent
 
 
-def test_estimated_f1_below_the_test_f1_by_the_margin(deployed, monkeypatch):
+@pytest.mark.backends
+def test_closing_the_monitor_closes_its_alert_checks_connection(deployed):
+    """Found by running this module on PostgreSQL: the API's alert check kept its history session
+    open after its monitor closed (a psycopg ResourceWarning at its collection)."""
+    import app as app_module
+
+    with receiver() as (url, got):
+        app = app_module.create_app(with_webhook(deployed, url, package_index_url=deployed.package_index_url))
+        monitor = app.extensions["dras"].monitor
+        [watch] = monitor.watchers
+        assert watch() == [] and got == []  # its first check: it holds the lease, nothing to say
+        conn = watch._conn
+        monitor.close()
+    assert watch._conn is None
+    with pytest.raises(history.Error):
+        conn.execute("SELECT 1")
+
+
+def test_estimated_f1_below_the_test_f1_by_the_margin(deployed, monkeypatch, watch_of):
     import deployment
     import traffic
 
@@ -317,9 +353,8 @@ def test_estimated_f1_below_the_test_f1_by_the_margin(deployed, monkeypatch):
     windows = []
     monkeypatch.setattr(traffic, "recent_windows", lambda *a, **k: windows)
     with receiver() as (url, got):
-        cfg = load_config(make_config(deployed.base, alert_webhook_url=url, alert_f1_margin=0.1,
-                                      package_index_url=deployed.package_index_url))
-        watch = alerts.ApiWatch(cfg, monitor)
+        cfg = with_webhook(deployed, url, alert_f1_margin=0.1, package_index_url=deployed.package_index_url)
+        watch = watch_of(cfg, monitor)
         windows[:] = [{"rows": 500, "window_start": 60.0, "estimated_f1": round(test_f1 - 0.05, 4)}]
         watch()
         assert got == []  # within the margin
@@ -367,6 +402,7 @@ def test_a_live_gunicorn_sends_live_drift_once_from_its_flush_thread(make_deploy
     assert first["text"].startswith("Live input drift at \"act\" on model version 1: ")
 
 
+@pytest.mark.backends
 def test_metrics_show_the_last_cycle_and_the_conditions(make_deployed):
     import re
 

@@ -13,6 +13,7 @@ from contextlib import closing
 
 import pytest
 from conftest import CLOSED_INDEX, REPO, new_world, write_delivery
+from helpers import raw_sql
 
 import history
 
@@ -35,23 +36,6 @@ def where(backend, tmp_path, request):
 def conn(where):
     with closing(history.connect(where)) as c:
         yield c
-
-
-def raw(where, statements):
-    """Run SQL on `where` without history.py (as an older version would have made it)."""
-    if history.is_postgres(where):
-        import psycopg2
-
-        with closing(psycopg2.connect(where)) as c:
-            c.autocommit = True
-            for s in statements:
-                c.cursor().execute(s)
-    else:
-        import sqlite3
-
-        with closing(sqlite3.connect(where, isolation_level=None)) as c:
-            for s in statements:
-                c.execute(s)
 
 
 def test_nothing_is_there_until_the_first_connect_makes_every_table(where):
@@ -136,7 +120,7 @@ def test_a_reader_cannot_write_and_a_missing_table_is_an_operational_error(where
 
 
 def test_a_database_made_before_the_new_columns_gains_them(where):
-    raw(where, ["CREATE TABLE file_hashes (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
+    raw_sql(where, ["CREATE TABLE file_hashes (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
                 " sha256 TEXT NOT NULL)", "INSERT INTO file_hashes VALUES ('a.csv', 1, 2, 'h')"])
     with closing(history.connect(where)) as c:
         assert [tuple(r) for r in c.execute("SELECT * FROM file_hashes")] == [("a.csv", 1, 2, "h", None, None)]

@@ -1,11 +1,13 @@
 import gzip
+import hashlib
 import os
-import sqlite3
 import time
+from contextlib import closing
 
 import pandas as pd
 import pytest
 from conftest import HEADER, run_script, write_delivery
+from helpers import query, reading, records
 
 import datagen
 import history
@@ -35,23 +37,22 @@ def test_merges_files_and_removes_duplicate_rows(world):
     assert world.ingested_list.read_text() == "a.csv\nb.csv\n"
 
 
+@pytest.mark.backends
 def test_records_each_file_in_history(world):
     path = write_delivery(world, "a.csv", text=GOOD)
     ingestion.ingest(world)
-    conn = history.connect(world.history_db)
-    rows = [dict(r) for r in conn.execute("SELECT name, sha256, rows, folder FROM ingested_files")]
-    import hashlib
-
-    assert rows == [{"name": "a.csv", "sha256": hashlib.sha256(GOOD.encode()).hexdigest(), "rows": 2,
-                     "folder": str(path.parent)}]
-    summary = history.latest_summary(conn)
+    assert records(world, "SELECT name, sha256, rows, folder FROM ingested_files") == [
+        {"name": "a.csv", "sha256": hashlib.sha256(GOOD.encode()).hexdigest(), "rows": 2, "folder": str(path.parent)}]
+    with reading(world) as conn:
+        summary = history.latest_summary(conn)
     assert summary["rows"] == 2
     assert summary["stats"]["number_of_employees"] == {
         "mean": 1002.5, "median": 1002.5, "std": 1995 / 2**0.5,
         "min": 5.0, "max": 2000.0, "count": 2}
-    assert conn.execute("SELECT count(*) FROM step_timings WHERE step = 'ingestion'").fetchone()[0] == 1
+    assert query(world, "SELECT count(*) FROM step_timings WHERE step = 'ingestion'") == [(1,)]
 
 
+@pytest.mark.backends
 def test_new_delivery_adds_to_what_was_ingested(world):
     write_delivery(world, "a.csv", rows=10, seed=1)
     ingestion.ingest(world)
@@ -64,6 +65,7 @@ def test_new_delivery_adds_to_what_was_ingested(world):
     assert world.ingested_list.read_text() == "a.csv\nb.csv\n"
 
 
+@pytest.mark.backends
 def test_same_content_under_another_name_is_not_ingested_twice(world):
     write_delivery(world, "a.csv", text=GOOD)
     ingestion.ingest(world)
@@ -74,6 +76,7 @@ def test_same_content_under_another_name_is_not_ingested_twice(world):
     assert world.ingested_list.read_text() == "a.csv\n"
 
 
+@pytest.mark.backends
 def test_changed_file_under_old_name_is_a_new_delivery(world):
     path = write_delivery(world, "a.csv", text=GOOD)
     ingestion.ingest(world)
@@ -84,12 +87,14 @@ def test_changed_file_under_old_name_is_a_new_delivery(world):
     assert len(pd.read_csv(world.finaldata)) == 3
 
 
+@pytest.mark.backends
 def test_rows_with_missing_values_stay_in_finaldata(world):
     write_delivery(world, "a.csv", text=HEADER + "abcd,10,,5,0\nefgh,NA,3,2000,1\n,1,2,3,\nijkl,1,2,3,1\n")
     result = ingestion.ingest(world)
     assert result.total_rows == 4
-    conn = history.connect(world.history_db)
-    assert history.latest_summary(conn)["missing"] == {
+    with reading(world) as conn:
+        missing = history.latest_summary(conn)["missing"]
+    assert missing == {
         "corporation": 25.0, "lastmonth_activity": 25.0, "lastyear_activity": 25.0,
         "number_of_employees": 0.0, "exited": 25.0}
     assert world.finaldata.read_text().splitlines()[1:] == [
@@ -139,8 +144,7 @@ def test_bad_file_is_quarantined_with_reason_and_good_files_go_through(world, na
     assert len(data_file) == 1 and data_file[0].read_bytes() == data  # moved, never altered or deleted
     reason_file = data_file[0].with_name(data_file[0].name + ".reason.txt")
     assert reason_file.read_text() == f"{name}: {reason}\n"
-    conn = sqlite3.connect(world.history_db)
-    assert conn.execute("SELECT name, reason FROM quarantined_files").fetchall() == [(name, reason)]
+    assert query(world, "SELECT name, reason FROM quarantined_files") == [(name, reason)]
     assert world.finaldata.read_text() == GOOD
 
 
@@ -176,16 +180,18 @@ def test_files_still_being_written_are_left_alone(tmp_path, world):
         ".hidden.csv", "fresh.csv", "notes.txt", "old.csv", "partial.csv.tmp"]
 
 
+@pytest.mark.backends
 def test_new_files_uses_content_hash(world):
     write_delivery(world, "a.csv", text=GOOD)
-    conn = history.connect(world.history_db)
-    assert [c.path.name for c in ingestion.new_files(conn, world.input_folder_path)] == ["a.csv"]
-    ingestion.ingest(world, conn=conn)
-    assert ingestion.new_files(conn, world.input_folder_path) == []
-    write_delivery(world, "b.csv", text=GOOD)
-    assert ingestion.new_files(conn, world.input_folder_path) == []
+    with closing(history.connect(world.history)) as conn:
+        assert [c.path.name for c in ingestion.new_files(conn, world.input_folder_path)] == ["a.csv"]
+        ingestion.ingest(world, conn=conn)
+        assert ingestion.new_files(conn, world.input_folder_path) == []
+        write_delivery(world, "b.csv", text=GOOD)
+        assert ingestion.new_files(conn, world.input_folder_path) == []
 
 
+@pytest.mark.backends
 def test_script_reports_what_it_did(world):
     write_delivery(world, "a.csv", text=GOOD)
     write_delivery(world, "b.csv", text=b"")
@@ -196,6 +202,8 @@ def test_script_reports_what_it_did(world):
         "quarantined b.csv: empty file",
         f"{world.finaldata}: 2 distinct rows",
     ]
+    assert query(world, "SELECT name, rows FROM ingested_files") == [("a.csv", 2)]
+    assert query(world, "SELECT name, reason FROM quarantined_files") == [("b.csv", "empty file")]
 
 
 def test_script_with_a_missing_folder_or_nothing_to_ingest(world):
