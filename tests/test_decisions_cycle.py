@@ -164,3 +164,20 @@ def test_the_promote_command_names_a_config_that_is_not_the_default(tmp_path):
     assert decisions.promote_command(settings.DEFAULT_CONFIG) == "python deployment.py --promote"
     assert decisions.promote_command(tmp_path / "my config.json") == \
         f"python deployment.py --promote --config '{tmp_path / 'my config.json'}'"
+
+
+@pytest.mark.parametrize("use", [True, False])
+def test_the_reference_holds_the_models_out_of_fold_rows_unless_switched_off(make_world, use):
+    cfg = make_world(drift_reference_cross_validation=use)
+    start(cfg)
+    state = deliver(cfg, "d0.csv", rows=60, seed=100).evidence
+    manifest = deployment.current_manifest(cfg.prod_deployment_path)
+    oof = manifest["training"]["cross_validation"]["out_of_fold"]
+    assert oof["rows"] == 300 and 0 < oof["hits"] < oof["counted"] < 300
+    parts = state["reference_parts"]
+    assert set(parts) == ({"test data", "cross-validation"} if use else {"test data"})
+    assert parts["test data"]["rows"] == 40
+    if use:
+        assert parts["cross-validation"] == oof
+    assert state["reference"] == {k: sum(p[k] for p in parts.values()) for k in ("rows", "counted", "hits")}
+    assert state["reference"]["rows"] == (340 if use else 40)
