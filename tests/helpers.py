@@ -212,6 +212,26 @@ def reading(cfg):
         conn.close()
 
 
+@contextmanager
+def writing(cfg):
+    """cfg's history opened to write, SQLite or PostgreSQL alike (the product's own connect: schema made,
+    autocommit), closed after."""
+    conn = history.connect(cfg.history)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def columns(cfg, table):
+    """The names of `table`'s columns in cfg's history, in their order."""
+    if cfg.postgres:
+        sql = ("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+               " AND table_name = ? ORDER BY ordinal_position")
+        return [r[0] for r in query(cfg, sql, (table,))]
+    return [r[1] for r in query(cfg, f"PRAGMA table_info({table})")]
+
+
 def query(cfg, sql, args=()):
     """The rows, as tuples, of one read of cfg's history (SQLite or PostgreSQL alike)."""
     with reading(cfg) as conn:

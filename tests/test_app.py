@@ -460,7 +460,7 @@ def test_diagnostics_in_under_a_second_with_the_index_unreachable(shared):
     assert resp.status_code == 200
     body = resp.get_json()
     assert elapsed < 1.0
-    conn = history.connect(shared.history_db)
+    conn = history.connect(shared.history)
     steps = {r["step"]: r["seconds"] for r in conn.execute("SELECT step, seconds FROM step_timings ORDER BY id")}
     assert body["recorded_timings"] == steps
     assert sorted(steps) == ["ingestion", "scoring", "training"]
@@ -475,7 +475,7 @@ def test_diagnostics_in_under_a_second_with_the_index_unreachable(shared):
 
 
 def test_diagnostics_show_the_latest_recorded_execution_time(deployed):
-    conn = history.connect(deployed.history_db)
+    conn = history.connect(deployed.history)
     history.record_json(conn, "diagnostics", at=1.0, kind="all", value={"execution_time": {"ingestion": 0.5, "training": 0.25}})
     history.record_json(conn, "diagnostics", at=2.0, kind="all", value={"execution_time": {"ingestion": 0.75, "training": None}})
     resp = app_module.create_app(deployed).test_client().get("/diagnostics")

@@ -223,7 +223,7 @@ def test_training_records_cv_slices_and_provenance(trained):
     assert [(f["name"], f["sha256"], f["rows"]) for f in meta["training_files"]] == [("a.csv", sha(a_csv), 200)]
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert meta["code_version"]["commit"] == head.strip()
-    conn = history.connect(cfg.history_db)
+    conn = history.connect(cfg.history)
     row = conn.execute("SELECT metrics, model_sha256 FROM training_runs").fetchone()
     assert json.loads(row["metrics"]) == {"test": meta["evaluation"]["metrics"], "cross_validation":
                                           meta["cross_validation"], "slices": meta["evaluation"]["slices"]}
@@ -267,7 +267,7 @@ def test_runs_before_any_training(world):
 
 def test_the_card_states_the_recorded_facts(trained):
     cfg, meta, score = trained
-    conn = history.connect(cfg.history_db)
+    conn = history.connect(cfg.history)
     manifest = deployment.deploy_from_config(cfg, conn)
     prod = cfg.prod_deployment_path
     card = (prod / "modelcard.md").read_text()

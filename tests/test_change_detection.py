@@ -2,10 +2,11 @@
 restored its mtime (`cp -p`, `tar x`, `rsync -t`): the hash cache is keyed on what no `utime` call can
 set, the inode and the ctime (issue 14)."""
 import os
-import sqlite3
 import time
 
-import history
+import pytest
+from helpers import columns, query, raw_sql, writing
+
 import ingestion
 from conftest import run_script, write_delivery
 
@@ -24,15 +25,14 @@ def rewrite_keeping_size_and_mtime(path):
     return new
 
 
+@pytest.mark.backends
 def test_a_same_size_rewrite_with_its_mtime_restored_is_a_new_delivery(world):
     path = write_delivery(world, "a.csv", rows=20, seed=1)
     time.sleep(1.1)  # older than the cache's one-second doubt: the first hash is cached
     first = run_script("ingestion.py", "--config", world.path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines()[0] == "ingested    a.csv (20 rows)"
-    conn = history.connect(world.history_db)
-    assert [tuple(r) for r in conn.execute("SELECT path, inode FROM file_hashes")] == [(str(path), path.stat().st_ino)]
-    conn.close()
+    assert query(world, "SELECT path, inode FROM file_hashes") == [(str(path), path.stat().st_ino)]
     new = rewrite_keeping_size_and_mtime(path)
     second = run_script("ingestion.py", "--config", world.path)
     assert second.returncode == 0, second.stderr
@@ -43,34 +43,25 @@ def test_a_same_size_rewrite_with_its_mtime_restored_is_a_new_delivery(world):
     assert third.stdout.splitlines() == ["already in  a.csv", f"{world.finaldata}: 21 distinct rows"]
 
 
+@pytest.mark.backends
 def test_an_old_history_database_is_upgraded_and_its_cache_not_trusted(world):
     """A database written before the cache knew inodes: its rows (path, size, mtime only) are
     hashed again once, and the table gains the new columns."""
     path = write_delivery(world, "a.csv", rows=20, seed=1)
     st = path.stat()
     world.history_db.parent.mkdir(parents=True)
-    old = sqlite3.connect(world.history_db)
-    old.execute("CREATE TABLE file_hashes (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
-                " mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL)")
-    old.execute("INSERT INTO file_hashes VALUES (?, ?, ?, ?)", (str(path), st.st_size, st.st_mtime_ns, "0" * 64))
-    old.commit()
-    old.close()
-    conn = history.connect(world.history_db)
-    try:
-        columns = [row[1] for row in conn.execute("PRAGMA table_info(file_hashes)")]
-        assert columns == ["path", "size", "mtime_ns", "sha256", "inode", "ctime_ns"]
+    raw_sql(world.history, ["CREATE TABLE file_hashes (path TEXT PRIMARY KEY, size BIGINT NOT NULL,"
+                            " mtime_ns BIGINT NOT NULL, sha256 TEXT NOT NULL)",
+                            f"INSERT INTO file_hashes VALUES ('{path}', {st.st_size}, {st.st_mtime_ns}, '{'0' * 64}')"])
+    with writing(world) as conn:
+        assert columns(world, "file_hashes") == ["path", "size", "mtime_ns", "sha256", "inode", "ctime_ns"]
         assert ingestion.file_sha256(conn, path) == ingestion.atomicfiles.sha256_file(path)
-    finally:
-        conn.close()
 
 
 def test_a_file_changed_within_a_second_of_hashing_is_not_cached(world):
     """The ctime ticks coarsely: a file hashed right after a change could change again under the same
     ctime, so its hash is computed again next time, not cached."""
     path = write_delivery(world, "a.csv", rows=5, seed=1)
-    conn = history.connect(world.history_db)
-    try:
+    with writing(world) as conn:
         assert ingestion.file_sha256(conn, path) == ingestion.atomicfiles.sha256_file(path)
         assert conn.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0] == 0
-    finally:
-        conn.close()

@@ -185,7 +185,7 @@ def test_the_last_cycle_from_the_history_when_newer_than_the_log(shared, monkeyp
     cfg = beside(shared, tmp_path, api_url=CLOSED)
     install(monkeypatch, tmp_path, cfg)
     log_cycle(cfg, 30)
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         conn.execute("INSERT INTO cycles (started_at, finished_at, decision, record) VALUES (?, ?, ?, ?)",
                      (NOW.timestamp() - 120, NOW.timestamp() - 119, "drift: redeployed", "{}"))
     assert health.check(cfg, now=NOW)[1] == Fact("ok", "last cycle", "2026-11-18 16:14 UTC (2 min ago): drift: redeployed")
@@ -195,7 +195,7 @@ def test_quarantined_files_since_the_last_cycle(shared, monkeypatch, tmp_path):
     cfg = beside(shared, tmp_path, api_url=CLOSED)
     install(monkeypatch, tmp_path, cfg)
     start = NOW.timestamp() - 60
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         conn.execute("INSERT INTO cycles (started_at, finished_at, decision, record) VALUES (?, ?, ?, ?)",
                      (start, start + 1, "no usable new rows", "{}"))
         for name, reason, at in [("old.csv", "empty file", start - 3600), ("bad.csv", "header only, no rows", start + 0.5),

@@ -1,7 +1,6 @@
 """The default decisions in real cycles: the sequential test's evidence across deliveries, promotion
 on held-out rows, a changed and a stale test set, the hand promotion, the course setting."""
 import json
-import sqlite3
 
 import pytest
 
@@ -12,7 +11,7 @@ import deployment
 import fullprocess
 import settings
 from conftest import retrain_and_deploy, run_script, write_delivery
-from helpers import cycle_cmd, env
+from helpers import cycle_cmd, env, query
 from settings import TARGET
 
 COURSE = {"drift_test": "raw", "promotion_gate": False}
@@ -26,9 +25,8 @@ def published(monkeypatch):
 
 
 def states(cfg):
-    with sqlite3.connect(cfg.history_db) as conn:
-        return [(r[0], json.loads(r[1])["evidence"]) for r in
-                conn.execute("SELECT deployment_id, state FROM drift_evidence ORDER BY id")]
+    return [(r[0], json.loads(r[1])["evidence"]) for r in
+            query(cfg, "SELECT deployment_id, state FROM drift_evidence ORDER BY id")]
 
 
 def version(cfg):
@@ -135,6 +133,7 @@ def test_small_shifted_deliveries_are_found_once_enough_has_arrived(world):
     assert rows[:len(decisions)] == [10 * i for i in range(len(decisions))]
 
 
+@pytest.mark.backends
 def test_a_deployment_by_hand_resets_the_evidence(world):
     start(world)
     deliver(world, "d0.csv", rows=60, seed=100)
@@ -147,6 +146,7 @@ def test_a_deployment_by_hand_resets_the_evidence(world):
     assert states(world)[-1][1]["rows"] == 60
 
 
+@pytest.mark.backends
 def test_the_evidence_survives_processes_and_verbose_prints_the_decision_first(world):
     import subprocess
 

@@ -28,7 +28,7 @@ def sha(path):
 
 
 def test_deploy_publishes_a_complete_version(trained):
-    conn = history.connect(trained.history_db)
+    conn = history.connect(trained.history)
     manifest = deployment.deploy_from_config(trained, conn)
     prod = trained.prod_deployment_path
     assert manifest["version"] == 1

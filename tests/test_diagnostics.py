@@ -72,7 +72,7 @@ def test_summary_before_any_ingestion(world):
 
 
 def test_recorded_timings_are_the_latest_of_each_step(world):
-    with closing(history.connect(world.history_db)) as conn:
+    with closing(history.connect(world.history)) as conn:
         history.record_timing(conn, "ingestion", 1.5)
         history.record_timing(conn, "training", 3.25)
         history.record_timing(conn, "ingestion", 2.0)
@@ -275,7 +275,7 @@ def test_collect_records_the_run_in_the_history(small, tmp_path):
     assert result["missing_data"]["lastyear_activity"] == 25.0
     assert result["execution_time"] == result["recorded_timings"] == diagnostics.recorded_timings(cfg)
     assert list(result["recorded_timings"]) == ["ingestion"]
-    with closing(history.connect(cfg.history_db)) as conn:
+    with closing(history.connect(cfg.history)) as conn:
         rows = conn.execute("SELECT kind, value FROM diagnostics").fetchall()
     assert [(r["kind"], json.loads(r["value"])) for r in rows] == [("all", json.loads(json.dumps(result)))]
 

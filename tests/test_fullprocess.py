@@ -1,6 +1,5 @@
 """The monitoring cycle's decisions, in-process with a recording publisher, and its crash recovery."""
 import json
-import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
@@ -16,7 +15,7 @@ import fullprocess
 import history
 import ingestion
 from conftest import make_config, write_delivery
-from helpers import pdf_text, query
+from helpers import pdf_text, query, writing
 from settings import FEATURES, TARGET, load_config
 
 
@@ -198,19 +197,21 @@ def test_statistical_tests_fall_back_to_raw_with_little_history(tmp_path, publis
     ("nonparametric", (0.95, 0.10), False),
     ("nonparametric", (0.80, 0.81), True),
 ])
-def test_statistical_tests_use_the_deployment_history(tmp_path, published, test, earlier, drift):
+@pytest.mark.backends
+def test_statistical_tests_use_the_deployment_history(tmp_path, history_overrides, published, test, earlier, drift):
     import numpy as np
 
     (tmp_path / "sourcedata").mkdir()
     (tmp_path / "testdata").mkdir()
-    cfg = load_config(make_config(tmp_path, promotion_gate=False, drift_test=test, drift_min_history=3))
+    cfg = load_config(make_config(tmp_path, promotion_gate=False, drift_test=test, drift_min_history=3,
+                                  **history_overrides))
     import datagen
 
     datagen.generate(40, seed=301).to_csv(cfg.test_data_file, index=False)
     cold_start(cfg, published)
     deployed_f1 = float((cfg.prod_deployment_path / "latestscore.txt").read_text())
     # two earlier deployments, long ago (they cover nothing ingested since)
-    with sqlite3.connect(cfg.history_db) as conn:
+    with writing(cfg) as conn:
         real = conn.execute("SELECT version, action, model_sha256, f1 FROM deployments").fetchall()
         conn.execute("DELETE FROM deployments")
         conn.executemany("INSERT INTO deployments (at, version, action, model_sha256, f1) VALUES (?, ?, ?, ?, ?)",

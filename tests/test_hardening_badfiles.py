@@ -7,11 +7,10 @@ the same delivery go through.
 """
 import gzip
 import json
-import sqlite3
 
 import pandas as pd
 from conftest import HEADER, write_delivery
-from helpers import run, stand_in
+from helpers import query, run, stand_in
 
 import cycle
 import datagen
@@ -129,10 +128,9 @@ def test_every_kind_of_bad_file_in_one_delivery_through_a_real_cycle(make_world)
         if isinstance(reason, str):
             assert moved[name].read_bytes() == data, name
             assert moved[name].with_name(moved[name].name + ".reason.txt").read_text() == f"{name}: {reason}\n"
-    with sqlite3.connect(world.history_db) as conn:
-        assert sorted(conn.execute("SELECT name, reason FROM quarantined_files").fetchall()) == sorted(bad)
-        assert [r[0] for r in conn.execute("SELECT name FROM ingested_files ORDER BY id")] == \
-            ["first.csv"] + sorted(n for n, _ in good)
+    assert sorted(query(world, "SELECT name, reason FROM quarantined_files")) == sorted(bad)
+    assert [r[0] for r in query(world, "SELECT name FROM ingested_files ORDER BY id")] == \
+        ["first.csv"] + sorted(n for n, _ in good)
     # finaldata: the distinct rows of the first delivery and of the good files, in arrival order
     frames = [delivery.parse_delivery((world.input_folder_path / n).read_bytes())
               for n in ["first.csv"] + sorted(n for n, _ in good)]

@@ -8,12 +8,11 @@ file, a quoted field over the csv module's limit, `1e-400`, `12.0000000000000001
 replaced between its hashing and its reading.
 """
 import json
-import sqlite3
 
 import pandas as pd
 import pytest
 from conftest import HEADER, build_world, write_delivery
-from helpers import gunicorn, run
+from helpers import gunicorn, query, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,9 +173,8 @@ def test_ingest_every_file_ingested_or_quarantined(fuzz_world, example):
     quarantined = {q["name"]: q["reason"] for q in result.quarantined}
     ingested = {f["name"] for f in result.ingested}
     if name in result.skipped:  # the same bytes as an earlier example: already ingested
-        with sqlite3.connect(cfg.history_db) as conn:
-            assert conn.execute("SELECT 1 FROM ingested_files WHERE sha256 = ?",
-                                (ingestion.atomicfiles.sha256_file(cfg.input_folder_path / name),)).fetchone()
+        assert query(cfg, "SELECT 1 FROM ingested_files WHERE sha256 = ?",
+                     (ingestion.atomicfiles.sha256_file(cfg.input_folder_path / name),)) == [(1,)]
         ingested.add(name)
     check_outcome(cfg, name, data, meaning, quarantined, ingested)
     assert good in ingested
@@ -402,5 +400,4 @@ def test_file_replaced_between_hashing_and_reading(world, monkeypatch):
     result = ingestion.ingest(world)
     assert (result.ingested, result.quarantined, result.skipped) == ([], [], ["old.csv", "new.csv"])
     assert ingestion.read_finaldata(world.finaldata).values.tolist() == [["abcd", 1, 2, 3, 0]]
-    with sqlite3.connect(world.history_db) as conn:
-        assert conn.execute("SELECT name FROM ingested_files").fetchall() == [("old.csv",)]
+    assert query(world, "SELECT name FROM ingested_files") == [("old.csv",)]

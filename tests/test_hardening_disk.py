@@ -8,18 +8,18 @@ writable again the next cycle finishes the work, losing nothing.
 """
 import json
 import os
-import sqlite3
 import subprocess
 from contextlib import contextmanager
 
 import pytest
 from conftest import write_delivery
-from helpers import assert_consistent, run, stand_in
+from helpers import assert_consistent, query, run, stand_in
 
 import app as app_module
 import cycle
 import deployment
 import fullprocess
+import history
 
 
 @contextmanager
@@ -107,8 +107,7 @@ def test_a_cycle_that_cannot_write_fails_cleanly_and_the_next_finishes(make_worl
     manifest = assert_consistent(world, ["first.csv", "shifted.csv"])
     assert manifest["version"] >= 2 and manifest["training"]["training_rows"] == 600
     assert serving_version(world) == manifest["version"]
-    with sqlite3.connect(world.history_db) as conn:
-        assert conn.execute("SELECT count(*) FROM cycles WHERE finished_at IS NULL").fetchone()[0] == 0
+    assert query(world, "SELECT count(*) FROM cycles WHERE finished_at IS NULL") == [(0,)]
     for folder in (world.output_folder_path, world.output_model_path):
         assert sorted(p.name for p in folder.glob(".*.tmp")) == []
-    assert os.path.exists(world.history_db)
+    assert history.exists(world.history)

@@ -73,7 +73,7 @@ def test_deployment_script_refuses_a_trojan_trained_model(deployed, tmp_path):
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"error: cannot deploy {deployed.model_file}: {REFUSAL}\n"
     # deploy() itself, whatever calls it, with a score recorded for the trojan or not
-    with closing(history.connect(deployed.history_db)) as conn:
+    with closing(history.connect(deployed.history)) as conn:
         history.record_score(conn, "test", 40, hashlib.sha256(deployed.model_file.read_bytes()).hexdigest(),
                              {"f1": 1.0, "precision": 1.0, "recall": 1.0, "roc_auc": 1.0, "rows": 40})
     done = run_script("deployment.py", "--config", deployed.path)
@@ -130,7 +130,7 @@ def test_a_cycle_that_retrains_into_a_trojan_deploys_nothing(make_deployed, tmp_
     write_delivery(deployed, "drifted.csv", rows=150, seed=7, drift="concept", strength=0.8)
     done = cycle(deployed, trojan, when, "--config", deployed.path)
     assert not marker.exists(), done.stderr
-    with closing(history.connect(deployed.history_db)) as conn:
+    with closing(history.connect(deployed.history)) as conn:
         record = json.loads(conn.execute("SELECT record FROM cycles ORDER BY id DESC LIMIT 1").fetchone()[0])
     assert record["decision"] == "failed", record
     assert record["errors"] == [error.format(model=deployed.model_file, refusal=REFUSAL)]
@@ -186,7 +186,7 @@ def test_a_planted_version_never_runs_and_the_previous_keeps_serving(deployed, t
     # the cycle's drift check loads the deployed model: the cycle fails with the reason, runs nothing
     write_delivery(deployed, "more.csv", rows=50, seed=8)
     done = run_script("fullprocess.py", "--config", deployed.path)
-    with closing(history.connect(deployed.history_db)) as conn:
+    with closing(history.connect(deployed.history)) as conn:
         record = json.loads(conn.execute("SELECT record FROM cycles ORDER BY id DESC LIMIT 1").fetchone()[0])
     assert (record["decision"], record["errors"]) == ("failed", [refused]), done.stderr
     assert not marker.exists()

@@ -4,9 +4,7 @@ Two real gunicorns on 127.0.0.1 stand for two hosts: the same folders, the same 
 config.json's `host_name` differs. (tests/test_netns.py runs them on real separate network
 hosts, behind nginx.)
 """
-import sqlite3
 import time
-from contextlib import closing
 
 import pytest
 import requests
@@ -15,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import app as app_module
 import history
 import traffic
-from helpers import ROW, gunicorn, host_config, query
+from helpers import ROW, columns, gunicorn, host_config, query, raw_sql, writing
 
 PER_HOST = 4  # /prediction requests sent to each host; with its first /health, a flush is due
 FLUSH_AT = PER_HOST + 1
@@ -73,19 +71,21 @@ def test_two_hosts_write_their_own_rows_and_every_reader_adds_them_up(make_deplo
         assert traffic.crossings_since(cfg, 0)["hosts"] == EXPECTED
 
 
+@pytest.mark.backends
 def test_an_older_history_gains_the_host_column_at_its_next_connect(deployed):
     app = app_module.create_app(deployed)
     client = app.test_client()
     monitor = app.extensions["dras"].monitor
     assert client.post("/prediction", json={"records": [ROW] * 3}).status_code == 200
     monitor.flush()
-    with closing(sqlite3.connect(deployed.history_db)) as conn:  # the history as the version before hosts made it
-        conn.execute("ALTER TABLE traffic_windows DROP COLUMN host")
-        conn.commit()
     monitor.close()
+    # the history as the version before hosts made it (on PostgreSQL its schema bears that version's digest)
+    raw_sql(deployed.history, ["ALTER TABLE traffic_windows DROP COLUMN host"] + (
+        ["COMMENT ON TABLE ingested_files IS 'dras schema of an older version'"] if deployed.postgres else []))
+    history._made.discard(deployed.history)  # as a process that has not connected yet
 
-    with closing(history.connect(deployed.history_db)) as conn:  # any writer's connect upgrades it
-        assert "host" in {row[1] for row in conn.execute("PRAGMA table_info(traffic_windows)")}
+    with writing(deployed) as conn:  # any writer's connect upgrades it
+        assert "host" in columns(deployed, "traffic_windows")
         assert traffic.hosts_total(traffic.recent_windows(conn, deployed)) == {"unknown": {"requests": 1, "rows": 3}}
 
     later = app_module.create_app(host_config(deployed, "api-b"))

@@ -3,12 +3,12 @@ the row-hash index; the file stays byte-identical to a full rebuild; the column 
 summary and the drift reference; a killed or damaged state is put right from the history's record."""
 import logging
 import os
-import sqlite3
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import HEADER, write_delivery
+from helpers import query, reading, writing
 
 import archive
 import columnstats
@@ -38,17 +38,13 @@ def deliveries():
 
 
 def archived_frames(cfg):
-    conn = history.connect(cfg.history_db)
-    try:
+    with reading(cfg) as conn:
         return [delivery.parse_delivery(archive.load(archive.folder_of(cfg), f["sha256"]))
                 for f in history.ingested_files(conn)]
-    finally:
-        conn.close()
 
 
 def recorded(cfg):
-    with sqlite3.connect(cfg.history_db) as conn:
-        return conn.execute("SELECT rows, bytes FROM summaries ORDER BY id DESC LIMIT 1").fetchone()
+    return query(cfg, "SELECT rows, bytes FROM summaries ORDER BY id DESC LIMIT 1")[0]
 
 
 def test_incremental_ingestion_appends_and_is_byte_identical_to_a_full_rebuild(world):
@@ -107,14 +103,14 @@ def test_the_row_format_is_pandas_to_csv_for_every_other_value(value):
     assert finaldata.HEADER + b"".join(finaldata.csv_lines(df)) == df.to_csv(index=False).encode()
 
 
+@pytest.mark.backends
 def test_summary_after_each_ingestion_is_the_whole_datas(world):
     for name, text in deliveries():
         write_delivery(world, name, text=text)
         ingestion.ingest(world)
         final = ingestion.read_finaldata(world.finaldata)
-        conn = history.connect(world.history_db)
-        summary = history.latest_summary(conn)
-        conn.close()
+        with reading(world) as conn:
+            summary = history.latest_summary(conn)
         assert (summary["stats"], summary["missing"]) == columnstats.summarize(final)
         for col, got in summary["stats"].items():
             s = final[col].dropna().astype("float64")
@@ -177,7 +173,7 @@ def lose_finaldata_and_sources(cfg):
 
 def from_before_incremental_ingestion(cfg):
     lose_index(cfg)
-    with sqlite3.connect(cfg.history_db) as conn:
+    with writing(cfg) as conn:
         conn.execute("UPDATE summaries SET bytes = NULL")
 
 
@@ -191,6 +187,7 @@ RECOVERIES = [
 ]
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize(("damage", "message"), RECOVERIES, ids=[r[0].__name__ for r in RECOVERIES])
 def test_a_damaged_state_is_put_right_from_the_history(world, caplog, damage, message):
     for name, text in deliveries()[:3]:
@@ -198,8 +195,7 @@ def test_a_damaged_state_is_put_right_from_the_history(world, caplog, damage, me
         ingestion.ingest(world)
     size = world.finaldata.stat().st_size
     profile = finaldata.index_folder(world) / f"columns-{size}.npz"
-    with sqlite3.connect(world.history_db) as conn:
-        lengths = [r[0] for r in conn.execute("SELECT bytes FROM summaries ORDER BY id")]
+    lengths = [r[0] for r in query(world, "SELECT bytes FROM summaries ORDER BY id")]
     damage(world)
     big = world.finaldata.stat().st_size if world.finaldata.exists() else None
     caplog.set_level(logging.INFO, logger="finaldata")
@@ -208,8 +204,7 @@ def test_a_damaged_state_is_put_right_from_the_history(world, caplog, damage, me
     data = world.finaldata.read_bytes()
     assert data == finaldata.rebuild(archived_frames(world))
     assert data.endswith(b"\nmore,1,2,3,0\n")  # "abcd,,2,3,0" was there already: not appended again
-    with sqlite3.connect(world.history_db) as conn:
-        assert [r[0] for r in conn.execute("SELECT bytes FROM summaries ORDER BY id")] == lengths + [len(data)]
+    assert [r[0] for r in query(world, "SELECT bytes FROM summaries ORDER BY id")] == lengths + [len(data)]
     assert recorded(world) == (len(ingestion.read_finaldata(world.finaldata)), len(data))
 
 
@@ -235,7 +230,7 @@ def test_the_drift_reference_is_the_rows_before_without_reading_them(world, monk
                    .to_csv(index=False))
     write_delivery(world, "d.csv", text=AGAIN)
     ingestion.ingest(world)
-    conn = history.connect(world.history_db)
+    conn = history.connect(world.history)
     pending = [dict(r) for r in conn.execute("SELECT * FROM ingested_files WHERE name IN ('c.csv', 'd.csv') ORDER BY id")]
     prefix = ingestion.read_finaldata(world.finaldata, nrows=3000 + 8)
     new = pd.concat([delivery.parse_delivery((world.input_folder_path / n).read_bytes()) for n in ("c.csv", "d.csv")])

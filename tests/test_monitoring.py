@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -160,7 +159,7 @@ def test_a_second_flush_adds_to_the_same_window_row(shared):
     client.post("/prediction", json={"records": RECORDS[:1]})
     monitor.flush()
     # the world is shared: take this worker's row alone
-    conn = history.connect(shared.history_db)
+    conn = history.connect(shared.history)
     try:
         row = conn.execute("SELECT requests, rows, aggregates FROM traffic_windows WHERE worker = ?",
                            (monitor.worker,)).fetchone()
@@ -280,7 +279,7 @@ def test_a_shifted_stream_shows_in_monitoring_metrics_and_health(caplog, make_de
 
 
 def test_seconds_since_the_last_successful_cycle(shared):
-    conn = history.connect(shared.history_db)
+    conn = history.connect(shared.history)
     now = time.time()
     try:
         for started, finished, decision in ((now - 500, now - 400, "no drift"), (now - 100, now - 50, "failed"),
@@ -366,7 +365,7 @@ def test_two_gunicorn_workers_sum_up_and_keep_no_raw_input(tmp_path, make_deploy
         assert by_status == {"200": 60, "400": 20}
         assert sum(w["rows"] for w in windows) == 180
         assert sum(w["exits"] for w in windows) == 60 * exits
-        conn = history.connect(cfg.history_db)
+        conn = history.connect(cfg.history)
         try:
             workers = conn.execute("SELECT COUNT(DISTINCT worker), SUM(rows) FROM traffic_windows").fetchone()
         finally:
@@ -468,8 +467,8 @@ def test_a_failed_write_is_written_at_the_next_flush(monkeypatch, make_deployed)
     client = app.test_client()
     client.post("/prediction", json={"records": RECORDS})
     real = monitor._db
-    monkeypatch.setattr(monitor, "_db", lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")))
-    with pytest.raises(sqlite3.OperationalError):
+    monkeypatch.setattr(monitor, "_db", lambda: (_ for _ in ()).throw(history.OperationalError("database is locked")))
+    with pytest.raises(history.OperationalError):
         monitor.flush()
     monkeypatch.setattr(monitor, "_db", real)
     monitor.clock = lambda: T0 + 61  # the next window: the first one is closed, still unwritten
@@ -530,7 +529,7 @@ def test_the_status_page_reads_the_real_windows(shared):
     client = app.test_client()
     r = client.post("/prediction", json={"records": RECORDS})
     monitor.flush()
-    conn = history.connect(shared.history_db)
+    conn = history.connect(shared.history)
     try:
         found = traffic.recent_windows(conn, shared, limit=60)
         summary = status.live_traffic(conn, shared)

@@ -252,7 +252,7 @@ def test_report_after_a_rollback_covers_the_serving_model(world1):
     df = datagen.generate(150, seed=2, drift="concept", strength=0.6)
     df.to_csv(world1.input_folder_path / "b.csv", index=False)
     pipeline(world1)
-    with closing(history.connect(world1.history_db)) as conn:
+    with closing(history.connect(world1.history)) as conn:
         deployment.rollback(world1.prod_deployment_path, conn=conn)
     truth = deployed_truth(world1)  # v0001 serves again
     paths = reporting.generate_report(world1)
@@ -273,7 +273,7 @@ def _slice(label, rows, f1, flag=None):
 def test_the_new_delivery_slices_are_compared_with_the_previous_delivery(world1):
     earlier = {"slices_new": {"slices": [_slice("number_of_employees < 70", 40, 0.8),
                                          _slice("lastmonth_activity >= 241", 30, 0.5)]}}
-    with closing(history.connect(world1.history_db)) as conn:
+    with closing(history.connect(world1.history)) as conn:
         history.record_json(conn, "cycles", started_at=1.0, record=earlier)
         last = history.record_json(conn, "cycles", started_at=2.0, record={"slices_new": None})  # none recorded
     cycle = CycleRecord(cycle_id=last + 1, decision="no drift",

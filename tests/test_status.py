@@ -32,7 +32,7 @@ BACKGROUND = (0xF3, 0xF4, 0xF6)  # the page's --bg
 @pytest.fixture(scope="module")
 def running(shared):
     """An install that has been running: the module's deployed world (its manifest has the audit) and 30 cycles."""
-    with closing(history.connect(shared.history_db)) as conn:
+    with closing(history.connect(shared.history)) as conn:
         fill_history(conn, 30)
     return shared
 
@@ -152,7 +152,7 @@ def test_the_last_cycles(running):
 
 
 def test_a_broken_cycle_record_shows_its_decision(fresh):
-    with closing(history.connect(fresh.history_db)) as conn:
+    with closing(history.connect(fresh.history)) as conn:
         conn.execute("INSERT INTO cycles (started_at, finished_at, decision, record) VALUES (?, ?, ?, ?)",
                      (T0, T0 + 1, "failed", "{not json"))
         conn.execute("INSERT INTO cycles (started_at, record) VALUES (?, ?)", (T0 + 60, "[]"))
@@ -202,7 +202,7 @@ def test_live_traffic_summed_over_the_windows():
 
 
 def test_live_traffic_on_the_page(fresh, monkeypatch):
-    with closing(history.connect(fresh.history_db)):
+    with closing(history.connect(fresh.history)):
         pass  # the page reads live traffic from the history database: it must exist
     monkeypatch.setattr(status, "live_traffic", lambda conn, cfg: status.traffic_summary(WINDOWS))
     html = create_app(fresh).test_client().get("/").get_data(as_text=True)
@@ -220,7 +220,7 @@ def test_live_traffic_on_the_page(fresh, monkeypatch):
 
 def test_no_live_traffic_without_online_monitoring(running):
     # No traffic recorded (or no monitoring.py installed): no live-traffic facts, and the page says so.
-    with closing(history.connect(running.history_db)) as conn:
+    with closing(history.connect(running.history)) as conn:
         assert status.live_traffic(conn, running) is None
 
 

@@ -138,7 +138,7 @@ def sample(tmp_path):
 
 
 def report_times(cfg):
-    with closing(history.connect(cfg.history_db)) as c:
+    with closing(history.connect(cfg.history)) as c:
         return [summary.stamp(r[0]) for r in c.execute("SELECT at FROM step_timings WHERE step = 'report' ORDER BY id")]
 
 
@@ -172,7 +172,7 @@ def test_the_sample_data_story(sample):
                       "represent the deliveries (the next cycle re-scores the serving model on them); or promote the "
                       f"challenger by hand with `python deployment.py --promote --config {sample.path}`")
     at_first, at_cycle = report_times(sample)
-    with closing(history.connect(sample.history_db)) as c:
+    with closing(history.connect(sample.history)) as c:
         checked = summary.stamp(c.execute("SELECT max(started_at) FROM cycles").fetchone()[0])
     assert report_summary(sample.output_model_path / "report.pdf") == (
         f"Since the report of {at_first}: 2 deliveries ingested (60 rows), none quarantined; 1 cycle decided "

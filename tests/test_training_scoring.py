@@ -91,7 +91,7 @@ def test_score_is_written_at_full_precision_and_recorded(ingested):
     assert result["f1"] == expected
     assert ingested.score_file.read_text() == f"{expected!r}\n"
     assert len(ingested.score_file.read_text().strip()) > 6  # not rounded
-    conn = history.connect(ingested.history_db)
+    conn = history.connect(ingested.history)
     row = conn.execute("SELECT dataset, rows, f1, precision, recall, roc_auc FROM scores").fetchone()
     assert tuple(row) == ("test", 40, expected, result["precision"], result["recall"], result["roc_auc"])
 

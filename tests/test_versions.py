@@ -137,7 +137,7 @@ def test_rollback_to_a_chosen_version_and_back(make_deployed):
                                                "(kept: 1, 2, 3)\n")
     same = deployment_cmd(cfg, "--rollback", "--to", "1")
     assert (same.returncode, same.stderr) == (2, "error: version 1 is already serving\n")
-    with history.connect(cfg.history_db) as conn:
+    with history.connect(cfg.history) as conn:
         actions = [tuple(r) for r in conn.execute("SELECT version, action FROM deployments ORDER BY id")]
     assert actions == [(1, "deploy"), (2, "deploy"), (3, "deploy"), (1, "restore"), (3, "restore"), (1, "rollback")]
 
