@@ -41,8 +41,11 @@ clean-outputs:
 demo: setup
 	scripts/demo.sh
 
+# One pytest worker per core (pytest-xdist), each file whole on one worker: its module's fixtures are
+# built once, and tests of one file never race each other. JOBS=0 runs them all in this process.
+JOBS ?= auto
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile
 
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

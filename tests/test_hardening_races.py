@@ -112,6 +112,7 @@ def popen(cmd):
     return subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.backends
 def test_a_large_ingestion_and_a_small_one_a_third_of_a_second_later_lose_nothing(make_world):
     """The issue's repro: 300,000 rows by hand, and 0.33 s later one row by hand, both through ingestion.py."""
     cfg = make_world(cv_folds=0)
@@ -133,7 +134,8 @@ def test_a_large_ingestion_and_a_small_one_a_third_of_a_second_later_lose_nothin
     # whichever started its work second waited for the first, and said so once
     waited = [err for _, err in outs if "WARNING locks: " + WAITING in err]
     assert len(waited) == 1 and waited[0].count(WAITING) == 1
-    assert f"/.writer.lock, held by pid {(first if waited[0] == outs[1][1] else second).pid} (ingestion.py)" in waited[0]
+    holder = (first if waited[0] == outs[1][1] else second).pid
+    assert f"{locks.describe(cfg.writer_lock)}, held by pid {holder} (ingestion.py)" in waited[0]
     expected = pd.concat([delivery.parse_delivery((Path(folder) / name).read_bytes())
                           for name, _, folder in ingested(cfg)], ignore_index=True).drop_duplicates(ignore_index=True)
     assert final.to_csv(index=False) == expected.to_csv(index=False)

@@ -1,6 +1,7 @@
 """The API under a real gunicorn on a free loopback port, redeployed while requests flow."""
 import json
 import os
+import shutil
 import threading
 import time
 
@@ -18,12 +19,15 @@ def test_gunicorn_conf_binds_loopback_with_a_worker_per_core(monkeypatch):
     monkeypatch.setenv("PORT", "8123")
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     monkeypatch.delenv("DRAS_CONFIG", raising=False)
+    # the file sets PROMETHEUS_MULTIPROC_DIR when it is unset: undone after (setenv restores the unset)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
     conf = runpy.run_path(str(REPO / "gunicorn.conf.py"))
     assert conf["bind"] == "127.0.0.1:8123"
     assert conf["workers"] == os.cpu_count()
     assert conf["wsgi_app"] == "app:create_app(None)"
     monkeypatch.delenv("PORT")
     assert runpy.run_path(str(REPO / "gunicorn.conf.py"))["bind"] == "127.0.0.1:8000"
+    shutil.rmtree(conf["_OWN_METRICS_DIR"])
 
 
 def test_redeploying_while_requests_flow(deployed):
