@@ -269,7 +269,7 @@ def test_dependencies_from_a_local_index_exact_versions_then_the_cache(world, tm
 
 def test_collect_records_the_run_in_the_history(small, tmp_path):
     url, _ = refused_url()
-    cfg = load_config(make_config(small.base, package_index_url=url))
+    cfg = load_config(make_config(small.base, package_index_url=url, history_url=small.history_url))
     result = diagnostics.collect(cfg, measure=False)
     assert result["summary"] == diagnostics.dataframe_summary(cfg)
     assert result["missing_data"]["lastyear_activity"] == 25.0
@@ -282,7 +282,7 @@ def test_collect_records_the_run_in_the_history(small, tmp_path):
 
 def test_cli_prints_the_diagnostics_as_json(deployed):
     url, _ = refused_url()
-    cfg_path = make_config(deployed.base, package_index_url=url)
+    cfg_path = make_config(deployed.base, package_index_url=url, history_url=deployed.history_url)
     proc = run_script("diagnostics.py", "--config", cfg_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
